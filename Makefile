@@ -1,0 +1,47 @@
+# One entry point per task. `make test` is what CI runs (via .ci/run).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run proto proto-check lint typecheck test unit bench clean
+
+$(BIN)/modelroute: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/modelroute
+
+## Run the service: embedded etcd (seeded from config/bootstrap.yaml) + SQLite in .modelroute/
+run: install
+	$(BIN)/modelroute serve
+
+## Regenerate the committed protobuf stubs (buf + pinned grpcio-tools/mypy-protobuf).
+proto: install
+	PYTHON=$(abspath $(BIN)/python) $(BIN)/buf generate
+
+## CI: lint the contract and fail if regenerating the stubs changes anything.
+proto-check: install
+	$(BIN)/buf lint
+	tmp=$$(mktemp -d) && PYTHON=$(abspath $(BIN)/python) $(BIN)/buf generate -o $$tmp && \
+	  diff -r -x __pycache__ $$tmp/clients/python/modelroute clients/python/modelroute \
+	    --exclude=client --exclude='*.typed' && rm -rf $$tmp
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+## The test command (README): contract checks, lint, types, then the suite against real etcd + SQLite.
+test: proto-check lint typecheck
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf .modelroute .pytest_cache .mypy_cache .ruff_cache

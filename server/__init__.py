@@ -1,0 +1,1 @@
+"""modelroute server: gRPC services, admin HTTP, wiring."""

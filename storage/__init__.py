@@ -1,0 +1,1 @@
+"""modelroute storage: the etcd config store, the SQL stores and their migrations."""
