@@ -1,0 +1,197 @@
+"""Wiring: etcd (embedded or external), database, config manager, gRPC services, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aetcd
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+
+from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.admin_service import AdminService
+from modelroute.server.config_apply import apply_to_etcd, load_config_file
+from modelroute.server.config_manager import ConfigManager
+from modelroute.server.config_values import RUNTIME_KIND
+from modelroute.server.resolver import NO_RUNTIME_LIMITS
+from modelroute.server.router_service import ModelRouterService
+from modelroute.server.snapshot import env_overrides_from
+from modelroute.server.telemetry import configure_tracing, shutdown_tracing
+from modelroute.server.usage_writer import UsageWriter
+from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
+from modelroute.storage.embedded_etcd import EmbeddedEtcd
+from modelroute.storage.etcd import (
+    DEFAULT_PREFIX,
+    EtcdConfigSource,
+    EtcdConflictError,
+    connect,
+    parse_endpoints,
+    read_prefix,
+)
+from modelroute.storage.usage_store import UsageStore
+from modelroute.v1 import router_pb2, router_pb2_grpc
+
+log = logging.getLogger("modelroute.server")
+DEFAULT_BOOTSTRAP = Path(__file__).resolve().parent.parent / "config" / "bootstrap.yaml"
+SERVICE_NAMES = (
+    router_pb2.DESCRIPTOR.services_by_name["ModelRouterService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # None: start an embedded single-node etcd in `data_dir` (seeded when empty).
+    etcd_endpoints: str | None = None
+    etcd_prefix: str = DEFAULT_PREFIX
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    # None: SQLite file in `data_dir`.
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(".modelroute"))
+    bootstrap: Path = DEFAULT_BOOTSTRAP
+    # None: seed only the embedded etcd. True: also seed an external, empty prefix.
+    seed: bool | None = None
+    shutdown_grace_seconds: float = 10.0
+
+
+class ModelrouteServer:
+    """One replica. `start()` returns once the port is bound; health turns SERVING when the
+    first valid snapshot is loaded."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.port = 0
+        self.embedded_etcd: EmbeddedEtcd | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        # Set during start(); stop() releases whatever was acquired, even after a failed start.
+        self.grpc_server: grpc.aio.Server | None = None
+        self.usage_writer: UsageWriter | None = None
+        self.etcd: aetcd.Client | None = None
+        self.engine: Engine | None = None
+
+    async def start(self) -> None:
+        options = self.options
+        configure_tracing()
+        endpoints_text = options.etcd_endpoints
+        if not endpoints_text:
+            self.embedded_etcd = EmbeddedEtcd(options.data_dir / "etcd")
+            await asyncio.to_thread(self.embedded_etcd.start)
+            endpoints_text = self.embedded_etcd.endpoint
+        endpoints = parse_endpoints(endpoints_text)
+
+        database_url = options.database_url or default_sqlite_url(options.data_dir)
+        await asyncio.to_thread(upgrade, database_url)
+        self.engine = create_engine_for(database_url)
+        self.usage_writer = UsageWriter(UsageStore(self.engine))
+        await self.usage_writer.start()
+
+        credentials = {"username": options.etcd_username, "password": options.etcd_password}
+        self.etcd = connect(endpoints, **credentials)
+        if options.seed or (options.seed is None and self.embedded_etcd is not None):
+            await self._seed_if_empty()
+
+        self.config_source = EtcdConfigSource(endpoints, options.etcd_prefix, **credentials)
+        self.config = ConfigManager(self.config_source, env_overrides_from())
+        self.health = health.aio.HealthServicer()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        self.grpc_server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        )
+        router_pb2_grpc.add_ModelRouterServiceServicer_to_server(
+            ModelRouterService(self.config, self.usage_writer, NO_RUNTIME_LIMITS),
+            self.grpc_server,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.config, self.config_source, self.etcd), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+        self.port = self.grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+        await self.grpc_server.start()
+        self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
+        self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
+        log.info(
+            "modelroute listening on %s:%d (etcd %s%s, database %s)",
+            options.host,
+            self.port,
+            endpoints_text,
+            options.etcd_prefix,
+            database_url.split("@")[-1],  # never log credentials
+        )
+
+    async def _seed_if_empty(self) -> None:
+        prefix = self.options.etcd_prefix
+        _, stored = await read_prefix(self.etcd, prefix)
+        if any(not key.startswith(RUNTIME_KIND + "/") for key in stored):
+            return
+        values = load_config_file(self.options.bootstrap)
+        try:
+            plan, revision = await apply_to_etcd(self.etcd, prefix, dict(values))
+        except EtcdConflictError:
+            return  # another replica seeded first
+        if not plan.ok:
+            raise RuntimeError(f"bootstrap config is invalid: {plan.rejections}")
+        log.info("seeded %d keys from %s at revision %d", len(values), self.options.bootstrap, revision)
+
+    async def _serving_when_ready(self) -> None:
+        snapshot = await self.config.wait_ready()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving config revision %d", snapshot.revision)
+
+    async def stop(self) -> None:
+        """Graceful: stop taking calls, finish in-flight ones (a ReportUsage waiting for its
+        commit completes), drain the usage queue, then release etcd and the database."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.grpc_server is not None:
+            with contextlib.suppress(Exception):
+                await self.health.enter_graceful_shutdown()
+            await self.grpc_server.stop(self.options.shutdown_grace_seconds)
+        if self.usage_writer is not None:
+            await self.usage_writer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.etcd is not None:
+            with contextlib.suppress(Exception):
+                await self.etcd.close()
+        if self.engine is not None:
+            self.engine.dispose()
+        if self.embedded_etcd is not None:
+            await asyncio.to_thread(self.embedded_etcd.stop)
+        shutdown_tracing()
+        log.info("modelroute stopped")
+
+
+async def serve_until_signalled(options: ServeOptions) -> None:
+    server = ModelrouteServer(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        print(f"modelroute: serving gRPC on {options.host}:{server.port}", flush=True)
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await server.stop()

@@ -1,0 +1,287 @@
+"""`modelroute`: run the service and operate it (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import grpc
+import typer
+from google.protobuf import json_format
+
+from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.config_apply import (
+    ConfigFileError,
+    Plan,
+    apply_to_etcd,
+    load_config_file,
+    validate_standalone,
+)
+from modelroute.server.errors import decode_details
+from modelroute.storage.etcd import (
+    DEFAULT_PREFIX,
+    EtcdConflictError,
+    connect,
+    parse_endpoints,
+    read_prefix,
+)
+from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+
+app = typer.Typer(help="modelroute: decide which LLM model every request uses.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect and change the configuration in etcd.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+DATA_DIR = Path(os.environ.get("MODELROUTE_DATA_DIR", ".modelroute"))
+ServerOpt = Annotated[
+    str,
+    typer.Option(envvar="MODELROUTE_SERVER", help="modelroute gRPC address (host:port)."),
+]
+EtcdOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MODELROUTE_ETCD_ENDPOINTS",
+        help="etcd endpoints, comma-separated. Default: the embedded etcd of `serve`.",
+    ),
+]
+PrefixOpt = Annotated[str, typer.Option(envvar="MODELROUTE_ETCD_PREFIX", help="Key prefix.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _etcd_endpoints(given: str | None) -> str:
+    if given:
+        return given
+    endpoint_file = DATA_DIR / "etcd.endpoint"
+    if endpoint_file.exists():
+        return endpoint_file.read_text().strip()
+    return "127.0.0.1:2379"
+
+
+def _rpc_error(error: grpc.RpcError) -> NoReturn:
+    assert isinstance(error, grpc.Call)
+    lines = [f"{error.code().name}: {error.details()}"]
+    for name, detail in decode_details(error).items():
+        if name == "BadRequest":
+            lines += [f"  {v.field}: {v.description}" for v in detail.field_violations]  # type: ignore[attr-defined]
+        elif name == "RetryInfo":
+            lines.append(f"  retry after {detail.retry_delay.ToTimedelta()}")  # type: ignore[attr-defined]
+    _fail("\n".join(lines))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 50051,
+    etcd_endpoints: Annotated[
+        str | None,
+        typer.Option(envvar="MODELROUTE_ETCD_ENDPOINTS", help="etcd cluster; omit for embedded."),
+    ] = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    etcd_username: Annotated[str | None, typer.Option(envvar="MODELROUTE_ETCD_USERNAME")] = None,
+    etcd_password: Annotated[str | None, typer.Option(envvar="MODELROUTE_ETCD_PASSWORD")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="MODELROUTE_DATABASE_URL", help="SQLAlchemy URL; omit for SQLite."),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Embedded etcd + SQLite location.")] = DATA_DIR,
+    bootstrap: Annotated[
+        Path | None, typer.Option(help="Seed config for an empty prefix.")
+    ] = None,
+    seed: Annotated[
+        bool | None, typer.Option(help="Seed an empty external etcd prefix from --bootstrap.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="MODELROUTE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
+    from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = ServeOptions(
+        host=host,
+        port=port,
+        etcd_endpoints=etcd_endpoints,
+        etcd_prefix=etcd_prefix,
+        etcd_username=etcd_username,
+        etcd_password=etcd_password,
+        database_url=database_url,
+        data_dir=data_dir,
+        bootstrap=bootstrap or DEFAULT_BOOTSTRAP,
+        seed=seed,
+    )
+    asyncio.run(serve_until_signalled(options))
+
+
+@app.command()
+def resolve(
+    context: Annotated[str, typer.Argument(help="The call site, e.g. rag.answer.")],
+    user: Annotated[str, typer.Option(help="User id.")] = "",
+    tier: Annotated[str, typer.Option(help="User tier, e.g. free or premium.")] = "",
+    exclude: Annotated[list[str] | None, typer.Option(help="Model to skip (repeatable).")] = None,
+    server: ServerOpt = "127.0.0.1:50051",
+) -> None:
+    """Ask the server which model it would use, and why (JSON)."""
+    request = router_pb2.ResolveModelRequest(
+        context=context, user=types_pb2.User(id=user, tier=tier), exclude_models=exclude or []
+    )
+    with grpc.insecure_channel(server) as channel:
+        try:
+            response = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(
+                request, timeout=10
+            )
+        except grpc.RpcError as error:
+            _rpc_error(error)
+    typer.echo(_to_json(response))
+
+
+def _to_json(message: Any) -> str:
+    return json.dumps(
+        json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2
+    )
+
+
+def _print_plan(plan: Plan) -> None:
+    if not plan.changes:
+        typer.echo("No changes.")
+    for line in plan.diff:
+        color = {"+": typer.colors.GREEN, "-": typer.colors.RED}.get(line[:1])
+        typer.secho(line, fg=typer.colors.CYAN if line.startswith("---") else color)
+
+
+def _print_rejections(rejections: list[Any]) -> None:
+    typer.secho(f"{len(rejections)} invalid value(s); nothing written:", fg="red", err=True)
+    for rejection in rejections:
+        typer.secho(f"  {rejection.key}: {rejection.error}", fg="red", err=True)
+
+
+@config_app.command("apply")
+def config_apply(
+    file: Annotated[Path, typer.Option("-f", "--file", help="YAML file (see config/).")],
+    dry_run: Annotated[bool, typer.Option(help="Validate and show the diff only.")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Delete keys of the file's sections that it does not list.")
+    ] = False,
+    etcd_endpoints: EtcdOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Validate, diff and write a config file in one guarded etcd transaction."""
+    try:
+        values = load_config_file(file)
+    except ConfigFileError as exc:
+        _fail(str(exc))
+
+    async def run() -> tuple[Plan, int]:
+        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
+        try:
+            return await apply_to_etcd(
+                client, etcd_prefix, dict(values), prune=prune, dry_run=dry_run
+            )
+        finally:
+            await client.close()
+
+    try:
+        plan, revision = asyncio.run(run())
+    except EtcdConflictError as exc:
+        _fail(f"conflict: {exc}", code=3)
+    except Exception as exc:  # noqa: BLE001 - connection problems: say so plainly
+        _fail(f"cannot reach etcd at {_etcd_endpoints(etcd_endpoints)}: {exc}", code=2)
+    _print_plan(plan)
+    if not plan.ok:
+        _print_rejections(plan.rejections)
+        raise typer.Exit(1)
+    if dry_run:
+        typer.echo(f"Dry run: {len(plan.changes)} key(s) would change; nothing written.")
+    elif plan.changes:
+        typer.echo(f"Applied {len(plan.changes)} key(s) at revision {revision}.")
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Option("-f", "--file", help="YAML file to check.")],
+) -> None:
+    """Check a config file on its own (no etcd needed)."""
+    try:
+        values = load_config_file(file)
+    except ConfigFileError as exc:
+        _fail(str(exc))
+    rejections = validate_standalone(values)
+    if rejections:
+        _print_rejections(rejections)
+        raise typer.Exit(1)
+    typer.echo(f"{file}: {len(values)} key(s), all valid.")
+
+
+@config_app.command("get")
+def config_get(
+    key: Annotated[str | None, typer.Argument(help="Relative key, e.g. contexts/rag.answer.")] = None,
+    etcd_endpoints: EtcdOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Print values stored in etcd (all, one key, or a section like `models/`)."""
+
+    async def run() -> tuple[int, dict[str, bytes]]:
+        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
+        try:
+            revision, stored = await read_prefix(client, etcd_prefix)
+        finally:
+            await client.close()
+        return revision, {k: v.value for k, v in stored.items()}
+
+    try:
+        revision, values = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot reach etcd at {_etcd_endpoints(etcd_endpoints)}: {exc}", code=2)
+    selected = {k: v for k, v in values.items() if key is None or k == key or k.startswith(key)}
+    if key and not selected:
+        _fail(f"no key {etcd_prefix}{key}")
+    out: dict[str, Any] = {}
+    for name, raw in sorted(selected.items()):
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw.decode(errors="replace")
+    typer.echo(json.dumps({"revision": revision, "values": out}, indent=2))
+
+
+@config_app.command("status")
+def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
+    """What the server serves: revision, rejected values, env overrides, etcd state."""
+    with grpc.insecure_channel(server) as channel:
+        try:
+            status = admin_pb2_grpc.AdminServiceStub(channel).GetConfigStatus(
+                admin_pb2.GetConfigStatusRequest(), timeout=10
+            )
+        except grpc.RpcError as error:
+            _rpc_error(error)
+    typer.echo(_to_json(status))
+    if status.rejected_keys:
+        sys.exit(4)  # scripts can alert on rejected values
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[
+        str | None, typer.Option(envvar="MODELROUTE_DATABASE_URL", help="Default: SQLite.")
+    ] = None,
+) -> None:
+    """Apply database migrations up to the latest schema."""
+    from modelroute.storage.database import default_sqlite_url, upgrade
+
+    url = database_url or default_sqlite_url(DATA_DIR)
+    upgrade(url)
+    typer.echo(f"database at {url.split('@')[-1]} is up to date")
+
+
+def main() -> None:
+    app()

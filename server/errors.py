@@ -1,0 +1,117 @@
+"""One table from domain errors to gRPC status codes, with `google.rpc` details:
+ErrorInfo (machine-readable reason), BadRequest (field violations), RetryInfo (when a
+retry may help) and LocalizedMessage (a sentence fit to show an end user)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Final, NoReturn
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN: Final = "modelroute.dev"
+
+
+@dataclass
+class ServiceError(Exception):
+    """A failure the client should see as a specific status with details."""
+
+    code: grpc.StatusCode
+    reason: str  # ErrorInfo.reason, UPPER_SNAKE_CASE
+    message: str  # for developers
+    field_violations: Sequence[tuple[str, str]] = ()
+    retry_after: timedelta | None = None
+    user_message: str = ""  # for end users; LocalizedMessage
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_status(self, locale: str = "en") -> grpc.Status:
+        details: list[object] = [
+            error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=ERROR_DOMAIN, metadata=dict(self.metadata)
+            )
+        ]
+        if self.field_violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in self.field_violations
+                    ]
+                )
+            )
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromTimedelta(max(self.retry_after, timedelta(0)))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        if self.user_message:
+            details.append(
+                error_details_pb2.LocalizedMessage(locale=locale, message=self.user_message)
+            )
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)  # type: ignore[arg-type]
+            packed.append(any_detail)
+        status = status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=packed
+        )
+        return rpc_status.to_status(status)
+
+    async def abort(self, context: grpc.aio.ServicerContext, locale: str = "en") -> NoReturn:  # type: ignore[type-arg]
+        await context.abort_with_status(self.to_status(locale))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def invalid_argument(violations: Sequence[tuple[str, str]]) -> ServiceError:
+    summary = "; ".join(f"{f}: {d}" for f, d in violations)
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}",
+        field_violations=violations,
+    )  # fmt: skip
+
+
+def not_ready() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "CONFIG_NOT_LOADED",
+        "no valid configuration loaded yet (is etcd reachable?)",
+        retry_after=timedelta(seconds=1),
+        user_message="The service is starting up. Please try again in a moment.",
+    )
+
+
+def unimplemented(rpc: str, capability: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        "NOT_IMPLEMENTED",
+        f"{rpc} is not available in this modelroute version yet ({capability}).",
+    )
+
+
+def decode_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, object]:
+    """Client-side helper (tests, CLI): the typed details of a failed call, by type name."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found: dict[str, object] = {}
+    if status is None:
+        return found
+    for detail in status.details:
+        for detail_type in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.LocalizedMessage,
+            error_details_pb2.PreconditionFailure,
+        ):
+            if detail.Is(detail_type.DESCRIPTOR):
+                message = detail_type()
+                detail.Unpack(message)
+                found[detail_type.DESCRIPTOR.name] = message
+    return found

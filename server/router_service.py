@@ -1,0 +1,428 @@
+"""`modelroute.v1.ModelRouterService`: the API applications call around every LLM call."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from modelroute.server import decision_token
+from modelroute.server.config_manager import ConfigManager
+from modelroute.server.config_values import ID_PATTERN
+from modelroute.server.errors import ServiceError, invalid_argument, not_ready, unimplemented
+from modelroute.server.resolver import (
+    Decision,
+    NoModelAvailableError,
+    ResolveInput,
+    RuntimeLimits,
+    resolve,
+)
+from modelroute.server.snapshot import Snapshot
+from modelroute.server.usage_writer import (
+    UsageQueueFullError,
+    UsageStoreUnavailableError,
+    UsageWriter,
+)
+from modelroute.storage.usage_store import UsageRecord
+from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+
+tracer = trace.get_tracer("modelroute.router")
+_propagator: Final = TraceContextTextMapPropagator()
+
+CONTEXT_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+USER_ID_MAX: Final = 256
+TIER_PATTERN: Final = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
+MAX_ATTRIBUTES: Final = 32
+MAX_EXCLUDED: Final = 32
+MAX_REPORTS: Final = 1000
+MAX_TOKENS: Final = 100_000_000
+MAX_LATENCY_MS: Final = 86_400_000
+MAX_ERROR_MESSAGE: Final = 2000
+MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+_OUTCOMES: Final = {
+    v.number: v.name.removeprefix("OUTCOME_")
+    for v in types_pb2.DESCRIPTOR.enum_types_by_name["Outcome"].values
+    if v.number
+}
+
+
+def hash_user(user_id: str) -> str:
+    """User ids never leave the process in clear (spans): a short stable digest instead."""
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else ""
+
+
+def _parent_context(context: grpc.aio.ServicerContext) -> otel_context.Context | None:  # type: ignore[type-arg]
+    metadata = context.invocation_metadata() or ()
+    carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
+    return _propagator.extract(carrier) if carrier else None
+
+
+def validate_resolve(request: router_pb2.ResolveModelRequest) -> list[tuple[str, str]]:
+    violations = []
+    if not CONTEXT_PATTERN.match(request.context):
+        violations.append(
+            ("context", "1-128 characters of letters, digits and . _ : / - (e.g. rag.answer)")
+        )
+    if len(request.user.id) > USER_ID_MAX:
+        violations.append(("user.id", f"at most {USER_ID_MAX} characters"))
+    if not TIER_PATTERN.match(request.user.tier):
+        violations.append(("user.tier", "at most 64 characters of letters, digits and . _ -"))
+    if len(request.attributes) > MAX_ATTRIBUTES:
+        violations.append(("attributes", f"at most {MAX_ATTRIBUTES} entries"))
+    for key, value in request.attributes.items():
+        if not key or len(key) > 64 or len(value) > 256:
+            violations.append((f"attributes[{key[:64]}]", "keys 1-64, values 0-256 characters"))
+    if len(request.exclude_models) > MAX_EXCLUDED:
+        violations.append(("exclude_models", f"at most {MAX_EXCLUDED} models"))
+    for index, model in enumerate(request.exclude_models):
+        if len(model) > 128:
+            violations.append((f"exclude_models[{index}]", "at most 128 characters"))
+    if len(request.request_id) > 128:
+        violations.append(("request_id", "at most 128 characters"))
+    return violations
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromTimedelta(timedelta(seconds=max(0.0, seconds)))
+    return value
+
+
+class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
+    def __init__(
+        self,
+        config: ConfigManager,
+        usage: UsageWriter,
+        runtime: RuntimeLimits,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._config = config
+        self._usage = usage
+        self._runtime = runtime
+        self._clock = clock
+
+    def _snapshot(self) -> Snapshot:
+        snapshot = self._config.current
+        if snapshot is None:
+            raise not_ready()
+        return snapshot
+
+    async def ResolveModel(
+        self,
+        request: router_pb2.ResolveModelRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ResolveModelResponse:
+        with tracer.start_as_current_span(
+            "modelroute.resolve", context=_parent_context(context), kind=trace.SpanKind.SERVER
+        ) as span:
+            try:
+                violations = validate_resolve(request)
+                if violations:
+                    raise invalid_argument(violations)
+                snapshot = self._snapshot()
+                now = self._clock()
+                resolve_input = ResolveInput(
+                    context=request.context,
+                    user_id=request.user.id,
+                    tier=request.user.tier,
+                    exclude_models=frozenset(request.exclude_models),
+                    request_id=request.request_id,
+                )
+                try:
+                    decision = resolve(snapshot, resolve_input, now, self._runtime)
+                except NoModelAvailableError as exc:
+                    raise _no_model_error(exc, now) from None
+            except ServiceError as error:
+                span.set_attribute("modelroute.context", request.context[:128])
+                span.set_attribute("modelroute.error", error.reason)
+                span.set_status(trace.StatusCode.ERROR, error.message)
+                await error.abort(context)
+            token = decision_token.encode(
+                context=request.context,
+                model_id=decision.model_id,
+                reason=int(decision.reason),
+                experiment_id=decision.experiment_id,
+                variant_id=decision.variant_id,
+                config_revision=decision.config_revision,
+                issued_at_ms=int(now.timestamp() * 1000),
+            )
+            if span.is_recording():
+                _annotate_decision(span, request, decision)
+            response = router_pb2.ResolveModelResponse(
+                model_id=decision.model_id,
+                provider=decision.provider,
+                fallback_model_ids=decision.fallback_model_ids,
+                reason=int(decision.reason),  # type: ignore[arg-type]
+                experiment_id=decision.experiment_id,
+                variant_id=decision.variant_id,
+                decision_id=token,
+                config_revision=decision.config_revision,
+                warnings=decision.warnings,
+                cache_ttl=_duration(decision.cache_ttl_seconds),
+            )
+            if decision.fallback_cause is not None:
+                response.fallback.from_model_id = decision.fallback_from
+                response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
+            return response
+
+    async def ReportUsage(
+        self,
+        request: router_pb2.ReportUsageRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ReportUsageResponse:
+        with tracer.start_as_current_span(
+            "modelroute.report_usage", context=_parent_context(context), kind=trace.SpanKind.SERVER
+        ) as span:
+            span.set_attribute("modelroute.reports", len(request.reports))
+            try:
+                if not request.reports:
+                    raise invalid_argument([("reports", "at least one report is required")])
+                if len(request.reports) > MAX_REPORTS:
+                    raise invalid_argument([("reports", f"at most {MAX_REPORTS} per call")])
+                snapshot = self._snapshot()
+                trace_id = format(span.get_span_context().trace_id, "032x")
+                results, records, positions = self._prepare(request.reports, snapshot, trace_id)
+                try:
+                    inserted = await self._usage.submit(records) if records else []
+                except UsageQueueFullError as exc:
+                    raise ServiceError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "USAGE_QUEUE_FULL",
+                        "usage write queue is full; nothing from this call was stored",
+                        retry_after=timedelta(seconds=exc.retry_after_seconds),
+                    ) from None
+                except UsageStoreUnavailableError as exc:
+                    raise ServiceError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "USAGE_STORE_UNAVAILABLE",
+                        f"usage database unavailable; nothing from this call was stored ({exc})",
+                        retry_after=timedelta(seconds=1),
+                    ) from None
+            except ServiceError as error:
+                span.set_status(trace.StatusCode.ERROR, error.message)
+                await error.abort(context)
+            for position, record, was_inserted in zip(positions, records, inserted, strict=True):
+                result = results[position]
+                if was_inserted:
+                    result.status = router_pb2.REPORT_STATUS_ACCEPTED
+                    result.estimated_cost_usd = record.estimated_cost
+                else:
+                    result.status = router_pb2.REPORT_STATUS_DUPLICATE
+            if span.is_recording():
+                _annotate_usage(records)
+            return router_pb2.ReportUsageResponse(results=results)
+
+    def _prepare(
+        self,
+        reports: Sequence[router_pb2.UsageReport],
+        snapshot: Snapshot,
+        trace_id: str,
+    ) -> tuple[list[router_pb2.ReportResult], list[UsageRecord], list[int]]:
+        now = self._clock()
+        results: list[router_pb2.ReportResult] = []
+        records: list[UsageRecord] = []
+        positions: list[int] = []
+        for index, report in enumerate(reports):
+            result = router_pb2.ReportResult(report_id=report.report_id)
+            results.append(result)
+            try:
+                records.append(_record_from(report, snapshot, now, trace_id))
+                positions.append(index)
+            except ValueError as exc:
+                result.status = router_pb2.REPORT_STATUS_REJECTED
+                result.error = str(exc)
+        return results, records, positions
+
+    async def ListModels(
+        self,
+        request: router_pb2.ListModelsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ListModelsResponse:
+        try:
+            snapshot = self._snapshot()
+        except ServiceError as error:
+            await error.abort(context)
+        return router_pb2.ListModelsResponse(
+            models=[
+                types_pb2.ModelInfo(
+                    model_id=m.model_id,
+                    provider=m.provider,
+                    tiers=sorted(m.tiers),
+                    input_usd_per_mtok=m.input_usd_per_mtok,
+                    output_usd_per_mtok=m.output_usd_per_mtok,
+                    enabled=m.enabled,
+                )
+                for m in sorted(snapshot.models.values(), key=lambda m: m.model_id)
+                if not request.tier or (m.enabled and m.allows_tier(request.tier))
+            ]
+        )
+
+    async def WatchConfig(
+        self,
+        request: router_pb2.WatchConfigRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[router_pb2.WatchConfigResponse]:
+        async for snapshot in self._config.revisions():
+            applied = timestamp_pb2.Timestamp()
+            applied.FromDatetime(snapshot.applied_at)
+            yield router_pb2.WatchConfigResponse(
+                config_revision=snapshot.revision, applied_at=applied
+            )
+
+    async def SubmitFeedback(
+        self,
+        request: router_pb2.SubmitFeedbackRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.SubmitFeedbackResponse:
+        await unimplemented("SubmitFeedback", "feedback and analysis").abort(context)
+
+    async def GetUserPreference(
+        self,
+        request: router_pb2.GetUserPreferenceRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.GetUserPreferenceResponse:
+        await unimplemented("GetUserPreference", "per-user preferred models").abort(context)
+
+    async def SetUserPreference(
+        self,
+        request: router_pb2.SetUserPreferenceRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.SetUserPreferenceResponse:
+        await unimplemented("SetUserPreference", "per-user preferred models").abort(context)
+
+
+def _no_model_error(exc: NoModelAvailableError, now: datetime) -> ServiceError:
+    retry_after = exc.retry_at - now if exc.retry_at is not None else None
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "NO_MODEL_AVAILABLE",
+        str(exc),
+        retry_after=retry_after,
+        user_message="The AI assistant is temporarily unavailable. Please try again later.",
+        metadata={
+            "context": exc.context,
+            "skipped": ",".join(f"{s.model_id}:{s.unavailable.cause.name}" for s in exc.skipped),
+        },
+    )
+
+
+def _annotate_decision(
+    span: trace.Span, request: router_pb2.ResolveModelRequest, decision: Decision
+) -> None:
+    span.set_attributes(
+        {
+            "modelroute.context": request.context,
+            "modelroute.model_id": decision.model_id,
+            "modelroute.provider": decision.provider,
+            "modelroute.reason": decision.reason.name,
+            "modelroute.experiment_id": decision.experiment_id,
+            "modelroute.variant_id": decision.variant_id,
+            "modelroute.config_revision": decision.config_revision,
+            "modelroute.user_hash": hash_user(request.user.id),
+            "modelroute.tier": request.user.tier,
+        }
+    )
+    if decision.fallback_cause is not None:
+        span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)
+        span.set_attribute("modelroute.fallback_from", decision.fallback_from)
+    if request.request_id:
+        span.set_attribute("modelroute.request_id", request.request_id)
+
+
+def _annotate_usage(records: Sequence[UsageRecord]) -> None:
+    # One child span per report, with the GenAI semantic-convention attributes, so trace
+    # backends show token usage per call.
+    for record in records:
+        with tracer.start_as_current_span(f"usage {record.model_id}") as child:
+            child.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": record.provider,
+                    "gen_ai.request.model": record.model_id,
+                    "gen_ai.usage.input_tokens": record.input_tokens,
+                    "gen_ai.usage.output_tokens": record.output_tokens,
+                    "modelroute.context": record.context,
+                    "modelroute.outcome": record.outcome,
+                    "modelroute.report_id": record.report_id,
+                    "modelroute.estimated_cost_usd": record.estimated_cost,
+                }
+            )
+            if record.outcome != "OK":
+                child.set_attribute("error.type", record.outcome)
+
+
+def _record_from(
+    report: router_pb2.UsageReport, snapshot: Snapshot, now: datetime, trace_id: str
+) -> UsageRecord:
+    if not 1 <= len(report.report_id) <= 128:
+        raise ValueError("report_id: 1-128 characters required (the idempotency key)")
+    if not CONTEXT_PATTERN.match(report.context):
+        raise ValueError("context: 1-128 characters of letters, digits and . _ : / -")
+    if not ID_PATTERN.match(report.model_id):
+        raise ValueError("model_id: a model id is required")
+    for name, value, limit in (
+        ("input_tokens", report.input_tokens, MAX_TOKENS),
+        ("output_tokens", report.output_tokens, MAX_TOKENS),
+        ("latency_ms", report.latency_ms, MAX_LATENCY_MS),
+    ):
+        if not 0 <= value <= limit:
+            raise ValueError(f"{name}: {value} is outside 0..{limit:,}")
+    outcome = _OUTCOMES.get(report.outcome)
+    if outcome is None:
+        raise ValueError("outcome: required (OK, RATE_LIMITED, QUOTA_EXCEEDED, ...)")
+    if len(report.user.id) > USER_ID_MAX:
+        raise ValueError(f"user.id: at most {USER_ID_MAX} characters")
+    occurred = report.occurred_at.ToDatetime(tzinfo=UTC) if report.HasField("occurred_at") else now
+    if occurred > now + MAX_FUTURE_SKEW:
+        raise ValueError("occurred_at: more than 5 minutes in the future")
+    token = None
+    if report.decision_id:
+        try:
+            token = decision_token.decode(report.decision_id)
+        except ValueError as exc:
+            raise ValueError(f"decision_id: {exc}") from None
+    model = snapshot.models.get(report.model_id)
+    retry_after_ms = None
+    if report.HasField("retry_after"):
+        retry_after_ms = int(report.retry_after.ToMilliseconds())
+    return UsageRecord(
+        report_id=report.report_id,
+        decision_id=report.decision_id or None,
+        context=report.context,
+        model_id=report.model_id,
+        # A model deleted from the config still gets its usage logged, at no known price.
+        provider=model.provider if model else "unknown",
+        outcome=outcome,
+        user_id=report.user.id or None,
+        tier=report.user.tier or None,
+        input_tokens=report.input_tokens,
+        output_tokens=report.output_tokens,
+        latency_ms=report.latency_ms,
+        estimated_cost=model.cost_usd(report.input_tokens, report.output_tokens) if model else 0.0,
+        error_message=report.error_message[:MAX_ERROR_MESSAGE] or None,
+        retry_after_ms=retry_after_ms,
+        experiment_id=(token.experiment_id or None) if token else None,
+        variant_id=(token.variant_id or None) if token else None,
+        reason=_reason_name(token.reason) if token else None,
+        config_revision=snapshot.revision,
+        trace_id=trace_id if trace_id.strip("0") else None,
+        created_at=occurred,
+    )
+
+
+def _reason_name(number: int) -> str | None:
+    try:
+        return types_pb2.Reason.Name(number).removeprefix("REASON_")  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+

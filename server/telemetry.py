@@ -1,0 +1,55 @@
+"""OpenTelemetry setup from the standard `OTEL_*` environment variables.
+
+Spans are always created (decisions are explainable in-process); they are exported over
+OTLP/gRPC when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when `OTEL_TRACES_EXPORTER=otlp` asks for the
+default endpoint. `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+log = logging.getLogger("modelroute.telemetry")
+_provider: TracerProvider | None = None
+
+
+def export_wanted(env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").lower()
+    if exporter == "none":
+        return False
+    return exporter == "otlp" or bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
+    """Install the process-wide tracer provider once; later calls return it."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    env = os.environ if env is None else env
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "modelroute")})
+    provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, default on
+    if export_wanted(env):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        log.info("exporting spans over OTLP/gRPC")
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    if _provider is not None:
+        _provider.shutdown()  # flushes pending spans

