@@ -131,3 +131,40 @@ async def start_server(
 async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> Running:
     """A replica serving the example usage map."""
     return await start_server()
+
+
+class ServerProcess:
+    """`modelroute serve` as a real process on a free port (for signals and env tests)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        import re
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelroute.server.cli", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+        )
+        assert self.process.stdout is not None
+        self.output: list[str] = []
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = re.search(r"serving gRPC on [\d.]+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                return
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()

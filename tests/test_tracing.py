@@ -1,0 +1,109 @@
+"""Spans exported over OTLP/gRPC from a real server process to a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from modelroute.server.router_service import hash_user
+from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+from tests.conftest import ServerProcess, eventually
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    async def Export(self, request: Any, context: Any) -> Any:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def named(self, name: str) -> list[Any]:
+        return [s for s in self.spans if s.name == name]
+
+
+def attributes(span: Any) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in span.attributes:
+        value = kv.value
+        out[kv.key] = getattr(value, value.WhichOneof("value"))
+    return out
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    server = grpc.aio.server()
+    collector = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield collector, port
+    await server.stop(None)
+
+
+@pytest.mark.slow
+async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
+    receiver: tuple[Receiver, int], tmp_path: Path, etcd_endpoint: str, prefix: str, seed: int
+) -> None:
+    collector, port = receiver
+    server = await asyncio.to_thread(ServerProcess, [
+        "--etcd-endpoints", etcd_endpoint, "--etcd-prefix", prefix,
+        "--database-url", f"sqlite:///{tmp_path / 'u.db'}", "--data-dir", str(tmp_path / "d"),
+    ], {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_SERVICE_NAME": "modelroute-test",
+    })  # fmt: skip
+    try:
+        trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        traceparent = f"00-{trace_id}-{parent_id}-01"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = router_pb2_grpc.ModelRouterServiceStub(channel)
+            decision = await stub.ResolveModel(
+                router_pb2.ResolveModelRequest(
+                    context="rag.answer", user=types_pb2.User(id="user-42", tier="premium"),
+                    exclude_models=["gemini-3-flash-preview"],
+                ),
+                metadata=(("traceparent", traceparent),),
+            )  # fmt: skip
+            await stub.ReportUsage(router_pb2.ReportUsageRequest(reports=[router_pb2.UsageReport(
+                report_id="t1", context="rag.answer", model_id=decision.model_id,
+                input_tokens=12, output_tokens=34, latency_ms=5, outcome=types_pb2.OUTCOME_OK,
+                decision_id=decision.decision_id)]), metadata=(("traceparent", traceparent),))  # fmt: skip
+
+        def exported() -> tuple[Any, Any, Any]:
+            resolves = collector.named("modelroute.resolve")
+            usages = collector.named("usage gpt-4o-mini")
+            reloads = collector.named("modelroute.config.reload")
+            assert len(resolves) == 1 and len(usages) == 1 and reloads
+            return resolves[0], usages[0], reloads[0]
+
+        resolve_span, usage_span, reload_span = await eventually(exported, timeout=15)
+        assert resolve_span.trace_id.hex() == trace_id
+        assert resolve_span.parent_span_id.hex() == parent_id
+        attrs = attributes(resolve_span)
+        assert attrs["modelroute.context"] == "rag.answer"
+        assert attrs["modelroute.model_id"] == "gpt-4o-mini"
+        assert attrs["modelroute.reason"] == "CONTEXT_DEFAULT"
+        assert attrs["modelroute.config_revision"] == seed
+        assert attrs["modelroute.fallback_cause"] == "EXCLUDED_BY_CALLER"
+        assert attrs["modelroute.user_hash"] == hash_user("user-42")
+        assert "user-42" not in str(attrs)  # the user id only hashed
+        usage = attributes(usage_span)
+        assert usage_span.trace_id.hex() == trace_id
+        assert (usage["gen_ai.request.model"], usage["gen_ai.provider.name"]) == (
+            "gpt-4o-mini", "openai",
+        )  # fmt: skip
+        assert (usage["gen_ai.usage.input_tokens"], usage["gen_ai.usage.output_tokens"]) == (12, 34)
+        assert attributes(reload_span)["modelroute.config_revision"] == seed
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
