@@ -7,12 +7,11 @@ from collections import Counter
 import aetcd
 import grpc
 from google.protobuf import timestamp_pb2
-
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.errors import ServiceError, invalid_argument, unimplemented
-from modelroute.storage.etcd import EtcdConflictError, EtcdConfigSource
+from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
 
 
 def _timestamp(value: object) -> timestamp_pb2.Timestamp:
@@ -22,9 +21,7 @@ def _timestamp(value: object) -> timestamp_pb2.Timestamp:
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(
-        self, config: ConfigManager, source: EtcdConfigSource, etcd: aetcd.Client
-    ) -> None:
+    def __init__(self, config: ConfigManager, source: EtcdConfigSource, etcd: aetcd.Client) -> None:
         self._config = config
         self._source = source
         self._etcd = etcd
@@ -121,5 +118,3 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.ListAlertsResponse:
         await unimplemented("ListAlerts", "alerts").abort(context)
-
-

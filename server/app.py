@@ -13,8 +13,6 @@ import aetcd
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy import Engine
-
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.admin_service import AdminService
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
@@ -37,6 +35,7 @@ from modelroute.storage.etcd import (
 )
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
+from sqlalchemy import Engine
 
 log = logging.getLogger("modelroute.server")
 DEFAULT_BOOTSTRAP = Path(__file__).resolve().parent.parent / "config" / "bootstrap.yaml"
@@ -146,7 +145,9 @@ class ModelrouteServer:
             return  # another replica seeded first
         if not plan.ok:
             raise RuntimeError(f"bootstrap config is invalid: {plan.rejections}")
-        log.info("seeded %d keys from %s at revision %d", len(values), self.options.bootstrap, revision)
+        log.info(
+            "seeded %d keys from %s at revision %d", len(values), self.options.bootstrap, revision
+        )
 
     async def _serving_when_ready(self) -> None:
         snapshot = await self.config.wait_ready()

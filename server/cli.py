@@ -13,7 +13,6 @@ from typing import Annotated, Any, NoReturn
 import grpc
 import typer
 from google.protobuf import json_format
-
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.config_apply import (
     ConfigFileError,
@@ -32,7 +31,9 @@ from modelroute.storage.etcd import (
 )
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-app = typer.Typer(help="modelroute: decide which LLM model every request uses.", no_args_is_help=True)
+app = typer.Typer(
+    help="modelroute: decide which LLM model every request uses.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Inspect and change the configuration in etcd.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -94,9 +95,7 @@ def serve(
         typer.Option(envvar="MODELROUTE_DATABASE_URL", help="SQLAlchemy URL; omit for SQLite."),
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="Embedded etcd + SQLite location.")] = DATA_DIR,
-    bootstrap: Annotated[
-        Path | None, typer.Option(help="Seed config for an empty prefix.")
-    ] = None,
+    bootstrap: Annotated[Path | None, typer.Option(help="Seed config for an empty prefix.")] = None,
     seed: Annotated[
         bool | None, typer.Option(help="Seed an empty external etcd prefix from --bootstrap.")
     ] = None,
@@ -224,7 +223,9 @@ def config_validate(
 
 @config_app.command("get")
 def config_get(
-    key: Annotated[str | None, typer.Argument(help="Relative key, e.g. contexts/rag.answer.")] = None,
+    key: Annotated[
+        str | None, typer.Argument(help="Relative key, e.g. contexts/rag.answer.")
+    ] = None,
     etcd_endpoints: EtcdOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:

@@ -17,14 +17,10 @@ from typing import Any
 
 import aetcd
 import yaml
-
 from modelroute.server.config_values import (
     KIND_MESSAGES,
     RUNTIME_KIND,
     SINGLETON_KINDS,
-    ConfigValueError,
-    parse_key,
-    parse_value,
 )
 from modelroute.server.snapshot import Rejection, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix, write_changes

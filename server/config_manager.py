@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
-from opentelemetry import metrics, trace
-
 from modelroute.server.snapshot import Rejection, Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import ConfigUpdate
+from opentelemetry import metrics, trace
 
 log = logging.getLogger("modelroute.config")
 tracer = trace.get_tracer("modelroute.config")
@@ -114,5 +113,6 @@ class ConfigManager:
             if snapshot.revision != last:
                 last = snapshot.revision
                 yield snapshot
+            seen = snapshot
             async with self._changed:
-                await self._changed.wait_for(lambda: self.current is not snapshot)
+                await self._changed.wait_for(lambda seen=seen: self.current is not seen)

@@ -17,7 +17,6 @@ from typing import Any, Final
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-
 from modelroute.config.v1 import config_pb2
 
 # Ids that appear in keys and values: model ids like `gemini-3-flash-preview`, contexts like
@@ -150,7 +149,7 @@ def _require_ratio(field: str, value: float) -> None:
 def _validate_model(key: ConfigKey, m: Message) -> None:
     assert isinstance(m, config_pb2.Model)
     if not m.provider:
-        raise ConfigValueError("field 'provider' is required (e.g. \"google\", \"openai\")")
+        raise ConfigValueError('field \'provider\' is required (e.g. "google", "openai")')
     _require_id("provider", m.provider)
     for price_field in ("input_usd_per_mtok", "output_usd_per_mtok"):
         price = getattr(m, price_field)

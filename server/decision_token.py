@@ -42,9 +42,15 @@ def encode(
     issued_at_ms: int,
 ) -> str:
     payload = [
-        secrets.token_hex(6), context, model_id, reason,
-        experiment_id, variant_id, config_revision, issued_at_ms,
-    ]  # fmt: skip
+        secrets.token_hex(6),
+        context,
+        model_id,
+        reason,
+        experiment_id,
+        variant_id,
+        config_revision,
+        issued_at_ms,
+    ]
     raw = json.dumps(payload, separators=(",", ":")).encode()
     return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -58,9 +64,15 @@ def decode(token: str) -> DecisionToken:
         payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         nonce, context, model, reason, experiment, variant, revision, issued = payload
         fields = DecisionToken(
-            str(nonce), str(context), str(model), int(reason),
-            str(experiment), str(variant), int(revision), int(issued),
-        )  # fmt: skip
+            str(nonce),
+            str(context),
+            str(model),
+            int(reason),
+            str(experiment),
+            str(variant),
+            int(revision),
+            int(issued),
+        )
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError(f"malformed decision id: {exc}") from None
     return fields

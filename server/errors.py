@@ -73,9 +73,11 @@ class ServiceError(Exception):
 def invalid_argument(violations: Sequence[tuple[str, str]]) -> ServiceError:
     summary = "; ".join(f"{f}: {d}" for f, d in violations)
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        f"invalid request: {summary}",
         field_violations=violations,
-    )  # fmt: skip
+    )
 
 
 def not_ready() -> ServiceError:

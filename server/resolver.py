@@ -14,7 +14,6 @@ from enum import IntEnum
 from typing import Final, Protocol
 
 import mmh3
-
 from modelroute.server.snapshot import (
     ContextSpec,
     ExperimentSpec,

@@ -10,10 +10,6 @@ from typing import Final
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
 from modelroute.server import decision_token
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import ID_PATTERN
@@ -33,6 +29,9 @@ from modelroute.server.usage_writer import (
 )
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 tracer = trace.get_tracer("modelroute.router")
 _propagator: Final = TraceContextTextMapPropagator()
@@ -424,5 +423,3 @@ def _reason_name(number: int) -> str | None:
         return types_pb2.Reason.Name(number).removeprefix("REASON_")  # type: ignore[arg-type]
     except ValueError:
         return None
-
-

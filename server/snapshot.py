@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import Final
 
 from google.protobuf.message import Message
-
 from modelroute.config.v1 import config_pb2
 from modelroute.server.config_values import (
     RUNTIME_KIND,
@@ -307,7 +306,9 @@ class SnapshotBuilder:
         # allowed (explicit operator intent); resolution then skips it as UNKNOWN_MODEL.
         models = {ck.id for ck, _ in candidate.values() if ck.kind == "models"}
         for key, (config_key, message) in parsed.items():
-            missing = [(f, m) for f, m in _referenced_models(config_key, message) if m not in models]
+            missing = [
+                (f, m) for f, m in _referenced_models(config_key, message) if m not in models
+            ]
             if missing:
                 candidate.pop(key)
                 if key in self._valid:

@@ -84,21 +84,31 @@ class EmbeddedEtcd:
         self._process = subprocess.Popen(
             [
                 str(etcd_binary()),
-                "--name", self.name,
-                "--data-dir", str(self.data_dir),
-                "--listen-client-urls", client_url,
-                "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url,
-                "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"{self.name}={peer_url}",
-                "--log-level", "warn",
+                "--name",
+                self.name,
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"{self.name}={peer_url}",
+                "--log-level",
+                "warn",
                 # Keep history bounded; the watch re-reads the prefix after a compaction.
-                "--auto-compaction-mode", "revision",
-                "--auto-compaction-retention", "10000",
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "10000",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -109,7 +119,9 @@ class EmbeddedEtcd:
                 with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
                     if b'"health":"true"' in response.read():
                         self.endpoint_file.write_text(self.endpoint + "\n")
-                        log.info("embedded etcd serving at %s (data: %s)", client_url, self.data_dir)
+                        log.info(
+                            "embedded etcd serving at %s (data: %s)", client_url, self.data_dir
+                        )
                         return
             time.sleep(0.05)
         self.stop()

@@ -90,7 +90,9 @@ def connect(
     if len(endpoints) > 1 and all(_is_ip(h) for h in hosts):
         family = "ipv6" if ":" in hosts[0] else "ipv4"
         fmt = "[{}]:{}" if family == "ipv6" else "{}:{}"
-        head = ",".join(fmt.format(h, e.port) for h, e in zip(hosts[:-1], endpoints[:-1]))
+        head = ",".join(
+            fmt.format(h, e.port) for h, e in zip(hosts[:-1], endpoints[:-1], strict=True)
+        )
         last = f"[{hosts[-1]}]" if family == "ipv6" else hosts[-1]
         host, port = f"{family}:{head},{last}", endpoints[-1].port
     else:
@@ -183,7 +185,7 @@ class EtcdConfigSource:
                     yield update
             except asyncio.CancelledError:
                 raise
-            except _Resync as exc:
+            except ResyncNeededError as exc:
                 log.info("etcd watch needs a full re-read: %s", exc)
             except Exception as exc:  # noqa: BLE001 - any failure means: reconnect and resync
                 self._mark_disconnected(exc)
@@ -192,7 +194,9 @@ class EtcdConfigSource:
             finally:
                 await _close_quietly(client)
 
-    async def _watch(self, client: aetcd.Client, start_revision: int) -> AsyncIterator[ConfigUpdate]:
+    async def _watch(
+        self, client: aetcd.Client, start_revision: int
+    ) -> AsyncIterator[ConfigUpdate]:
         await client.connect()
         key = self.prefix.encode()
         create = etcd_rpc.WatchRequest(
@@ -214,9 +218,9 @@ class EtcdConfigSource:
         try:
             async for response in call:
                 if response.compact_revision:
-                    raise _Resync(f"revision compacted at {response.compact_revision}")
+                    raise ResyncNeededError(f"revision compacted at {response.compact_revision}")
                 if response.canceled:
-                    raise _Resync(f"watch cancelled by etcd: {response.cancel_reason}")
+                    raise ResyncNeededError(f"watch cancelled by etcd: {response.cancel_reason}")
                 for update in _group_by_revision(response.events, self.prefix):
                     yield update
             raise ConnectionError("etcd closed the watch stream")
@@ -225,7 +229,7 @@ class EtcdConfigSource:
             call.cancel()
 
 
-class _Resync(Exception):
+class ResyncNeededError(Exception):
     pass
 
 

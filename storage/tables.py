@@ -32,7 +32,9 @@ class LlmUsageLog(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=32)
     config_revision: int = Field(sa_column=Column(BigInteger, nullable=False))
     trace_id: str | None = Field(default=None, max_length=32)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
 
 
 class LlmFeedback(SQLModel, table=True):
@@ -71,4 +73,6 @@ class Alert(SQLModel, table=True):
     subject: str = Field(max_length=256)
     message: str
     dedup_key: str = Field(max_length=256, index=True)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from modelroute.storage.tables import LlmUsageLog
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-
-from modelroute.storage.tables import LlmUsageLog
 
 _table = LlmUsageLog.__table__  # type: ignore[attr-defined]
 
@@ -64,14 +63,12 @@ class UsageStore:
                 .returning(_table.c.report_id)
             )
             with self.engine.begin() as connection:
-                # RETURNING with executemany: one round trip per row in SQLite's driver, but a
-                # single transaction (one fsync) for the whole group.
-                for row in rows:
-                    result = connection.execute(statement, row)
-                    inserted.update(r[0] for r in result)
+                # One multi-row INSERT ... RETURNING per few hundred rows (SQLAlchemy's
+                # "insertmanyvalues"), all in one transaction: one fsync for the group.
+                result = connection.execute(statement, rows)
+                inserted.update(r[0] for r in result)
         return [
-            first_index[r.report_id] == i and r.report_id in inserted
-            for i, r in enumerate(records)
+            first_index[r.report_id] == i and r.report_id in inserted for i, r in enumerate(records)
         ]
 
     def count(self) -> int:
@@ -81,8 +78,6 @@ class UsageStore:
     def get(self, report_id: str) -> UsageRecord | None:
         with self.engine.connect() as connection:
             row = connection.execute(
-                select(*[_table.c[name] for name in _FIELDS]).where(
-                    _table.c.report_id == report_id
-                )
+                select(*[_table.c[name] for name in _FIELDS]).where(_table.c.report_id == report_id)
             ).first()
         return UsageRecord(**row._asdict()) if row else None

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import aetcd
 import grpc
 import pytest
-
 from modelroute.admin.v1 import admin_pb2_grpc
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
 from modelroute.server.config_apply import load_config_file

@@ -11,19 +11,24 @@ from pathlib import Path
 import aetcd
 import grpc
 import pytest
-
 from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import read_prefix, write_changes
+
 from tests.conftest import Running
 
 
 def modelroute(*args: str, etcd: str, prefix: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "modelroute.server.cli", *args],
-        capture_output=True, text=True, timeout=60,
-        env={"MODELROUTE_ETCD_ENDPOINTS": etcd, "MODELROUTE_ETCD_PREFIX": prefix,
-             "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "MODELROUTE_ETCD_ENDPOINTS": etcd,
+            "MODELROUTE_ETCD_PREFIX": prefix,
+            "PATH": "/usr/bin:/bin",
+        },
+    )
 
 
 async def run_cli(*args: str, etcd: str, prefix: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +43,9 @@ async def test_apply_dry_run_then_apply(
 ) -> None:
     file = tmp_path / "change.yaml"
     file.write_text(CHANGE)
-    dry = await run_cli("config", "apply", "-f", str(file), "--dry-run", etcd=etcd_endpoint, prefix=prefix)
+    dry = await run_cli(
+        "config", "apply", "-f", str(file), "--dry-run", etcd=etcd_endpoint, prefix=prefix
+    )
     assert dry.returncode == 0, dry.stderr
     assert '+  "model": "gpt-4o"' in dry.stdout and "nothing written" in dry.stdout
     revision, stored = await read_prefix(etcd, prefix)
@@ -64,11 +71,17 @@ async def test_apply_invalid_file_writes_nothing(
 
 
 async def test_validate_and_get(tmp_path: Path, etcd_endpoint: str, prefix: str, seed: int) -> None:
-    good = await run_cli("config", "validate", "-f", "config/bootstrap.yaml", etcd=etcd_endpoint, prefix=prefix)
+    good = await run_cli(
+        "config", "validate", "-f", "config/bootstrap.yaml", etcd=etcd_endpoint, prefix=prefix
+    )
     assert good.returncode == 0 and "15 key(s), all valid" in good.stdout
     bad_file = tmp_path / "bad.yaml"
-    bad_file.write_text("experiments:\n  e:\n    context: x\n    variants: [{id: a, model: m, weight: 50}]\n")
-    bad = await run_cli("config", "validate", "-f", str(bad_file), etcd=etcd_endpoint, prefix=prefix)
+    bad_file.write_text(
+        "experiments:\n  e:\n    context: x\n    variants: [{id: a, model: m, weight: 50}]\n"
+    )
+    bad = await run_cli(
+        "config", "validate", "-f", str(bad_file), etcd=etcd_endpoint, prefix=prefix
+    )
     assert bad.returncode == 1 and "sum to 50" in bad.stderr
     got = await run_cli("config", "get", "contexts/rag.answer", etcd=etcd_endpoint, prefix=prefix)
     value = json.loads(got.stdout)
@@ -76,13 +89,30 @@ async def test_validate_and_get(tmp_path: Path, etcd_endpoint: str, prefix: str,
     assert value["values"]["contexts/rag.answer"]["model"] == "gemini-3-flash-preview"
 
 
-async def test_resolve_and_status_commands(server: Running, etcd_endpoint: str, prefix: str) -> None:
-    resolved = await run_cli("resolve", "premium.answer", "--user", "7", "--tier", "premium",
-                             "--server", server.address, etcd=etcd_endpoint, prefix=prefix)  # fmt: skip
+async def test_resolve_and_status_commands(
+    server: Running, etcd_endpoint: str, prefix: str
+) -> None:
+    resolved = await run_cli(
+        "resolve",
+        "premium.answer",
+        "--user",
+        "7",
+        "--tier",
+        "premium",
+        "--server",
+        server.address,
+        etcd=etcd_endpoint,
+        prefix=prefix,
+    )
     assert resolved.returncode == 0, resolved.stderr
     decision = json.loads(resolved.stdout)
-    assert (decision["model_id"], decision["reason"]) == ("gemini-3-pro-preview", "REASON_CONTEXT_DEFAULT")
-    status = await run_cli("config", "status", "--server", server.address, etcd=etcd_endpoint, prefix=prefix)
+    assert (decision["model_id"], decision["reason"]) == (
+        "gemini-3-pro-preview",
+        "REASON_CONTEXT_DEFAULT",
+    )
+    status = await run_cli(
+        "config", "status", "--server", server.address, etcd=etcd_endpoint, prefix=prefix
+    )
     assert status.returncode == 0 and json.loads(status.stdout)["etcd_connected"] is True
 
 

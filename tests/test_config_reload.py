@@ -11,21 +11,23 @@ import aetcd
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import (
     EtcdConfigSource,
-    _Resync,
+    ResyncNeededError,
     connect,
     parse_endpoints,
     write_changes,
 )
 from modelroute.v1 import router_pb2, types_pb2
+
 from tests.conftest import Running, eventually
 
 
-def resolve_request(context: str = "rag.answer", **kwargs: object) -> router_pb2.ResolveModelRequest:
+def resolve_request(
+    context: str = "rag.answer", **kwargs: object
+) -> router_pb2.ResolveModelRequest:
     return router_pb2.ResolveModelRequest(context=context, **kwargs)  # type: ignore[arg-type]
 
 
@@ -34,7 +36,9 @@ async def put(etcd: aetcd.Client, prefix: str, key: str, value: object) -> int:
     return await write_changes(etcd, prefix, {key: raw}, 0, [])
 
 
-async def served_model(server: Running, context: str = "rag.answer") -> router_pb2.ResolveModelResponse:
+async def served_model(
+    server: Running, context: str = "rag.answer"
+) -> router_pb2.ResolveModelResponse:
     return await server.router.ResolveModel(resolve_request(context))
 
 
@@ -68,9 +72,11 @@ async def test_model_disabled_then_fallback_with_cause(
     server: Running, etcd: aetcd.Client, prefix: str
 ) -> None:
     await put(
-        etcd, prefix, "models/gemini-3-flash-preview",
+        etcd,
+        prefix,
+        "models/gemini-3-flash-preview",
         {"provider": "google", "tiers": ["free", "premium"], "enabled": False},
-    )  # fmt: skip
+    )
 
     async def check() -> None:
         response = await served_model(server)
@@ -103,8 +109,12 @@ async def test_operator_override_and_its_expiry(
     server: Running, etcd: aetcd.Client, prefix: str
 ) -> None:
     expires = (datetime.now(UTC) + timedelta(seconds=1.5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    await put(etcd, prefix, "overrides/rag.answer",
-              {"model": "gpt-4o", "note": "incident 42", "expires": expires})  # fmt: skip
+    await put(
+        etcd,
+        prefix,
+        "overrides/rag.answer",
+        {"model": "gpt-4o", "note": "incident 42", "expires": expires},
+    )
 
     async def overridden() -> None:
         response = await served_model(server)
@@ -153,8 +163,10 @@ async def test_experiment_applies_and_stops_when_disabled(
     async def running() -> None:
         response = await server.router.ResolveModel(request)
         assert (response.reason, response.experiment_id, response.variant_id) == (
-            types_pb2.REASON_EXPERIMENT, "exp1", "b",
-        )  # fmt: skip
+            types_pb2.REASON_EXPERIMENT,
+            "exp1",
+            "b",
+        )
         assert response.model_id == "gpt-4o-mini"
 
     await eventually(running)
@@ -222,11 +234,19 @@ async def test_bad_value_is_rejected_and_last_good_keeps_serving(
 async def test_experiment_weights_must_sum_to_100(
     server: Running, etcd: aetcd.Client, prefix: str
 ) -> None:
-    await put(etcd, prefix, "experiments/bad", {
-        "context": "rag.answer", "enabled": True,
-        "variants": [{"id": "a", "model": "gpt-4o", "weight": 60},
-                     {"id": "b", "model": "gpt-4o-mini", "weight": 30}],
-    })  # fmt: skip
+    await put(
+        etcd,
+        prefix,
+        "experiments/bad",
+        {
+            "context": "rag.answer",
+            "enabled": True,
+            "variants": [
+                {"id": "a", "model": "gpt-4o", "weight": 60},
+                {"id": "b", "model": "gpt-4o-mini", "weight": 30},
+            ],
+        },
+    )
 
     async def check() -> None:
         status = await server.admin.GetConfigStatus(admin_pb2.GetConfigStatusRequest())
@@ -242,17 +262,24 @@ async def test_keys_of_one_transaction_apply_together(
 ) -> None:
     # A context naming a model that only exists in the same transaction is valid only if
     # both keys are applied as one revision.
-    revision = await write_changes(etcd, prefix, {
-        "contexts/new.feature": json.dumps({"model": "mistral-large"}).encode(),
-        "models/mistral-large": json.dumps({"provider": "mistral"}).encode(),
-    }, 0, [])  # fmt: skip
+    revision = await write_changes(
+        etcd,
+        prefix,
+        {
+            "contexts/new.feature": json.dumps({"model": "mistral-large"}).encode(),
+            "models/mistral-large": json.dumps({"provider": "mistral"}).encode(),
+        },
+        0,
+        [],
+    )
 
     async def check() -> None:
         response = await served_model(server, "new.feature")
         assert response.config_revision == revision
         assert (response.model_id, response.reason) == (
-            "mistral-large", types_pb2.REASON_CONTEXT_DEFAULT,
-        )  # fmt: skip
+            "mistral-large",
+            types_pb2.REASON_CONTEXT_DEFAULT,
+        )
 
     await eventually(check)
     status = await server.admin.GetConfigStatus(admin_pb2.GetConfigStatusRequest())
@@ -283,8 +310,9 @@ async def test_env_override_wins_over_etcd(
     await put(etcd, prefix, "overrides/rag.answer", {"model": "gpt-4o"})
     response = await served_model(server)
     assert (response.model_id, response.reason) == (
-        "claude-3-sonnet", types_pb2.REASON_ENV_OVERRIDE,
-    )  # fmt: skip
+        "claude-3-sonnet",
+        types_pb2.REASON_ENV_OVERRIDE,
+    )
     status = await server.admin.GetConfigStatus(admin_pb2.GetConfigStatusRequest())
     assert [(e.variable, e.model_id) for e in status.env_overrides] == [
         ("MODEL_RAG_ANSWER", "claude-3-sonnet")
@@ -326,10 +354,16 @@ async def test_health_not_serving_until_config_then_serving(
     server_task_etcd = EmbeddedEtcd(tmp_path / "own-etcd", client_port=port)
     from modelroute.server.app import ModelrouteServer, ServeOptions
 
-    server = ModelrouteServer(ServeOptions(
-        port=0, etcd_endpoints=f"127.0.0.1:{port}", etcd_prefix=prefix,
-        database_url=f"sqlite:///{tmp_path / 'u.db'}", data_dir=tmp_path / "d", seed=False,
-    ))  # fmt: skip
+    server = ModelrouteServer(
+        ServeOptions(
+            port=0,
+            etcd_endpoints=f"127.0.0.1:{port}",
+            etcd_prefix=prefix,
+            database_url=f"sqlite:///{tmp_path / 'u.db'}",
+            data_dir=tmp_path / "d",
+            seed=False,
+        )
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -372,10 +406,16 @@ async def test_resyncs_after_etcd_restart(
     client = connect(parse_endpoints(own_etcd.endpoint))
     await write_changes(client, prefix, dict(bootstrap_values), 0, [])
     await client.close()
-    server = ModelrouteServer(ServeOptions(
-        port=0, etcd_endpoints=own_etcd.endpoint, etcd_prefix=prefix,
-        database_url=f"sqlite:///{tmp_path / 'u.db'}", data_dir=tmp_path / "d", seed=False,
-    ))  # fmt: skip
+    server = ModelrouteServer(
+        ServeOptions(
+            port=0,
+            etcd_endpoints=own_etcd.endpoint,
+            etcd_prefix=prefix,
+            database_url=f"sqlite:///{tmp_path / 'u.db'}",
+            data_dir=tmp_path / "d",
+            seed=False,
+        )
+    )
     await server.start()
     await server.config.wait_ready(10)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -408,14 +448,16 @@ def _assert(condition: bool) -> None:
     assert condition
 
 
-async def test_compacted_watch_forces_full_reread(etcd: aetcd.Client, prefix: str, etcd_endpoint: str) -> None:
+async def test_compacted_watch_forces_full_reread(
+    etcd: aetcd.Client, prefix: str, etcd_endpoint: str
+) -> None:
     first = await write_changes(etcd, prefix, {"models/a": b'{"provider":"p"}'}, 0, [])
     latest = await write_changes(etcd, prefix, {"models/a": b'{"provider":"q"}'}, 0, [])
     await etcd.compact(latest)
     source = EtcdConfigSource(parse_endpoints(etcd_endpoint), prefix)
     client = connect(parse_endpoints(etcd_endpoint))
     try:
-        with pytest.raises(_Resync, match="compacted"):
+        with pytest.raises(ResyncNeededError, match="compacted"):
             async for _ in source._watch(client, first):
                 pass
     finally:

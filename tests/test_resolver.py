@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from modelroute.server.resolver import (
     Cause,
     NoModelAvailableError,
@@ -51,8 +50,10 @@ BASE: dict[str, object] = {
 def test_precedence_env_then_override_then_preference_then_experiment_then_context() -> None:
     values = dict(BASE)
     values["experiments/e"] = {
-        "context": "chat", "enabled": True, "variants": [{"id": "v", "model": "m2", "weight": 100}]
-    }  # fmt: skip
+        "context": "chat",
+        "enabled": True,
+        "variants": [{"id": "v", "model": "m2", "weight": 100}],
+    }
     values["overrides/chat"] = {"model": "m4"}
     request = ResolveInput("chat", user_id="u1", tier="premium", preferred_model="m1")
 
@@ -65,8 +66,10 @@ def test_precedence_env_then_override_then_preference_then_experiment_then_conte
     assert (decision.reason, decision.model_id) == (Reason.USER_PREFERENCE, "m1")
     decision = resolve(build(values), ResolveInput("chat", user_id="u1"), NOW)
     assert (decision.reason, decision.experiment_id, decision.variant_id) == (
-        Reason.EXPERIMENT, "e", "v",
-    )  # fmt: skip
+        Reason.EXPERIMENT,
+        "e",
+        "v",
+    )
     del values["experiments/e"]
     assert resolve(build(values), ResolveInput("chat"), NOW).reason == Reason.CONTEXT_DEFAULT
     assert resolve(build(values), ResolveInput("other"), NOW).reason == Reason.GLOBAL_DEFAULT
@@ -96,9 +99,11 @@ def test_expired_override_does_not_apply() -> None:
 
 def test_experiment_outside_window_does_not_apply() -> None:
     experiment = {
-        "context": "chat", "enabled": True, "variants": [{"id": "v", "model": "m2", "weight": 100}],
+        "context": "chat",
+        "enabled": True,
+        "variants": [{"id": "v", "model": "m2", "weight": 100}],
         "start": "2026-11-25T00:00:00Z",
-    }  # fmt: skip
+    }
     values = dict(BASE) | {"experiments/e": experiment}
     assert resolve(build(values), ResolveInput("chat", user_id="u"), NOW).reason == (
         Reason.CONTEXT_DEFAULT
@@ -115,7 +120,9 @@ class Cooldowns:
     def __init__(self, cooling: dict[str, datetime]) -> None:
         self.cooling = cooling
 
-    def check(self, model: ModelSpec, context: ContextSpec | None, now: datetime) -> Unavailable | None:
+    def check(
+        self, model: ModelSpec, context: ContextSpec | None, now: datetime
+    ) -> Unavailable | None:
         until = self.cooling.get(model.model_id)
         return Unavailable(Cause.COOLDOWN, until) if until and now < until else None
 
@@ -160,13 +167,32 @@ def test_full_state_resync_removes_keys_deleted_while_disconnected() -> None:
         ("models/x", {"provider": "p", "input_usd_per_mtok": -1}, ">= 0"),
         ("models/x y", {"provider": "p"}, "invalid id"),
         ("widgets/x", {}, "unknown key"),
-        ("experiments/e", {"context": "chat", "variants": [
-            {"id": "a", "model": "m0", "weight": 50}, {"id": "a", "model": "m2", "weight": 50}]},
-         "appears twice"),
-        ("experiments/e", {"context": "chat", "bucket_by": "SESSION",
-                           "variants": [{"id": "a", "model": "m0", "weight": 100}]}, "USER"),
+        (
+            "experiments/e",
+            {
+                "context": "chat",
+                "variants": [
+                    {"id": "a", "model": "m0", "weight": 50},
+                    {"id": "a", "model": "m2", "weight": 50},
+                ],
+            },
+            "appears twice",
+        ),
+        (
+            "experiments/e",
+            {
+                "context": "chat",
+                "bucket_by": "SESSION",
+                "variants": [{"id": "a", "model": "m0", "weight": 100}],
+            },
+            "USER",
+        ),
         ("overrides/chat", {"model": "m0", "expires": "tomorrow"}, "expires"),
-        ("contexts/c", {"model": "m0", "budget": {"usd_per_day": 5, "warn_ratio": 2}}, "warn_ratio"),
+        (
+            "contexts/c",
+            {"model": "m0", "budget": {"usd_per_day": 5, "warn_ratio": 2}},
+            "warn_ratio",
+        ),
         ("settings", {"default_model": "nope"}, "unknown model"),
     ],
 )
@@ -182,9 +208,14 @@ def test_invalid_values_are_rejected_with_a_useful_message(
 
 def test_short_and_prefixed_enum_names_are_equivalent() -> None:
     for spelling in ("REQUEST", "BUCKET_BY_REQUEST", "request"):
-        values = dict(BASE) | {"experiments/e": {
-            "context": "chat", "enabled": True, "bucket_by": spelling,
-            "variants": [{"id": "a", "model": "m0", "weight": 100}]}}  # fmt: skip
+        values = dict(BASE) | {
+            "experiments/e": {
+                "context": "chat",
+                "enabled": True,
+                "bucket_by": spelling,
+                "variants": [{"id": "a", "model": "m0", "weight": 100}],
+            }
+        }
         assert build(values).experiments["e"].bucket_by_request
 
 
@@ -236,22 +267,33 @@ def test_availability_walk_properties(
     assert decision.model_id not in excluded and decision.model_id not in disabled
     if decision.model_id != primary:
         expected = (
-            Cause.UNKNOWN_MODEL if primary not in MODELS
-            else Cause.DISABLED if primary in disabled
+            Cause.UNKNOWN_MODEL
+            if primary not in MODELS
+            else Cause.DISABLED
+            if primary in disabled
             else Cause.EXCLUDED_BY_CALLER
-        )  # fmt: skip
+        )
         assert (decision.fallback_from, decision.fallback_cause) == (primary, expected)
     else:
         assert decision.fallback_cause is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(weights=st.lists(st.integers(0, 100), min_size=1, max_size=5).filter(lambda w: sum(w) == 100)
-       | st.just([70, 30]), user=st.text(max_size=20))  # fmt: skip
+@given(
+    weights=st.lists(st.integers(0, 100), min_size=1, max_size=5).filter(lambda w: sum(w) == 100)
+    | st.just([70, 30]),
+    user=st.text(max_size=20),
+)
 def test_assignment_is_stable_and_never_picks_zero_weight(weights: list[int], user: str) -> None:
-    values = dict(BASE) | {"experiments/e": {
-        "context": "chat", "enabled": True,
-        "variants": [{"id": f"v{i}", "model": "m0", "weight": w} for i, w in enumerate(weights)]}}  # fmt: skip
+    values = dict(BASE) | {
+        "experiments/e": {
+            "context": "chat",
+            "enabled": True,
+            "variants": [
+                {"id": f"v{i}", "model": "m0", "weight": w} for i, w in enumerate(weights)
+            ],
+        }
+    }
     experiment = build(values).experiments["e"]
     index = assign_variant(experiment, user)
     assert index == assign_variant(experiment, user)

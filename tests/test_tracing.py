@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
 from modelroute.server.router_service import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
 from tests.conftest import ServerProcess, eventually
 
 
@@ -54,15 +54,25 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
     receiver: tuple[Receiver, int], tmp_path: Path, etcd_endpoint: str, prefix: str, seed: int
 ) -> None:
     collector, port = receiver
-    server = await asyncio.to_thread(ServerProcess, [
-        "--etcd-endpoints", etcd_endpoint, "--etcd-prefix", prefix,
-        "--database-url", f"sqlite:///{tmp_path / 'u.db'}", "--data-dir", str(tmp_path / "d"),
-    ], {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-        "OTEL_SERVICE_NAME": "modelroute-test",
-    })  # fmt: skip
+    server = await asyncio.to_thread(
+        ServerProcess,
+        [
+            "--etcd-endpoints",
+            etcd_endpoint,
+            "--etcd-prefix",
+            prefix,
+            "--database-url",
+            f"sqlite:///{tmp_path / 'u.db'}",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_SERVICE_NAME": "modelroute-test",
+        },
+    )
     try:
         trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
         traceparent = f"00-{trace_id}-{parent_id}-01"
@@ -70,15 +80,29 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
             stub = router_pb2_grpc.ModelRouterServiceStub(channel)
             decision = await stub.ResolveModel(
                 router_pb2.ResolveModelRequest(
-                    context="rag.answer", user=types_pb2.User(id="user-42", tier="premium"),
+                    context="rag.answer",
+                    user=types_pb2.User(id="user-42", tier="premium"),
                     exclude_models=["gemini-3-flash-preview"],
                 ),
                 metadata=(("traceparent", traceparent),),
-            )  # fmt: skip
-            await stub.ReportUsage(router_pb2.ReportUsageRequest(reports=[router_pb2.UsageReport(
-                report_id="t1", context="rag.answer", model_id=decision.model_id,
-                input_tokens=12, output_tokens=34, latency_ms=5, outcome=types_pb2.OUTCOME_OK,
-                decision_id=decision.decision_id)]), metadata=(("traceparent", traceparent),))  # fmt: skip
+            )
+            await stub.ReportUsage(
+                router_pb2.ReportUsageRequest(
+                    reports=[
+                        router_pb2.UsageReport(
+                            report_id="t1",
+                            context="rag.answer",
+                            model_id=decision.model_id,
+                            input_tokens=12,
+                            output_tokens=34,
+                            latency_ms=5,
+                            outcome=types_pb2.OUTCOME_OK,
+                            decision_id=decision.decision_id,
+                        )
+                    ]
+                ),
+                metadata=(("traceparent", traceparent),),
+            )
 
         def exported() -> tuple[Any, Any, Any]:
             resolves = collector.named("modelroute.resolve")
@@ -101,8 +125,9 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
         usage = attributes(usage_span)
         assert usage_span.trace_id.hex() == trace_id
         assert (usage["gen_ai.request.model"], usage["gen_ai.provider.name"]) == (
-            "gpt-4o-mini", "openai",
-        )  # fmt: skip
+            "gpt-4o-mini",
+            "openai",
+        )
         assert (usage["gen_ai.usage.input_tokens"], usage["gen_ai.usage.output_tokens"]) == (12, 34)
         assert attributes(reload_span)["modelroute.config_revision"] == seed
     finally:

@@ -9,12 +9,12 @@ from pathlib import Path
 import aetcd
 import grpc
 import pytest
-from sqlalchemy import text
-
 from modelroute.storage.database import create_engine_for, upgrade
 from modelroute.storage.etcd import write_changes
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+from sqlalchemy import text
+
 from tests.conftest import Running, ServerProcess
 
 
@@ -49,18 +49,29 @@ async def test_usage_row_has_cost_from_model_prices(server: Running) -> None:
     [row] = rows(server)
     assert row["estimated_cost"] == pytest.approx(expected)
     assert (row["context"], row["model_id"], row["provider"], row["outcome"]) == (
-        "rag.answer", "gemini-3-flash-preview", "google", "OK",
-    )  # fmt: skip
+        "rag.answer",
+        "gemini-3-flash-preview",
+        "google",
+        "OK",
+    )
     assert (row["user_id"], row["tier"], row["input_tokens"], row["output_tokens"]) == (
-        "42", "premium", 1000, 500,
-    )  # fmt: skip
+        "42",
+        "premium",
+        1000,
+        500,
+    )
 
 
 async def test_cost_uses_prices_in_force_at_report_time(
     server: Running, etcd: aetcd.Client, prefix: str
 ) -> None:
-    await write_changes(etcd, prefix, {"models/gemini-3-flash-preview":
-        b'{"provider":"google","input_usd_per_mtok":10,"output_usd_per_mtok":0}'}, 0, [])  # fmt: skip
+    await write_changes(
+        etcd,
+        prefix,
+        {"models/gemini-3-flash-preview": b'{"provider": "google", "input_usd_per_mtok": 10}'},
+        0,
+        [],
+    )
     from tests.conftest import eventually
 
     async def repriced() -> None:
@@ -78,8 +89,9 @@ async def test_duplicate_report_id_is_stored_once(server: Running) -> None:
         router_pb2.ReportUsageRequest(reports=[report("dup"), report("dup", input_tokens=7)])
     )
     assert [r.status for r in first.results] == [
-        router_pb2.REPORT_STATUS_ACCEPTED, router_pb2.REPORT_STATUS_DUPLICATE,
-    ]  # fmt: skip
+        router_pb2.REPORT_STATUS_ACCEPTED,
+        router_pb2.REPORT_STATUS_DUPLICATE,
+    ]
     retry = await server.router.ReportUsage(
         router_pb2.ReportUsageRequest(reports=[report("dup", input_tokens=9)])
     )
@@ -89,14 +101,20 @@ async def test_duplicate_report_id_is_stored_once(server: Running) -> None:
 
 
 async def test_invalid_reports_are_rejected_individually(server: Running) -> None:
-    reply = await server.router.ReportUsage(router_pb2.ReportUsageRequest(reports=[
-        report("ok-1"),
-        report("neg", input_tokens=-5),
-        report("no-outcome", outcome=types_pb2.OUTCOME_UNSPECIFIED),
-        report("", ),
-        report("bad-decision", decision_id="not-a-token"),
-        report("huge-latency", latency_ms=10**12),
-    ]))  # fmt: skip
+    reply = await server.router.ReportUsage(
+        router_pb2.ReportUsageRequest(
+            reports=[
+                report("ok-1"),
+                report("neg", input_tokens=-5),
+                report("no-outcome", outcome=types_pb2.OUTCOME_UNSPECIFIED),
+                report(
+                    "",
+                ),
+                report("bad-decision", decision_id="not-a-token"),
+                report("huge-latency", latency_ms=10**12),
+            ]
+        )
+    )
     statuses = [(r.report_id, r.status) for r in reply.results]
     assert statuses[0] == ("ok-1", router_pb2.REPORT_STATUS_ACCEPTED)
     assert all(s == router_pb2.REPORT_STATUS_REJECTED for _, s in statuses[1:])
@@ -117,27 +135,40 @@ async def test_empty_or_oversized_batch_is_invalid_argument(server: Running) -> 
 async def test_decision_id_links_usage_to_the_experiment_variant(
     server: Running, etcd: aetcd.Client, prefix: str
 ) -> None:
-    await write_changes(etcd, prefix, {"experiments/e1": b'{"context":"rag.answer","enabled":true,'
-        b'"variants":[{"id":"treat","model":"gpt-4o-mini","weight":100}]}'}, 0, [])  # fmt: skip
+    await write_changes(
+        etcd,
+        prefix,
+        {
+            "experiments/e1": b'{"context":"rag.answer","enabled":true,'
+            b'"variants":[{"id":"treat","model":"gpt-4o-mini","weight":100}]}'
+        },
+        0,
+        [],
+    )
     from tests.conftest import eventually
 
     async def decided() -> router_pb2.ResolveModelResponse:
-        decision = await server.router.ResolveModel(router_pb2.ResolveModelRequest(
-            context="rag.answer", user=types_pb2.User(id="7")))  # fmt: skip
+        decision = await server.router.ResolveModel(
+            router_pb2.ResolveModelRequest(context="rag.answer", user=types_pb2.User(id="7"))
+        )
         assert decision.variant_id == "treat"
         return decision
 
     decision = await eventually(decided)
-    await server.router.ReportUsage(router_pb2.ReportUsageRequest(reports=[
-        report("linked", decision_id=decision.decision_id, model_id=decision.model_id)]))  # fmt: skip
+    await server.router.ReportUsage(
+        router_pb2.ReportUsageRequest(
+            reports=[report("linked", decision_id=decision.decision_id, model_id=decision.model_id)]
+        )
+    )
     [row] = rows(server)
     assert (row["experiment_id"], row["variant_id"], row["reason"]) == ("e1", "treat", "EXPERIMENT")
 
 
 async def test_concurrent_reports_share_commits_and_all_land(server: Running) -> None:
     calls = [
-        server.router.ReportUsage(router_pb2.ReportUsageRequest(
-            reports=[report(f"c{i}-{j}") for j in range(10)]))  # fmt: skip
+        server.router.ReportUsage(
+            router_pb2.ReportUsageRequest(reports=[report(f"c{i}-{j}") for j in range(10)])
+        )
         for i in range(50)
     ]
     replies = await asyncio.gather(*calls)
@@ -165,10 +196,18 @@ async def test_reports_acknowledged_before_sigterm_are_all_stored(
     """A real server process under load gets SIGTERM: every report it acknowledged is in
     the database afterwards (the queue drains; in-flight calls finish)."""
     database = tmp_path / "usage.db"
-    server = ServerProcess([
-        "--etcd-endpoints", etcd_endpoint, "--etcd-prefix", prefix,
-        "--database-url", f"sqlite:///{database}", "--data-dir", str(tmp_path / "d"),
-    ])  # fmt: skip
+    server = ServerProcess(
+        [
+            "--etcd-endpoints",
+            etcd_endpoint,
+            "--etcd-prefix",
+            prefix,
+            "--database-url",
+            f"sqlite:///{database}",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ]
+    )
     process, port = server.process, server.port
     try:
         acknowledged: list[str] = []
@@ -186,9 +225,10 @@ async def test_reports_acknowledged_before_sigterm_are_all_stored(
                     except grpc.aio.AioRpcError:
                         return  # the server is going away; unacknowledged reports may be lost
                     acknowledged.extend(
-                        r.report_id for r in reply.results
+                        r.report_id
+                        for r in reply.results
                         if r.status == router_pb2.REPORT_STATUS_ACCEPTED
-                    )  # fmt: skip
+                    )
                     if worker == 0 and batch == 20:
                         process.send_signal(signal.SIGTERM)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import modelroute.storage.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 from alembic import context
 from sqlmodel import SQLModel
-
-import modelroute.storage.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
