@@ -15,13 +15,13 @@ RESPONSE = router_pb2.ResolveModelResponse.FromString(
 
 
 class Echo(router_pb2_grpc.ModelRouterServiceServicer):
-    async def ResolveModel(self, request: object, context: object) -> object:
+    async def ResolveModel(self, request: object, context: object) -> object:  # type: ignore[override]
         return RESPONSE
 
 
 async def main() -> None:
     server = grpc.aio.server()
-    router_pb2_grpc.add_ModelRouterServiceServicer_to_server(Echo(), server)
+    router_pb2_grpc.add_ModelRouterServiceServicer_to_server(Echo(), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"echo: serving gRPC on 127.0.0.1:{port}", flush=True)

@@ -85,7 +85,7 @@ async def wait_serving(address: str, timeout: float = 30) -> None:
     raise TimeoutError(f"{address} did not become SERVING")
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 

@@ -103,18 +103,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetUsageSummaryRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.GetUsageSummaryResponse:
-        await unimplemented("GetUsageSummary", "usage analysis").abort(context)
+        return await unimplemented("GetUsageSummary", "usage analysis").abort(context)
 
     async def GetExperimentResults(
         self,
         request: admin_pb2.GetExperimentResultsRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.GetExperimentResultsResponse:
-        await unimplemented("GetExperimentResults", "experiment analysis").abort(context)
+        return await unimplemented("GetExperimentResults", "experiment analysis").abort(context)
 
     async def ListAlerts(
         self,
         request: admin_pb2.ListAlertsRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.ListAlertsResponse:
-        await unimplemented("ListAlerts", "alerts").abort(context)
+        return await unimplemented("ListAlerts", "alerts").abort(context)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from modelroute.server.snapshot import Rejection, Snapshot, SnapshotBuilder
@@ -113,6 +114,9 @@ class ConfigManager:
             if snapshot.revision != last:
                 last = snapshot.revision
                 yield snapshot
-            seen = snapshot
             async with self._changed:
-                await self._changed.wait_for(lambda seen=seen: self.current is not seen)
+                await self._changed.wait_for(partial(_is_replaced, self, snapshot))
+
+
+def _is_replaced(manager: ConfigManager, snapshot: Snapshot) -> bool:
+    return manager.current is not snapshot

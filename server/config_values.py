@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from modelroute.config.v1 import config_pb2
 
@@ -72,7 +72,7 @@ def parse_key(relative_key: str) -> ConfigKey:
     return ConfigKey(kind, ident)
 
 
-def _normalise_enums(data: Any, descriptor: Descriptor) -> Any:
+def _normalise_enums(data: Any, descriptor: Any) -> Any:
     """Accept short enum names (`"USER"` for `BUCKET_BY_USER`), as the docs promise."""
     if not isinstance(data, dict):
         return data

@@ -282,21 +282,21 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         request: router_pb2.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.SubmitFeedbackResponse:
-        await unimplemented("SubmitFeedback", "feedback and analysis").abort(context)
+        return await unimplemented("SubmitFeedback", "feedback and analysis").abort(context)
 
     async def GetUserPreference(
         self,
         request: router_pb2.GetUserPreferenceRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.GetUserPreferenceResponse:
-        await unimplemented("GetUserPreference", "per-user preferred models").abort(context)
+        return await unimplemented("GetUserPreference", "per-user preferred models").abort(context)
 
     async def SetUserPreference(
         self,
         request: router_pb2.SetUserPreferenceRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.SetUserPreferenceResponse:
-        await unimplemented("SetUserPreference", "per-user preferred models").abort(context)
+        return await unimplemented("SetUserPreference", "per-user preferred models").abort(context)
 
 
 def _no_model_error(exc: NoModelAvailableError, now: datetime) -> ServiceError:

@@ -51,10 +51,8 @@ async def etcd(etcd_endpoint: str) -> AsyncIterator[aetcd.Client]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]] | Callable[[], T],
-    timeout: float = 5.0,
-    interval: float = 0.005,
-) -> T:
+    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005
+) -> Any:
     """Retry `check` until it stops raising AssertionError (or grpc errors); return its value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -62,7 +60,7 @@ async def eventually(
             result = check()
             if asyncio.iscoroutine(result):
                 result = await result
-            return result  # type: ignore[return-value]
+            return result
         except (AssertionError, grpc.RpcError):
             if time.monotonic() > deadline:
                 raise
