@@ -61,6 +61,9 @@ class ServeOptions:
     # None: seed only the embedded etcd. True: also seed an external, empty prefix.
     seed: bool | None = None
     shutdown_grace_seconds: float = 10.0
+    # Usage reports queued but not yet committed; beyond this ReportUsage answers
+    # RESOURCE_EXHAUSTED with RetryInfo instead of growing without bound.
+    usage_max_pending: int = 50_000
 
 
 class ModelrouteServer:
@@ -92,7 +95,9 @@ class ModelrouteServer:
         database_url = options.database_url or default_sqlite_url(options.data_dir)
         await asyncio.to_thread(upgrade, database_url)
         self.engine = create_engine_for(database_url)
-        self.usage_writer = UsageWriter(UsageStore(self.engine))
+        self.usage_writer = UsageWriter(
+            UsageStore(self.engine), max_pending=options.usage_max_pending
+        )
         await self.usage_writer.start()
 
         credentials = {"username": options.etcd_username, "password": options.etcd_password}

@@ -25,11 +25,12 @@ log = logging.getLogger("modelroute.etcd")
 
 DEFAULT_PREFIX: Final = "/modelroute/"
 _CHANNEL_OPTIONS: Final = {
-    # Detect a dead or partitioned etcd within seconds instead of at TCP timeout.
-    "grpc.keepalive_time_ms": 5_000,
-    "grpc.keepalive_timeout_ms": 3_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    "grpc.http2.max_pings_without_data": 0,
+    # Detect a dead or partitioned etcd within seconds instead of at TCP timeout, but stay
+    # within etcd's keepalive policy (min 5 s between pings, none without an open stream),
+    # or etcd answers GOAWAY "too_many_pings" and drops the watch.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 2_000,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -94,8 +95,30 @@ async def seed(etcd: aetcd.Client, prefix: str, bootstrap_values: dict[str, byte
 
 
 @pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite file, or, with MODELROUTE_TEST_DATABASE_URL (PostgreSQL server URL),
+    a fresh database on that server, dropped afterwards."""
+    server_url = os.environ.get("MODELROUTE_TEST_DATABASE_URL")
+    if not server_url:
+        yield f"sqlite:///{tmp_path / 'usage.db'}"
+        return
+    from modelroute.storage.database import normalise_url
+    from sqlalchemy import create_engine, text
+
+    admin_url = normalise_url(server_url)
+    name = f"mrtest_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
 async def start_server(
-    etcd_endpoint: str, prefix: str, tmp_path: Path
+    etcd_endpoint: str, prefix: str, tmp_path: Path, database_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     started: list[Running] = []
 
@@ -105,7 +128,7 @@ async def start_server(
             port=0,
             etcd_endpoints=etcd_endpoint,
             etcd_prefix=prefix,
-            database_url=f"sqlite:///{tmp_path / 'usage.db'}",
+            database_url=database_url,
             data_dir=tmp_path / f"data{index}",
             seed=False,
             shutdown_grace_seconds=5,
@@ -152,16 +175,51 @@ class ServerProcess:
             match = re.search(r"serving gRPC on [\d.]+:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
+                # Keep draining: a full pipe would block the server on its next log write.
+                threading.Thread(target=self._drain, daemon=True).start()
+                self._wait_serving()
                 return
         raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _wait_serving(self, timeout: float = 30) -> None:
+        """The port is announced before the first config snapshot is loaded; callers
+        must not race that window (they would get UNAVAILABLE)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.01)
+        raise TimeoutError("server did not become SERVING:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def wait(self, timeout: float = 30) -> int:
+        """Exit code; on a hang, fail with the server's thread stacks (SIGUSR1 dump)."""
+        import signal
+        import subprocess
+
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"server did not exit within {timeout}s:\n" + "".join(self.output[-200:])
+            ) from None
 
     def stop(self, timeout: float = 30) -> int:
         import signal
 
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
+        return self.wait(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aetcd
@@ -233,7 +234,7 @@ async def test_reports_acknowledged_before_sigterm_are_all_stored(
                         process.send_signal(signal.SIGTERM)
 
             await asyncio.gather(*(sender(w) for w in range(8)))
-        assert process.wait(timeout=30) == 0
+        assert server.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()
@@ -243,3 +244,27 @@ async def test_reports_acknowledged_before_sigterm_are_all_stored(
         stored = {r[0] for r in connection.execute(text("SELECT report_id FROM llm_usage_logs"))}
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} acknowledged reports missing"
+
+
+async def test_full_queue_is_resource_exhausted_with_retry_info(
+    seed: int, start_server: Callable[..., Awaitable[Running]]
+) -> None:
+    from modelroute.server.errors import decode_details
+
+    server = await start_server(usage_max_pending=150)
+    batches = [
+        router_pb2.ReportUsageRequest(reports=[report(f"q{b}-{i}") for i in range(100)])
+        for b in range(6)
+    ]
+    outcomes = await asyncio.gather(
+        *(server.router.ReportUsage(batch) for batch in batches), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert refused and accepted
+    for error in refused:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = decode_details(error)["RetryInfo"]
+        assert retry.retry_delay.ToTimedelta().total_seconds() > 0  # type: ignore[attr-defined]
+    # Refused calls stored nothing; accepted calls stored everything.
+    assert len(rows(server)) == 100 * len(accepted)
