@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run proto proto-check lint typecheck test unit bench clean
+.PHONY: install run proto proto-check lint typecheck test test-postgres bench clean
 
 $(BIN)/modelroute: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ typecheck: install
 
 ## The test command (README): contract checks, lint, types, then the suite against real etcd + SQLite.
 test: proto-check lint typecheck
+	$(BIN)/pytest
+
+## The suite again with PostgreSQL: MODELROUTE_TEST_DATABASE_URL=postgresql://user@host:port/db
+test-postgres: install
+	@test -n "$$MODELROUTE_TEST_DATABASE_URL" || (echo "set MODELROUTE_TEST_DATABASE_URL" && exit 2)
 	$(BIN)/pytest
 
 bench: install
