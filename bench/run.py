@@ -187,6 +187,11 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument(
+        "--no-export",
+        action="store_true",
+        help="spans are still created but not exported (isolates the cost of OTLP export)",
+    )
     args = parser.parse_args()
 
     sink, sink_port = start_process([sys.executable, str(ROOT / "bench" / "otlp_sink.py")], {})
@@ -220,7 +225,8 @@ async def main() -> None:
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
                 "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            },
+            }
+            | ({"OTEL_TRACES_EXPORTER": "none"} if args.no_export else {}),
         )
         await wait_serving(f"127.0.0.1:{port}")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
