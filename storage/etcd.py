@@ -260,7 +260,12 @@ async def write_changes(
     guarded_dirs: Sequence[str],
 ) -> int:
     """Write all changes in one transaction; fail with EtcdConflictError if any key under
-    `guarded_dirs` (relative) was modified after `expected_revision` (0: unconditional)."""
+    `guarded_dirs` (relative) was modified after `expected_revision` (0: unconditional).
+
+    The guard compares mod_revision over each directory range, so it catches concurrent
+    puts anywhere in those sections; a concurrent *delete* of a key this change does not
+    touch leaves no key behind to compare and is not detected. `runtime/` is deliberately
+    not guarded: servers write there continuously."""
     tx = client.transactions
     compare = []
     if expected_revision:
