@@ -53,18 +53,18 @@ def config_from_mapping(data: Any, origin: str = "config") -> dict[str, bytes]:
                 f"{origin}: unknown section {kind!r}; expected {', '.join(KIND_MESSAGES)}"
             )
         if kind in SINGLETON_KINDS:
-            out[kind] = json.dumps(entries, default=str).encode()
+            out[kind] = json.dumps(entries, default=_json_default).encode()
             continue
         if not isinstance(entries, dict):
             raise ConfigFileError(f"{origin}: section {kind!r} must map ids to values")
         for ident, value in entries.items():
-            # YAML turns RFC 3339 strings into datetimes; default=str keeps them RFC 3339-ish,
-            # so normalise explicitly to the Z form proto-JSON expects.
             out[f"{kind}/{ident}"] = json.dumps(value, default=_json_default).encode()
     return out
 
 
 def _json_default(value: object) -> str:
+    # YAML turns unquoted RFC 3339 timestamps into datetimes; write them back in the Z form
+    # proto-JSON expects.
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

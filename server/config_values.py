@@ -133,7 +133,7 @@ def parse_value(key: ConfigKey, raw: bytes | str) -> Message:
 def _readable_parse_error(text: str) -> str:
     # json_format names the proto type ("...config.v1.Model") which means nothing to an
     # operator editing a key; keep its precise description of the problem.
-    return re.sub(r'"?modelroute\.config\.v1\.', "", text).replace('Message type "', "type ")
+    return re.sub(r'(Message type )?"?modelroute\.config\.v1\.(\w+)"?', r"\2", text)
 
 
 def _require_id(field: str, value: str) -> None:
