@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import aetcd
@@ -18,8 +19,8 @@ from modelroute.server.admin_service import AdminService
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import RUNTIME_KIND
-from modelroute.server.resolver import NO_RUNTIME_LIMITS
 from modelroute.server.router_service import ModelRouterService
+from modelroute.server.runtime_state import RuntimeState, start_cooldown
 from modelroute.server.snapshot import env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.usage_writer import UsageWriter
@@ -106,7 +107,10 @@ class ModelrouteServer:
             await self._seed_if_empty()
 
         self.config_source = EtcdConfigSource(endpoints, options.etcd_prefix, **credentials)
-        self.config = ConfigManager(self.config_source, env_overrides_from())
+        self.runtime = RuntimeState()
+        self.config = ConfigManager(
+            self.config_source, env_overrides_from(), on_update=self.runtime.apply_update
+        )
         self.health = health.aio.HealthServicer()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -115,7 +119,12 @@ class ModelrouteServer:
             options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(
-            ModelRouterService(self.config, self.usage_writer, NO_RUNTIME_LIMITS),
+            ModelRouterService(
+                self.config,
+                self.usage_writer,
+                self.runtime,
+                start_cooldown=self._start_cooldown,
+            ),
             self.grpc_server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -137,6 +146,10 @@ class ModelrouteServer:
             options.etcd_prefix,
             database_url.split("@")[-1],  # never log credentials
         )
+
+    async def _start_cooldown(self, subject: str, duration: timedelta, reason: str) -> None:
+        assert self.etcd is not None
+        await start_cooldown(self.etcd, self.options.etcd_prefix, subject, duration, reason)
 
     async def _seed_if_empty(self) -> None:
         prefix = self.options.etcd_prefix

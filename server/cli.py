@@ -39,7 +39,9 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect and change the configuration in etcd.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+cooldown_app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(cooldown_app, name="cooldown")
 
 DATA_DIR = Path(os.environ.get("MODELROUTE_DATA_DIR", ".modelroute"))
 ServerOpt = Annotated[
@@ -272,6 +274,52 @@ def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
     typer.echo(_to_json(status))
     if status.rejected_keys:
         sys.exit(4)  # scripts can alert on rejected values
+
+
+@cooldown_app.command("list")
+def cooldown_list(etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
+    """Active cooldowns (shared by every replica), as JSON."""
+    from modelroute.server.runtime_state import COOLDOWN_DIR
+
+    async def run() -> dict[str, Any]:
+        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
+        try:
+            _, stored = await read_prefix(client, etcd_prefix + COOLDOWN_DIR)
+        finally:
+            await client.close()
+        return {subject: json.loads(value.value) for subject, value in sorted(stored.items())}
+
+    try:
+        typer.echo(json.dumps(asyncio.run(run()), indent=2))
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot reach etcd at {_etcd_endpoints(etcd_endpoints)}: {exc}", code=2)
+
+
+@cooldown_app.command("clear")
+def cooldown_clear(
+    subject: Annotated[str, typer.Argument(help="A model id, or provider:<name>.")],
+    etcd_endpoints: EtcdOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """End a cooldown now, on every replica."""
+    from modelroute.server.runtime_state import clear_cooldown
+
+    key = (
+        f"providers/{subject.removeprefix('provider:')}"
+        if subject.startswith("provider:")
+        else f"models/{subject}"
+    )
+
+    async def run() -> bool:
+        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
+        try:
+            return await clear_cooldown(client, etcd_prefix, key)
+        finally:
+            await client.close()
+
+    if not asyncio.run(run()):
+        _fail(f"no active cooldown for {key}")
+    typer.echo(f"cleared cooldown for {key}")
 
 
 @db_app.command("upgrade")

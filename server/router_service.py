@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -34,6 +35,10 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 tracer = trace.get_tracer("modelroute.router")
+log = logging.getLogger("modelroute.router")
+COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
+DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
+CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
 _propagator: Final = TraceContextTextMapPropagator()
 
 CONTEXT_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -102,11 +107,13 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         usage: UsageWriter,
         runtime: RuntimeLimits,
         *,
+        start_cooldown: CooldownStarter | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
         self._usage = usage
         self._runtime = runtime
+        self._start_cooldown = start_cooldown
         self._clock = clock
 
     def _snapshot(self) -> Snapshot:
@@ -218,7 +225,40 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 _annotate_usage(records)
+            await self._cool_down(request.reports, positions, records, inserted, snapshot)
             return router_pb2.ReportUsageResponse(results=results)
+
+    async def _cool_down(
+        self,
+        reports: Sequence[router_pb2.UsageReport],
+        positions: Sequence[int],
+        records: Sequence[UsageRecord],
+        inserted: Sequence[bool],
+        snapshot: Snapshot,
+    ) -> None:
+        """Provider said quota exceeded / rate limited: move traffic off the model (or the
+        whole provider) on every replica, for retry_after or the provider's cooldown."""
+        if self._start_cooldown is None:
+            return
+        for position, record, was_inserted in zip(positions, records, inserted, strict=True):
+            if not was_inserted or record.outcome not in COOLDOWN_OUTCOMES:
+                continue  # a retried (duplicate) report must not extend a cooldown
+            provider = snapshot.providers.get(record.provider)
+            if record.retry_after_ms:
+                duration = timedelta(milliseconds=record.retry_after_ms)
+            elif provider is not None and provider.cooldown_seconds:
+                duration = timedelta(seconds=provider.cooldown_seconds)
+            else:
+                duration = DEFAULT_COOLDOWN
+            subject = (
+                f"providers/{record.provider}"
+                if reports[position].provider_wide
+                else f"models/{record.model_id}"
+            )
+            try:
+                await self._start_cooldown(subject, duration, record.outcome)
+            except Exception as exc:  # noqa: BLE001 - the report is stored; say so, go on
+                log.warning("could not start cooldown for %s: %s", subject, exc)
 
     def _prepare(
         self,

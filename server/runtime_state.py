@@ -1,0 +1,89 @@
+"""Runtime state shared by replicas through etcd: cooldowns (for now).
+
+A QUOTA_EXCEEDED / RATE_LIMITED report on any replica writes
+`runtime/cooldowns/models/<id>` (or `.../providers/<name>`) bound to an etcd lease, so
+every replica sees it through the same watch as the config, a restarted replica reads it
+back, and etcd deletes it by itself when the lease ends. The value carries the exact end
+time; the lease only guarantees cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import aetcd
+from modelroute.server.resolver import Cause, Unavailable
+from modelroute.server.snapshot import ContextSpec, ModelSpec
+from modelroute.storage.etcd import ConfigUpdate
+
+log = logging.getLogger("modelroute.runtime")
+COOLDOWN_DIR: Final = "runtime/cooldowns/"
+DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
+
+
+class RuntimeState:
+    """Implements the resolver's RuntimeLimits from watched `runtime/` keys (memory only on
+    the resolve path; the reload task is the only writer)."""
+
+    def __init__(self) -> None:
+        # "models/<id>" or "providers/<name>" → cooldown end.
+        self.cooldowns: dict[str, datetime] = {}
+
+    def apply_update(self, update: ConfigUpdate) -> None:
+        if update.full_state:
+            self.cooldowns = {}
+        for key, raw in update.changes.items():
+            if not key.startswith(COOLDOWN_DIR):
+                continue
+            subject = key[len(COOLDOWN_DIR) :]
+            if raw is None:
+                self.cooldowns.pop(subject, None)
+                continue
+            try:
+                until = datetime.fromisoformat(json.loads(raw)["until"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring malformed cooldown %s: %s", key, exc)
+                continue
+            self.cooldowns[subject] = until
+
+    def check(
+        self, model: ModelSpec, context: ContextSpec | None, now: datetime
+    ) -> Unavailable | None:
+        ends = [
+            until
+            for subject in (f"models/{model.model_id}", f"providers/{model.provider}")
+            if (until := self.cooldowns.get(subject)) is not None and now < until
+        ]
+        return Unavailable(Cause.COOLDOWN, max(ends)) if ends else None
+
+    def active(self, now: datetime) -> Mapping[str, datetime]:
+        return {subject: until for subject, until in self.cooldowns.items() if now < until}
+
+
+async def start_cooldown(
+    etcd: aetcd.Client,
+    prefix: str,
+    subject: str,
+    duration: timedelta,
+    reason: str,
+    now: datetime | None = None,
+) -> datetime:
+    """Put `subject` ("models/<id>" or "providers/<name>") in cooldown on every replica."""
+    now = now or datetime.now(UTC)
+    until = now + duration
+    # Lease TTL rounds up: the key must outlive `until`; resolution uses `until` itself.
+    lease = await etcd.lease(max(2, math.ceil(duration.total_seconds()) + 1))
+    value = json.dumps({"until": until.isoformat(), "reason": reason}).encode()
+    await etcd.put(f"{prefix}{COOLDOWN_DIR}{subject}".encode(), value, lease=lease)
+    log.info("cooldown %s until %s (%s)", subject, until.isoformat(), reason)
+    return until
+
+
+async def clear_cooldown(etcd: aetcd.Client, prefix: str, subject: str) -> bool:
+    result = await etcd.delete(f"{prefix}{COOLDOWN_DIR}{subject}".encode())
+    return bool(result and result.deleted)
