@@ -420,6 +420,9 @@ def _record_from(
         raise ValueError("outcome: required (OK, RATE_LIMITED, QUOTA_EXCEEDED, ...)")
     if len(report.user.id) > USER_ID_MAX:
         raise ValueError(f"user.id: at most {USER_ID_MAX} characters")
+    if not TIER_PATTERN.match(report.user.tier):
+        # Column limits matter: on PostgreSQL one over-long value fails the whole group commit.
+        raise ValueError("user.tier: at most 64 characters of letters, digits and . _ -")
     occurred = report.occurred_at.ToDatetime(tzinfo=UTC) if report.HasField("occurred_at") else now
     if occurred > now + MAX_FUTURE_SKEW:
         raise ValueError("occurred_at: more than 5 minutes in the future")

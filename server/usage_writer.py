@@ -9,111 +9,162 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 log = logging.getLogger("modelroute.usage")
 
+# Bounds for the retry hint of a refused call; the estimate in between comes from the
+# measured commit rate.
+_MIN_RETRY_AFTER = 0.05
+_MAX_RETRY_AFTER = 30.0
+_DEFAULT_RETRY_AFTER = 1.0
+
 
 class UsageQueueFullError(Exception):
+    """Too many reports wait for their commit; nothing from this call was queued."""
+
     def __init__(self, retry_after_seconds: float) -> None:
-        super().__init__(f"usage queue full; retry in {retry_after_seconds:.1f}s")
+        super().__init__(f"usage queue full; retry in {retry_after_seconds:.2f}s")
         self.retry_after_seconds = retry_after_seconds
 
 
 class UsageStoreUnavailableError(Exception):
-    pass
+    """The commit failed, or the writer is not running: nothing was acknowledged."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Unit:
-    records: Sequence[UsageRecord]
-    done: asyncio.Future[list[bool]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    """One submit() call: committed whole, in a single transaction, or not at all."""
+
+    records: tuple[UsageRecord, ...]
+    done: asyncio.Future[list[bool]]
 
 
 class UsageWriter:
     def __init__(
         self, store: UsageStore, *, max_pending: int = 50_000, max_batch: int = 5_000
     ) -> None:
+        if max_pending < 1 or max_batch < 1:
+            raise ValueError("max_pending and max_batch must be positive")
         self._store = store
         self._max_pending = max_pending
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Unit | None] = asyncio.Queue()
+        self._queue: deque[_Unit] = deque()
+        self._wakeup = asyncio.Event()
         self._pending = 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._rows_per_second: float | None = None
         self.batches_committed = 0
 
     @property
     def pending(self) -> int:
+        """Records accepted but not yet committed (queued or in the running transaction)."""
         return self._pending
 
     async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("usage writer already started")
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
     async def submit(self, records: Sequence[UsageRecord]) -> list[bool]:
+        """Wait until `records` are committed (all in one transaction); per record, True if
+        stored now, False if its report_id was already stored. If the caller is cancelled
+        while waiting, the records may still be committed (report_id makes retries safe)."""
         if self._closing:
-            raise UsageStoreUnavailableError("server is shutting down")
+            raise UsageStoreUnavailableError("usage writer is shutting down")
+        if self._task is None or self._task.done():
+            raise UsageStoreUnavailableError("usage writer is not running")
+        if not records:
+            return []
         if self._pending + len(records) > self._max_pending:
-            raise UsageQueueFullError(retry_after_seconds=1.0)
-        unit = _Unit(records)
-        self._pending += len(records)
-        self._queue.put_nowait(unit)
+            raise UsageQueueFullError(self._retry_after(len(records)))
+        unit = _Unit(tuple(records), asyncio.get_running_loop().create_future())
+        self._queue.append(unit)
+        self._pending += len(unit.records)
+        self._wakeup.set()
         return await unit.done
 
+    async def stop(self) -> None:
+        """Refuse new work, commit everything already queued, then end the writer task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            # asyncio.wait, not await: a cancelled stop() must not cancel the drain.
+            await asyncio.wait([self._task])
+
+    def _retry_after(self, incoming: int) -> float:
+        # Time until enough of the queue has committed for this call to fit.
+        if not self._rows_per_second:
+            return _DEFAULT_RETRY_AFTER
+        excess = self._pending + incoming - self._max_pending
+        return min(max(excess / self._rows_per_second, _MIN_RETRY_AFTER), _MAX_RETRY_AFTER)
+
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            group, size = [first], len(first.records)
-            while size < self._max_batch and not self._queue.empty():
-                unit = self._queue.get_nowait()
-                if unit is None:
-                    stopping = True
-                    break
-                group.append(unit)
-                size += len(unit.records)
-            await self._commit(group)
-        # Drain anything enqueued before stop() was called.
-        leftovers = []
-        while not self._queue.empty():
-            unit = self._queue.get_nowait()
-            if unit is not None:
-                leftovers.append(unit)
-        if leftovers:
-            await self._commit(leftovers)
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._commit(self._take_group())
+        finally:
+            # Only reached with work left if this task was cancelled (event loop closing).
+            while self._queue:
+                unit = self._queue.popleft()
+                self._pending -= len(unit.records)
+                _fail(unit, UsageStoreUnavailableError("usage writer stopped"))
+
+    def _take_group(self) -> list[_Unit]:
+        # Whole units only; a unit larger than max_batch goes alone rather than being split.
+        first = self._queue.popleft()
+        group, size = [first], len(first.records)
+        while self._queue and size + len(self._queue[0].records) <= self._max_batch:
+            unit = self._queue.popleft()
+            group.append(unit)
+            size += len(unit.records)
+        return group
 
     async def _commit(self, group: list[_Unit]) -> None:
         records = [record for unit in group for record in unit.records]
+        started = time.monotonic()
         try:
             inserted = await asyncio.to_thread(self._store.insert_batch, records)
-        except Exception as exc:  # noqa: BLE001 - any DB failure: nothing is acknowledged
-            log.error("usage commit of %d reports failed: %s", len(records), exc)
+        except Exception as exc:  # noqa: BLE001 - any database failure: acknowledge nothing
+            cause = getattr(exc, "orig", None) or exc  # the driver's error, without the SQL
+            log.error("usage commit of %d reports failed: %s", len(records), cause)
             for unit in group:
-                if not unit.done.done():
-                    unit.done.set_exception(UsageStoreUnavailableError(str(exc)))
+                # Only the (dialect-neutral) class: the message may quote other callers' rows.
+                error = UsageStoreUnavailableError(f"usage database error ({type(exc).__name__})")
+                error.__cause__ = exc
+                _fail(unit, error)
         else:
-            self.batches_committed += 1
+            self._observe(len(records), time.monotonic() - started)
             offset = 0
             for unit in group:
                 count = len(unit.records)
-                if not unit.done.done():
+                if not unit.done.done():  # done = the submitter was cancelled
                     unit.done.set_result(inserted[offset : offset + count])
                 offset += count
         finally:
             self._pending -= len(records)
+            for unit in group:  # cancelled mid-commit: the outcome is unknown, so not acked
+                _fail(unit, UsageStoreUnavailableError("usage writer stopped"))
 
-    async def stop(self) -> None:
-        """Refuse new work, commit everything queued, then end the writer task."""
-        self._closing = True
-        if self._task is None:
-            return
-        self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+    def _observe(self, rows: int, seconds: float) -> None:
+        self.batches_committed += 1
+        rate = rows / max(seconds, 1e-6)
+        previous = self._rows_per_second
+        self._rows_per_second = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+
+def _fail(unit: _Unit, error: UsageStoreUnavailableError) -> None:
+    if not unit.done.done():
+        unit.done.set_exception(error)

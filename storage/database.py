@@ -7,12 +7,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
+# Any constant works; it only has to be the same in every replica running upgrade().
+_PG_MIGRATION_LOCK = 0x6D726F757465  # "mroute"
+
 
 def normalise_url(url: str) -> str:
+    """`postgres://` and `postgresql://` (what most tools print) -> the psycopg 3 driver."""
     for plain in ("postgres://", "postgresql://"):
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
@@ -25,35 +29,67 @@ def default_sqlite_url(data_dir: Path) -> str:
 
 def create_engine_for(url: str) -> Engine:
     url = normalise_url(url)
-    if not url.startswith("sqlite"):
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # pre_ping: a replica must survive the database restarting under it.
         return create_engine(url, pool_pre_ping=True)
-    path = url.removeprefix("sqlite:///")
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
-    def _pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        # WAL for concurrent readers; synchronous=FULL so an acknowledged report survives
-        # a crash or power loss right after the reply.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL: readers do not block the writer. synchronous=FULL: WAL alone (NORMAL) may
+            # lose the last commits on power loss, and a report is acknowledged only after
+            # its commit, so the commit must be on disk.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _migration_engine(url: str) -> Engine:
+    engine = create_engine_for(url)
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    # Python's sqlite3 runs DDL outside any transaction, so two processes upgrading one
+    # file at once would both see an empty schema. Taking control of transactions and
+    # starting with BEGIN IMMEDIATE (the write lock) makes the version check and the DDL
+    # one atomic step; a second process waits (busy_timeout) and then finds head.
+    @event.listens_for(engine, "connect")
+    def _manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
 def upgrade(url: str) -> None:
-    """Apply migrations to head (idempotent); works from an installed package."""
+    """Apply migrations up to head. Idempotent, safe to run from several processes at
+    once, and independent of the working directory (no alembic.ini needed)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a literal % (e.g. in a password) must be doubled.
     config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
-    engine = create_engine_for(url)
+    engine = _migration_engine(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # PostgreSQL DDL is transactional: whoever gets the lock second sees head.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     finally:

@@ -2,18 +2,70 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """TIMESTAMP WITH TIME ZONE that always stores and returns aware UTC datetimes.
+
+    SQLite keeps datetimes as text and silently drops the offset, so a non-UTC value
+    would be stored as the wrong instant and sort wrongly; normalising to UTC on the
+    way in (naive = UTC) and tagging UTC on the way out makes both dialects agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _big_id() -> Any:
+    # BIGSERIAL on PostgreSQL (a usage log can outgrow 2**31 rows); SQLite needs exactly
+    # INTEGER PRIMARY KEY for the rowid alias, which is 64-bit anyway.
+    return Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+
+
+def _created_at(*, index: bool = False) -> Any:
+    return Field(sa_column=Column(UtcDateTime(), nullable=False, index=index))
+
+
+def _text(*, nullable: bool) -> Any:
+    if nullable:
+        return Field(default=None, sa_column=Column(Text, nullable=True))
+    return Field(sa_column=Column(Text, nullable=False))
 
 
 class LlmUsageLog(SQLModel, table=True):
     __tablename__ = "llm_usage_logs"
-    __table_args__ = (Index("ix_llm_usage_logs_created_at_context", "created_at", "context"),)
+    __table_args__ = (
+        # Named so later (batch-mode, on SQLite) migrations can refer to them.
+        UniqueConstraint("report_id", name="uq_llm_usage_logs_report_id"),
+        Index("ix_llm_usage_logs_created_at_context", "created_at", "context"),
+    )
 
-    id: int | None = Field(default=None, primary_key=True)
-    report_id: str = Field(max_length=128, unique=True)
+    id: int | None = _big_id()
+    report_id: str = Field(max_length=128)  # the client's idempotency key
     decision_id: str | None = Field(default=None, max_length=1024)
     context: str = Field(max_length=128, index=True)
     model_id: str = Field(max_length=128, index=True)
@@ -24,44 +76,45 @@ class LlmUsageLog(SQLModel, table=True):
     input_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     output_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     latency_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    estimated_cost: float
-    error_message: str | None = None
+    estimated_cost: float  # USD
+    error_message: str | None = _text(nullable=True)
     retry_after_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     experiment_id: str | None = Field(default=None, max_length=128, index=True)
     variant_id: str | None = Field(default=None, max_length=128)
     reason: str | None = Field(default=None, max_length=32)
     config_revision: int = Field(sa_column=Column(BigInteger, nullable=False))
     trace_id: str | None = Field(default=None, max_length=32)
-    created_at: datetime = Field(
-        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
-    )
+    created_at: datetime = _created_at(index=True)
 
 
 class LlmFeedback(SQLModel, table=True):
     __tablename__ = "llm_feedback"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = _big_id()
     decision_id: str = Field(max_length=1024, index=True)
     thumbs: str | None = Field(default=None, max_length=8)
     quality_score: float | None = None
     source: str = Field(max_length=16)
-    comment: str | None = None
+    comment: str | None = _text(nullable=True)
     experiment_id: str | None = Field(default=None, max_length=128)
     variant_id: str | None = Field(default=None, max_length=128)
     model_id: str | None = Field(default=None, max_length=128)
     context: str | None = Field(default=None, max_length=128)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_at: datetime = _created_at()
 
 
 class UserModelPreference(SQLModel, table=True):
     __tablename__ = "user_model_preferences"
-    __table_args__ = (UniqueConstraint("user_id", "context"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "context", name="uq_user_model_preferences_user_id_context"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: str = Field(max_length=256)
-    context: str = Field(default="", max_length=128)  # "" = every user-selectable context
+    # "" rather than NULL for "every context": NULLs never collide in a UNIQUE constraint.
+    context: str = Field(default="", max_length=128, sa_column_kwargs={"server_default": ""})
     model_id: str = Field(max_length=128)
-    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = _created_at()
 
 
 class Alert(SQLModel, table=True):
@@ -71,8 +124,6 @@ class Alert(SQLModel, table=True):
     kind: str = Field(max_length=64)
     severity: str = Field(max_length=16)
     subject: str = Field(max_length=256)
-    message: str
+    message: str = _text(nullable=False)
     dedup_key: str = Field(max_length=256, index=True)
-    created_at: datetime = Field(
-        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
-    )
+    created_at: datetime = _created_at(index=True)

@@ -113,6 +113,7 @@ async def test_invalid_reports_are_rejected_individually(server: Running) -> Non
                 ),
                 report("bad-decision", decision_id="not-a-token"),
                 report("huge-latency", latency_ms=10**12),
+                report("long-tier", user=types_pb2.User(id="1", tier="t" * 65)),
             ]
         )
     )
@@ -122,6 +123,7 @@ async def test_invalid_reports_are_rejected_individually(server: Running) -> Non
     errors = [r.error for r in reply.results[1:]]
     assert "input_tokens" in errors[0] and "outcome" in errors[1]
     assert "report_id" in errors[2] and "decision_id" in errors[3] and "latency_ms" in errors[4]
+    assert "user.tier" in errors[5]
     assert [r["report_id"] for r in rows(server)] == ["ok-1"]
 
 
