@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import aetcd
 import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.alerts import AlertSink
 from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.errors import ServiceError, invalid_argument, unimplemented
+from modelroute.server.quotas import QuotaTracker
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
+from sqlalchemy.exc import SQLAlchemyError
 
 
 def _timestamp(value: object) -> timestamp_pb2.Timestamp:
@@ -20,11 +25,29 @@ def _timestamp(value: object) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+SEVERITY_VALUES = {
+    "info": admin_pb2.ALERT_SEVERITY_INFO,
+    "warning": admin_pb2.ALERT_SEVERITY_WARNING,
+    "critical": admin_pb2.ALERT_SEVERITY_CRITICAL,
+}
+MAX_ALERTS = 1000
+
+
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, config: ConfigManager, source: EtcdConfigSource, etcd: aetcd.Client) -> None:
+    def __init__(
+        self,
+        config: ConfigManager,
+        source: EtcdConfigSource,
+        etcd: aetcd.Client,
+        *,
+        quotas: QuotaTracker | None = None,
+        alerts: AlertSink | None = None,
+    ) -> None:
         self._config = config
         self._source = source
         self._etcd = etcd
+        self._quotas = quotas
+        self._alerts = alerts
 
     async def GetConfigStatus(
         self,
@@ -36,8 +59,22 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             etcd_endpoints=[str(e) for e in self._source.endpoints],
             rejected_total=self._config.rejected_total,
         )
-        if self._source.disconnected_since is not None:
-            response.degraded_since.CopyFrom(_timestamp(self._source.disconnected_since))
+        degraded_since = self._config.from_file_since or self._source.disconnected_since
+        if degraded_since is not None:
+            response.degraded_since.CopyFrom(_timestamp(degraded_since))
+        response.serving_last_good_file = self._config.from_file_since is not None
+        if self._quotas is not None:
+            now = datetime.now(UTC)
+            response.live_replicas = self._quotas.live_replicas(now)
+            for state in self._quotas.provider_states(now):
+                response.quotas.add(
+                    provider=state.subject,
+                    limit=state.metric,
+                    limit_value=int(state.limit),
+                    remaining=int(state.remaining),
+                    reset_at=_timestamp(state.reset_at),
+                    is_exceeded=state.exceeded,
+                )
         snapshot = self._config.current
         if snapshot is None:
             return response
@@ -62,6 +99,17 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             }
         )
         response.key_counts.update(counts)
+        if self._quotas is not None:
+            for state in self._quotas.budget_states(datetime.now(UTC)):
+                budget = snapshot.contexts[state.subject].budget
+                response.budgets.add(
+                    context=state.subject,
+                    limit_usd=state.limit,
+                    spent_usd=state.used,
+                    reset_at=_timestamp(state.reset_at),
+                    is_exceeded=state.exceeded,
+                    on_exceeded="deny" if budget and budget.deny_when_exceeded else "fallback",
+                )
         return response
 
     async def ApplyConfig(
@@ -117,4 +165,31 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.ListAlertsRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.ListAlertsResponse:
-        return await unimplemented("ListAlerts", "alerts").abort(context)
+        limit = request.limit or 100
+        if not 0 < limit <= MAX_ALERTS:
+            await invalid_argument([("limit", f"between 1 and {MAX_ALERTS}")]).abort(context)
+        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        if self._alerts is None:
+            return admin_pb2.ListAlertsResponse()
+        try:
+            records = await asyncio.to_thread(self._alerts.recent, limit, since)
+        except SQLAlchemyError as exc:
+            await ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+                f"alerts cannot be read: database unavailable ({type(exc).__name__})",
+                retry_after=timedelta(seconds=1),
+            ).abort(context)
+        return admin_pb2.ListAlertsResponse(
+            alerts=[
+                admin_pb2.Alert(
+                    alert_id=r.alert_id,
+                    kind=r.kind,
+                    severity=SEVERITY_VALUES.get(r.severity, admin_pb2.ALERT_SEVERITY_UNSPECIFIED),
+                    message=r.message,
+                    subject=r.subject,
+                    created_at=_timestamp(r.created_at),
+                )
+                for r in records
+            ]
+        )

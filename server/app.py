@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aetcd
@@ -16,14 +19,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.admin_service import AdminService
+from modelroute.server.alerts import AlertSink
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import RUNTIME_KIND
+from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
 from modelroute.server.router_service import ModelRouterService
 from modelroute.server.runtime_state import RuntimeState, start_cooldown
-from modelroute.server.snapshot import env_overrides_from
+from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.usage_writer import UsageWriter
+from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
@@ -65,6 +71,13 @@ class ServeOptions:
     # Usage reports queued but not yet committed; beyond this ReportUsage answers
     # RESOURCE_EXHAUSTED with RetryInfo instead of growing without bound.
     usage_max_pending: int = 50_000
+    # Local copy of the last good config, served when etcd is unreachable at start.
+    # None: `<data_dir>/last-good-config.json`.
+    last_good_file: Path | None = None
+    # How long a starting replica waits for etcd before serving the last-good file.
+    etcd_start_timeout_seconds: float = 3.0
+    # etcd unreachable for this long raises an `etcd_unreachable` alert.
+    etcd_alert_after_seconds: float = 5.0
 
 
 class ModelrouteServer:
@@ -82,6 +95,12 @@ class ModelrouteServer:
         self.usage_writer: UsageWriter | None = None
         self.etcd: aetcd.Client | None = None
         self.engine: Engine | None = None
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}".replace(
+            "/", "_"
+        )
+        self.alerts: AlertSink | None = None
+        self.quotas: QuotaTracker | None = None
+        self._quota_publisher: QuotaPublisher | None = None
 
     async def start(self) -> None:
         options = self.options
@@ -107,10 +126,19 @@ class ModelrouteServer:
             await self._seed_if_empty()
 
         self.config_source = EtcdConfigSource(endpoints, options.etcd_prefix, **credentials)
-        self.runtime = RuntimeState()
-        self.config = ConfigManager(
-            self.config_source, env_overrides_from(), on_update=self.runtime.apply_update
+        self.alerts = AlertSink(
+            AlertStore(self.engine), self._webhook_url, replica_id=self.replica_id
         )
+        self.quotas = QuotaTracker(self.replica_id, self._current, on_alert=self._quota_alert)
+        self.runtime = RuntimeState(self.quotas)
+        self.config = ConfigManager(
+            self.config_source,
+            env_overrides_from(),
+            on_update=self.runtime.apply_update,
+            on_rejection=self._rejection_alert,
+            last_good_file=options.last_good_file or options.data_dir / "last-good-config.json",
+        )
+        self._quota_publisher = QuotaPublisher(self.quotas, self.etcd, options.etcd_prefix)
         self.health = health.aio.HealthServicer()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -124,11 +152,15 @@ class ModelrouteServer:
                 self.usage_writer,
                 self.runtime,
                 start_cooldown=self._start_cooldown,
+                quotas=self.quotas,
             ),
             self.grpc_server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(self.config, self.config_source, self.etcd), self.grpc_server
+            AdminService(
+                self.config, self.config_source, self.etcd, quotas=self.quotas, alerts=self.alerts
+            ),
+            self.grpc_server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
@@ -136,8 +168,11 @@ class ModelrouteServer:
         )
         self.port = self.grpc_server.add_insecure_port(f"{options.host}:{options.port}")
         await self.grpc_server.start()
+        self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
+        self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
+        self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
         log.info(
             "modelroute listening on %s:%d (etcd %s%s, database %s)",
             options.host,
@@ -148,8 +183,69 @@ class ModelrouteServer:
         )
 
     async def _start_cooldown(self, subject: str, duration: timedelta, reason: str) -> None:
-        assert self.etcd is not None
-        await start_cooldown(self.etcd, self.options.etcd_prefix, subject, duration, reason)
+        assert self.etcd is not None and self.alerts is not None
+        until = await start_cooldown(self.etcd, self.options.etcd_prefix, subject, duration, reason)
+        # One alert per subject per 10 minutes: a flapping provider must not page in a loop.
+        window = int(until.timestamp() // 600)
+        self.alerts.raise_alert(
+            "cooldown_started",
+            "warning",
+            subject,
+            f"{subject} in cooldown until {until:%H:%M:%S} UTC after a {reason} report",
+            f"cooldown_started|{subject}|{window}",
+        )
+
+    def _current(self) -> Snapshot | None:
+        return self.config.current
+
+    def _webhook_url(self) -> str:
+        snapshot = self.config.current
+        return snapshot.settings.alert_webhook_url if snapshot is not None else ""
+
+    def _quota_alert(self, alert: QuotaAlert) -> None:
+        assert self.alerts is not None
+        self.alerts.raise_alert(
+            alert.kind, alert.severity, alert.subject, alert.message, alert.dedup_key
+        )
+
+    def _rejection_alert(self, rejection: Rejection) -> None:
+        assert self.alerts is not None
+        kept = "previous value stays in force" if rejection.previous_in_force else "key ignored"
+        self.alerts.raise_alert(
+            "config_rejected",
+            "warning",
+            rejection.key,
+            f"config value {rejection.key} rejected at revision {rejection.revision}: "
+            f"{rejection.error} ({kept})",
+            f"config_rejected|{rejection.key}|{rejection.revision}",
+        )
+
+    async def _watch_etcd_health(self) -> None:
+        """Alert once per outage when etcd stays unreachable; at start, fall back to the
+        last-good file if etcd does not answer in time."""
+        options = self.options
+        with contextlib.suppress(TimeoutError):
+            await self.config.wait_ready(timeout=options.etcd_start_timeout_seconds)
+        if self.config.current is None and not self.config.load_last_good():
+            log.error(
+                "etcd unreachable and no last-good config file: NOT_SERVING until etcd is back"
+            )
+        assert self.alerts is not None
+        while True:
+            since = self.config_source.disconnected_since
+            if since is not None:
+                down = (datetime.now(UTC) - since).total_seconds()
+                if down >= options.etcd_alert_after_seconds:
+                    self.alerts.raise_alert(
+                        "etcd_unreachable",
+                        "critical",
+                        self.replica_id,
+                        f"replica {self.replica_id} cannot reach etcd "
+                        f"({self.options.etcd_endpoints or 'embedded'}) since "
+                        f"{since:%H:%M:%S} UTC; serving the last good config",
+                        f"etcd_unreachable|{self.replica_id}|{since.isoformat()}",
+                    )
+            await asyncio.sleep(1.0)
 
     async def _seed_if_empty(self) -> None:
         prefix = self.options.etcd_prefix
@@ -185,6 +281,10 @@ class ModelrouteServer:
             await self.grpc_server.stop(self.options.shutdown_grace_seconds)
         if self.usage_writer is not None:
             await self.usage_writer.stop()
+        if self._quota_publisher is not None:
+            await self._quota_publisher.withdraw()
+        if self.alerts is not None:
+            await self.alerts.drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

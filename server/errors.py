@@ -15,6 +15,51 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN: Final = "modelroute.dev"
+DEFAULT_LOCALE: Final = "en"
+
+# End-user sentences per ErrorInfo reason and language. The server picks the language
+# from the request's `accept-language` metadata (English when absent or unsupported).
+USER_MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {
+    "NO_MODEL_AVAILABLE": {
+        "en": "The AI assistant is temporarily unavailable. Please try again in a moment.",
+        "ko": "AI 어시스턴트를 일시적으로 사용할 수 없습니다. 잠시 후 다시 시도해 주세요.",
+    },
+    "BUDGET_EXCEEDED": {
+        "en": "Today's usage limit for this feature has been reached. Please try again tomorrow.",
+        "ko": "이 기능의 오늘 사용 한도에 도달했습니다. 내일 다시 시도해 주세요.",
+    },
+    "CONFIG_NOT_LOADED": {
+        "en": "The service is starting up. Please try again in a moment.",
+        "ko": "서비스를 시작하는 중입니다. 잠시 후 다시 시도해 주세요.",
+    },
+}
+SUPPORTED_LOCALES: Final = frozenset({"en", "ko"})
+
+
+def locale_from(accept_language: str | None) -> str:
+    """The best supported language of an HTTP-style `accept-language` value, e.g.
+    `ko-KR,ko;q=0.9,en;q=0.8` → `ko`. Unknown or malformed → English."""
+    best, best_q = DEFAULT_LOCALE, 0.0
+    for position, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        language = tag.strip().split("-")[0].lower()
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                continue
+        q -= position * 1e-6  # equal weights: the earlier entry wins
+        if language in SUPPORTED_LOCALES and q > best_q:
+            best, best_q = language, q
+    return best
+
+
+def request_locale(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+    for key, value in context.invocation_metadata() or ():
+        if key == "accept-language":
+            return locale_from(value if isinstance(value, str) else value.decode())
+    return DEFAULT_LOCALE
 
 
 @dataclass
@@ -32,7 +77,7 @@ class ServiceError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def to_status(self, locale: str = "en") -> grpc.Status:
+    def to_status(self, locale: str = DEFAULT_LOCALE) -> grpc.Status:
         details: list[object] = [
             error_details_pb2.ErrorInfo(
                 reason=self.reason, domain=ERROR_DOMAIN, metadata=dict(self.metadata)
@@ -51,10 +96,12 @@ class ServiceError(Exception):
             delay = duration_pb2.Duration()
             delay.FromTimedelta(max(self.retry_after, timedelta(0)))
             details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-        if self.user_message:
-            details.append(
-                error_details_pb2.LocalizedMessage(locale=locale, message=self.user_message)
-            )
+        translations = USER_MESSAGES.get(self.reason, {})
+        if locale not in translations:
+            locale = DEFAULT_LOCALE
+        user_message = translations.get(locale) or self.user_message
+        if user_message:
+            details.append(error_details_pb2.LocalizedMessage(locale=locale, message=user_message))
         packed = []
         for detail in details:
             any_detail = any_pb2.Any()
@@ -65,8 +112,8 @@ class ServiceError(Exception):
         )
         return rpc_status.to_status(status)
 
-    async def abort(self, context: grpc.aio.ServicerContext, locale: str = "en") -> NoReturn:  # type: ignore[type-arg]
-        await context.abort_with_status(self.to_status(locale))
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:  # type: ignore[type-arg]
+        await context.abort_with_status(self.to_status(request_locale(context)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

@@ -54,6 +54,15 @@ class Unavailable:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetBreach:
+    """A context's daily budget is spent: `deny` refuses, else the cheapest fallback serves."""
+
+    deny: bool
+    retry_at: datetime  # when the budget window resets
+    detail: str = ""
+
+
 class RuntimeLimits(Protocol):
     """Seam for state that changes between config revisions: cooldowns, provider quotas,
     budgets. Implementations answer from memory (no I/O on the resolve path)."""
@@ -62,6 +71,8 @@ class RuntimeLimits(Protocol):
         self, model: ModelSpec, context: ContextSpec | None, now: datetime
     ) -> Unavailable | None: ...
 
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None: ...
+
 
 class NoRuntimeLimits:
     """No cooldowns, quotas or budgets in force."""
@@ -69,6 +80,9 @@ class NoRuntimeLimits:
     def check(
         self, model: ModelSpec, context: ContextSpec | None, now: datetime
     ) -> Unavailable | None:
+        return None
+
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
         return None
 
 
@@ -211,6 +225,10 @@ def _availability(
     return runtime.check(model, context, now)
 
 
+def _price_per_mtok(model: ModelSpec) -> float:
+    return model.input_usd_per_mtok + model.output_usd_per_mtok
+
+
 def resolve(
     snapshot: Snapshot,
     request: ResolveInput,
@@ -224,14 +242,25 @@ def resolve(
 
     available: list[str] = []
     skipped: list[SkippedModel] = []
+    breach = (
+        runtime.budget_breach(context, now)
+        if context is not None and context.budget is not None
+        else None
+    )
     for model_id in _chain(chosen, context, snapshot):
         unavailable = _availability(model_id, snapshot, context, request, runtime, now)
+        if unavailable is None and breach is not None and (breach.deny or model_id == chosen):
+            # DENY refuses everything; FALLBACK moves off the chosen model (below: cheapest).
+            unavailable = Unavailable(Cause.BUDGET, breach.retry_at, breach.detail)
         if unavailable is None:
             available.append(model_id)
         else:
             skipped.append(SkippedModel(model_id, unavailable))
     if not available:
         raise NoModelAvailableError(request.context, tuple(skipped), reason)
+    if breach is not None:
+        # Over budget: the cheapest available fallback serves (stable: ties keep chain order).
+        available.sort(key=lambda m: _price_per_mtok(snapshot.models[m]))
 
     served = available[0]
     fallback_cause = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -15,7 +16,9 @@ from modelroute.server import decision_token
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import ID_PATTERN
 from modelroute.server.errors import ServiceError, invalid_argument, not_ready, unimplemented
+from modelroute.server.quotas import Admission, QuotaTracker
 from modelroute.server.resolver import (
+    Cause,
     Decision,
     NoModelAvailableError,
     ResolveInput,
@@ -38,6 +41,8 @@ tracer = trace.get_tracer("modelroute.router")
 log = logging.getLogger("modelroute.router")
 COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
+MAX_ADMISSION_ROUNDS: Final = 8
+SYNC_TIMEOUT_SECONDS: Final = 0.25
 CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -108,11 +113,13 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         runtime: RuntimeLimits,
         *,
         start_cooldown: CooldownStarter | None = None,
+        quotas: QuotaTracker | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
         self._usage = usage
         self._runtime = runtime
+        self._quotas = quotas
         self._start_cooldown = start_cooldown
         self._clock = clock
 
@@ -145,6 +152,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 )
                 try:
                     decision = resolve(snapshot, resolve_input, now, self._runtime)
+                    if self._quotas is not None:
+                        decision, now = await self._admit(snapshot, resolve_input, decision, now)
                 except NoModelAvailableError as exc:
                     raise _no_model_error(exc, now) from None
             except ServiceError as error:
@@ -179,6 +188,31 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 response.fallback.from_model_id = decision.fallback_from
                 response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
             return response
+
+    async def _admit(
+        self, snapshot: Snapshot, resolve_input: ResolveInput, decision: Decision, now: datetime
+    ) -> tuple[Decision, datetime]:
+        """Count the admission against the served provider's request limits. When this
+        replica's share of what is left is used, publish (shared by concurrent callers)
+        and ask again; past the limit, resolve again (the limit now skips the provider)."""
+        quotas = self._quotas
+        assert quotas is not None
+        for _ in range(MAX_ADMISSION_ROUNDS):
+            verdict = quotas.admit(decision.provider, now)
+            if verdict is Admission.ADMITTED:
+                break
+            if verdict is Admission.SYNC_NEEDED and not await quotas.sync(SYNC_TIMEOUT_SECONDS):
+                # etcd unreachable: count locally against the last view of the others.
+                quotas.admit(decision.provider, now, force=True)
+                break
+            now = self._clock()
+            decision = resolve(snapshot, resolve_input, now, self._runtime)
+        else:
+            quotas.admit(decision.provider, now, force=True)
+        if decision.cache_ttl_seconds and quotas.near_request_limit(decision.provider, now):
+            # Cached decisions are not admissions: near a limit every call must come here.
+            decision = dataclasses.replace(decision, cache_ttl_seconds=0.0)
+        return decision, now
 
     async def ReportUsage(
         self,
@@ -225,6 +259,17 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 _annotate_usage(records)
+            if self._quotas is not None:
+                now = self._clock()
+                for record, was_inserted in zip(records, inserted, strict=True):
+                    if was_inserted:
+                        self._quotas.record_usage(
+                            record.provider,
+                            record.context,
+                            record.input_tokens + record.output_tokens,
+                            record.estimated_cost,
+                            now,
+                        )
             await self._cool_down(request.reports, positions, records, inserted, snapshot)
             return router_pb2.ReportUsageResponse(results=results)
 
@@ -341,15 +386,22 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
 
 def _no_model_error(exc: NoModelAvailableError, now: datetime) -> ServiceError:
     retry_after = exc.retry_at - now if exc.retry_at is not None else None
+    causes = {s.unavailable.cause for s in exc.skipped}
+    budget_only = causes == {Cause.BUDGET}
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "NO_MODEL_AVAILABLE",
+        "BUDGET_EXCEEDED" if budget_only else "NO_MODEL_AVAILABLE",
         str(exc),
         retry_after=retry_after,
         user_message="The AI assistant is temporarily unavailable. Please try again later.",
         metadata={
             "context": exc.context,
             "skipped": ",".join(f"{s.model_id}:{s.unavailable.cause.name}" for s in exc.skipped),
+            # Which limits: the distinct details (provider limit, budget, cooldown end).
+            "limits": "; ".join(
+                dict.fromkeys(s.unavailable.detail for s in exc.skipped if s.unavailable.detail)
+            ),
+            **({"retry_at": exc.retry_at.isoformat()} if exc.retry_at is not None else {}),
         },
     )
 

@@ -1,4 +1,4 @@
-"""Runtime state shared by replicas through etcd: cooldowns (for now).
+"""Runtime state shared by replicas through etcd: cooldowns here, counters in quotas.py.
 
 A QUOTA_EXCEEDED / RATE_LIMITED report on any replica writes
 `runtime/cooldowns/models/<id>` (or `.../providers/<name>`) bound to an etcd lease, so
@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import aetcd
-from modelroute.server.resolver import Cause, Unavailable
+from modelroute.server.quotas import QuotaTracker
+from modelroute.server.resolver import BudgetBreach, Cause, Unavailable
 from modelroute.server.snapshot import ContextSpec, ModelSpec
 from modelroute.storage.etcd import ConfigUpdate
 
@@ -30,11 +31,14 @@ class RuntimeState:
     """Implements the resolver's RuntimeLimits from watched `runtime/` keys (memory only on
     the resolve path; the reload task is the only writer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quotas: QuotaTracker | None = None) -> None:
         # "models/<id>" or "providers/<name>" → cooldown end.
         self.cooldowns: dict[str, datetime] = {}
+        self.quotas = quotas
 
     def apply_update(self, update: ConfigUpdate) -> None:
+        if self.quotas is not None:
+            self.quotas.apply_update(update)
         if update.full_state:
             self.cooldowns = {}
         for key, raw in update.changes.items():
@@ -55,11 +59,19 @@ class RuntimeState:
         self, model: ModelSpec, context: ContextSpec | None, now: datetime
     ) -> Unavailable | None:
         ends = [
-            until
+            (until, subject)
             for subject in (f"models/{model.model_id}", f"providers/{model.provider}")
             if (until := self.cooldowns.get(subject)) is not None and now < until
         ]
-        return Unavailable(Cause.COOLDOWN, max(ends)) if ends else None
+        if ends:
+            until, subject = max(ends)
+            return Unavailable(
+                Cause.COOLDOWN, until, f"{subject} cooling down until {until:%H:%M:%S}Z"
+            )
+        return self.quotas.provider_unavailable(model, now) if self.quotas is not None else None
+
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
+        return self.quotas.budget_breach(context, now) if self.quotas is not None else None
 
     def active(self, now: datetime) -> Mapping[str, datetime]:
         return {subject: until for subject, until in self.cooldowns.items() if now < until}

@@ -44,10 +44,11 @@ def create_engine_for(url: str) -> Engine:
         try:
             # WAL: readers do not block the writer. synchronous=FULL: WAL alone (NORMAL) may
             # lose the last commits on power loss, and a report is acknowledged only after
-            # its commit, so the commit must be on disk.
+            # its commit, so the commit must be on disk. busy_timeout first: switching to
+            # WAL needs a lock that another process opening the file may hold.
+            cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()

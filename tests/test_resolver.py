@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modelroute.server.resolver import (
+    BudgetBreach,
     Cause,
     NoModelAvailableError,
+    NoRuntimeLimits,
     Reason,
     ResolveInput,
     Unavailable,
@@ -114,7 +116,7 @@ def test_experiment_outside_window_does_not_apply() -> None:
     )
 
 
-class Cooldowns:
+class Cooldowns(NoRuntimeLimits):
     """A real RuntimeLimits implementation over a fixed set (runtime state is data here)."""
 
     def __init__(self, cooling: dict[str, datetime]) -> None:
@@ -298,3 +300,38 @@ def test_assignment_is_stable_and_never_picks_zero_weight(weights: list[int], us
     index = assign_variant(experiment, user)
     assert index == assign_variant(experiment, user)
     assert weights[index] > 0
+
+
+class SpentBudget(NoRuntimeLimits):
+    """Every budgeted context has spent its budget (runtime state as data)."""
+
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
+        assert context.budget is not None
+        return BudgetBreach(context.budget.deny_when_exceeded, NOW + timedelta(hours=12), "spent")
+
+
+def test_spent_budget_serves_the_cheapest_fallback_or_denies() -> None:
+    values = dict(BASE)
+    values["models/m2"] = {"provider": "p2", "input_usd_per_mtok": 5, "output_usd_per_mtok": 5}
+    values["models/m4"] = {"provider": "p4", "input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2}
+    values["contexts/chat"] = {
+        "model": "m0",
+        "fallbacks": ["m2", "m4"],
+        "budget": {"usd_per_day": 10, "on_exceeded": "FALLBACK"},
+    }
+    snapshot = build(values)
+    assert resolve(snapshot, ResolveInput("chat"), NOW).model_id == "m0"  # within budget
+
+    decision = resolve(snapshot, ResolveInput("chat"), NOW, SpentBudget())
+    # Cheapest of the available fallbacks (m4), not the next in the chain (m2).
+    assert (decision.model_id, decision.fallback_cause) == ("m4", Cause.BUDGET)
+    assert decision.fallback_model_ids == ("m2",)
+    # Contexts without a budget are not affected.
+    values["contexts/other"] = {"model": "m0"}
+    assert resolve(build(values), ResolveInput("other"), NOW, SpentBudget()).model_id == "m0"
+
+    values["contexts/chat"]["budget"]["on_exceeded"] = "DENY"  # type: ignore[index]
+    with pytest.raises(NoModelAvailableError) as caught:
+        resolve(build(values), ResolveInput("chat"), NOW, SpentBudget())
+    assert {s.unavailable.cause for s in caught.value.skipped} == {Cause.BUDGET}
+    assert caught.value.retry_at == NOW + timedelta(hours=12)

@@ -497,12 +497,21 @@ class GetConfigStatusResponse(_message.Message):
     KEY_COUNTS_FIELD_NUMBER: _builtins.int
     REJECTED_TOTAL_FIELD_NUMBER: _builtins.int
     QUOTAS_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    SERVING_LAST_GOOD_FILE_FIELD_NUMBER: _builtins.int
+    LIVE_REPLICAS_FIELD_NUMBER: _builtins.int
     config_revision: _builtins.int
     """The etcd revision of the snapshot served."""
     etcd_connected: _builtins.bool
     """Whether this replica currently has a live watch on etcd."""
     rejected_total: _builtins.int
     """Total values rejected since start."""
+    serving_last_good_file: _builtins.bool
+    """True while this replica serves its local last-good config file because etcd was
+    unreachable when it started (`degraded_since` says since when).
+    """
+    live_replicas: _builtins.int
+    """Replicas that published usage counts within the last few seconds (this one included)."""
     @_builtins.property
     def last_reload(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was applied."""
@@ -529,7 +538,11 @@ class GetConfigStatusResponse(_message.Message):
 
     @_builtins.property
     def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaStatus]:
-        """Provider quota states."""
+        """Provider quota states, one per provider and configured limit, summed over replicas."""
+
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetStatus]:
+        """Context budget states (contexts with a daily budget), summed over replicas."""
 
     def __init__(
         self,
@@ -544,14 +557,61 @@ class GetConfigStatusResponse(_message.Message):
         key_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         rejected_total: _builtins.int = ...,
         quotas: _abc.Iterable[Global___QuotaStatus] | None = ...,
+        budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
+        serving_last_good_file: _builtins.bool = ...,
+        live_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["degraded_since", b"degraded_since", "last_reload", b"last_reload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_revision", b"config_revision", "degraded_since", b"degraded_since", "env_overrides", b"env_overrides", "etcd_connected", b"etcd_connected", "etcd_endpoints", b"etcd_endpoints", "key_counts", b"key_counts", "last_reload", b"last_reload", "quotas", b"quotas", "rejected_keys", b"rejected_keys", "rejected_total", b"rejected_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "config_revision", b"config_revision", "degraded_since", b"degraded_since", "env_overrides", b"env_overrides", "etcd_connected", b"etcd_connected", "etcd_endpoints", b"etcd_endpoints", "key_counts", b"key_counts", "last_reload", b"last_reload", "live_replicas", b"live_replicas", "quotas", b"quotas", "rejected_keys", b"rejected_keys", "rejected_total", b"rejected_total", "serving_last_good_file", b"serving_last_good_file"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetConfigStatusResponse: _TypeAlias = GetConfigStatusResponse  # noqa: Y015
+
+@_typing.final
+class BudgetStatus(_message.Message):
+    """BudgetStatus is the state of one context's daily budget."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    RESET_AT_FIELD_NUMBER: _builtins.int
+    IS_EXCEEDED_FIELD_NUMBER: _builtins.int
+    ON_EXCEEDED_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """The context."""
+    limit_usd: _builtins.float
+    """The configured budget in USD per UTC day."""
+    spent_usd: _builtins.float
+    """Spent today (estimated cost of accepted usage reports)."""
+    is_exceeded: _builtins.bool
+    """True when the budget is spent."""
+    on_exceeded: _builtins.str
+    """What happens when spent: `fallback` (cheapest available fallback) or `deny`."""
+    @_builtins.property
+    def reset_at(self) -> _timestamp_pb2.Timestamp:
+        """When the budget window resets (next UTC midnight)."""
+
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        limit_usd: _builtins.float = ...,
+        spent_usd: _builtins.float = ...,
+        reset_at: _timestamp_pb2.Timestamp | None = ...,
+        is_exceeded: _builtins.bool = ...,
+        on_exceeded: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_at", b"reset_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "is_exceeded", b"is_exceeded", "limit_usd", b"limit_usd", "on_exceeded", b"on_exceeded", "reset_at", b"reset_at", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatus: _TypeAlias = BudgetStatus  # noqa: Y015
 
 @_typing.final
 class Alert(_message.Message):

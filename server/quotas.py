@@ -1,0 +1,489 @@
+"""Provider limits and context budgets, counted across every replica.
+
+Each replica counts what it sees (admissions at ResolveModel; tokens and cost from accepted
+usage reports) for the current windows (UTC minute and UTC day) and publishes its counts to
+`runtime/usage/<replica id>` about once a second. Every replica reads the others' keys through
+the config watch and adds them to its own counts. Nothing is read from etcd on the resolve
+path: the totals are in memory.
+
+How far N replicas can overshoot a request limit L. A replica may admit, beyond what it
+has published, at most its *share* of what is left: `max(1, (L - P) // N)`, where P is the
+published total it sees and N the live replicas. When its share is used it publishes at
+once (callers wait for that put, a millisecond or two on loopback) and takes a new share.
+If every replica saw every publication at once, the shares would add up to exactly L - P,
+so admissions never exceed L. Views lag by the watch delay (milliseconds), so the bound is
+    admitted <= L + (N - 1) + (what others published within one watch delay of the end)
+and near the limit the shares shrink to 1, so the last term is a handful of requests: with
+L = 600 and two replicas we measure 0-2 over (tests/test_quotas.py). Token limits are
+checked, not reserved: a call admitted under the limit reports its tokens afterwards, so
+tokens can overshoot by the calls in flight when the limit is reached. Budgets likewise.
+
+While etcd is unreachable a replica cannot publish: it keeps admitting against its last
+view of the others plus its own counts (availability first), so the overshoot during an
+outage is bounded by what the other replicas admit in that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import Enum
+from typing import Final
+
+import aetcd
+from modelroute.server.resolver import BudgetBreach, Cause, Unavailable
+from modelroute.server.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
+from modelroute.storage.etcd import ConfigUpdate
+
+log = logging.getLogger("modelroute.quotas")
+
+USAGE_DIR: Final = "runtime/usage/"
+PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
+LIVENESS: Final = 5.0  # a replica that has not published for this long is not counted in N
+DEFAULT_WARN_RATIO: Final = 0.8
+
+# Metric → (config field, window). Minute metrics reset every UTC minute, day metrics at
+# UTC midnight.
+REQUESTS_PER_MINUTE: Final = "requests_per_minute"
+TOKENS_PER_MINUTE: Final = "tokens_per_minute"
+REQUESTS_PER_DAY: Final = "requests_per_day"
+TOKENS_PER_DAY: Final = "tokens_per_day"
+SPEND_PER_DAY: Final = "usd_per_day"  # subject: context
+PROVIDER_LIMITS: Final = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, REQUESTS_PER_DAY, TOKENS_PER_DAY)
+REQUEST_LIMITS: Final = (REQUESTS_PER_MINUTE, REQUESTS_PER_DAY)
+MINUTE_METRICS: Final = frozenset({REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE})
+
+
+def minute_window(now: datetime) -> int:
+    return int(now.timestamp() // 60)
+
+
+def day_window(now: datetime) -> int:
+    return now.date().toordinal()
+
+
+def window_end(metric: str, now: datetime) -> datetime:
+    if metric in MINUTE_METRICS:
+        return datetime.fromtimestamp((minute_window(now) + 1) * 60, UTC)
+    tomorrow = date.fromordinal(day_window(now) + 1)
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC)
+
+
+def provider_limit(spec: ProviderSpec, metric: str) -> int:
+    return int(getattr(spec, metric))
+
+
+@dataclass
+class Counts:
+    """One replica's counts for one pair of windows: metric → subject → amount."""
+
+    minute: int
+    day: int
+    values: dict[str, dict[str, float]] = field(default_factory=dict)
+    heartbeat: float = 0.0  # epoch seconds of the publication (peers only)
+
+    def get(self, metric: str, subject: str, minute: int, day: int) -> float:
+        window = self.minute if metric in MINUTE_METRICS else self.day
+        if window != (minute if metric in MINUTE_METRICS else day):
+            return 0.0  # counts from an earlier window no longer apply
+        return self.values.get(metric, {}).get(subject, 0.0)
+
+    def add(self, metric: str, subject: str, amount: float) -> None:
+        by_subject = self.values.setdefault(metric, {})
+        by_subject[subject] = by_subject.get(subject, 0.0) + amount
+
+    def roll(self, minute: int, day: int) -> None:
+        """Drop counts of windows that ended."""
+        if minute != self.minute:
+            self.minute = minute
+            for metric in MINUTE_METRICS:
+                self.values.pop(metric, None)
+        if day != self.day:
+            self.day = day
+            for metric in list(self.values):
+                if metric not in MINUTE_METRICS:
+                    self.values.pop(metric)
+
+    def copy(self) -> Counts:
+        return Counts(
+            self.minute, self.day, {m: dict(s) for m, s in self.values.items()}, self.heartbeat
+        )
+
+    def to_json(self, replica_id: str, now: datetime) -> bytes:
+        return json.dumps(
+            {
+                "replica": replica_id,
+                "heartbeat": now.timestamp(),
+                "minute": self.minute,
+                "day": self.day,
+                "counts": self.values,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Counts:
+        data = json.loads(raw)
+        values = {
+            str(metric): {str(s): float(v) for s, v in by_subject.items()}
+            for metric, by_subject in data["counts"].items()
+        }
+        return cls(int(data["minute"]), int(data["day"]), values, float(data["heartbeat"]))
+
+
+class Admission(Enum):
+    ADMITTED = "admitted"
+    SYNC_NEEDED = "sync_needed"  # this replica's share is used: publish, then ask again
+    EXCEEDED = "exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAlert:
+    """A threshold crossing; `dedup_key` is the same on every replica for one condition
+    and window, so the alert sink can send it once."""
+
+    kind: str  # quota_warning, quota_exhausted, budget_warning, budget_exceeded
+    severity: str  # warning / critical
+    subject: str
+    message: str
+    dedup_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    subject: str  # provider, or context for budgets
+    metric: str
+    limit: float
+    used: float
+    reset_at: datetime
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.limit - self.used)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.used >= self.limit
+
+
+class QuotaTracker:
+    """In-memory totals (own + peers'), admission decisions and threshold alerts. The
+    resolve path only reads and increments memory; `QuotaPublisher` does the etcd I/O."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        snapshot: Callable[[], Snapshot | None],
+        *,
+        on_alert: Callable[[QuotaAlert], None] = lambda alert: None,
+    ) -> None:
+        self.replica_id = replica_id
+        self._snapshot = snapshot
+        self._on_alert = on_alert
+        now = datetime.now(UTC)
+        self.mine = Counts(minute_window(now), day_window(now))
+        self.published = self.mine.copy()  # what the others have (or will soon have) seen
+        self.peers: dict[str, Counts] = {}
+        self._raised: set[str] = set()
+        self.sync_requested = asyncio.Event()
+        self._synced: asyncio.Future[bool] | None = None
+
+    # --- totals -------------------------------------------------------------------------
+
+    def _roll(self, now: datetime) -> tuple[int, int]:
+        minute, day = minute_window(now), day_window(now)
+        if minute != self.mine.minute or day != self.mine.day:
+            self.mine.roll(minute, day)
+            self.published.roll(minute, day)
+            self._raised = {key for key in self._raised if key.endswith(f"@{day}")}
+        return minute, day
+
+    def _peers_total(self, metric: str, subject: str, minute: int, day: int) -> float:
+        return sum(peer.get(metric, subject, minute, day) for peer in self.peers.values())
+
+    def total(self, metric: str, subject: str, now: datetime) -> float:
+        minute, day = self._roll(now)
+        return self.mine.get(metric, subject, minute, day) + self._peers_total(
+            metric, subject, minute, day
+        )
+
+    def live_replicas(self, now: datetime) -> int:
+        horizon = now.timestamp() - LIVENESS
+        return 1 + sum(1 for peer in self.peers.values() if peer.heartbeat >= horizon)
+
+    # --- RuntimeLimits (read only) ------------------------------------------------------
+
+    def provider_unavailable(self, model: ModelSpec, now: datetime) -> Unavailable | None:
+        snapshot = self._snapshot()
+        spec = snapshot.providers.get(model.provider) if snapshot is not None else None
+        if spec is None:
+            return None
+        for metric in PROVIDER_LIMITS:
+            limit = provider_limit(spec, metric)
+            if limit and self.total(metric, model.provider, now) >= limit:
+                # The crossing may have come from a peer's counts: alert here too (deduped).
+                self._check_thresholds(
+                    metric, model.provider, limit, spec.warn_ratio, now, *self._roll(now)
+                )
+                return Unavailable(
+                    Cause.PROVIDER_QUOTA,
+                    window_end(metric, now),
+                    f"{model.provider} {metric} limit {limit} reached",
+                )
+        return None
+
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
+        budget = context.budget
+        if budget is None or budget.usd_per_day <= 0:
+            return None
+        spent = self.total(SPEND_PER_DAY, context.name, now)
+        if spent < budget.usd_per_day:
+            return None
+        self._check_thresholds(
+            SPEND_PER_DAY,
+            context.name,
+            budget.usd_per_day,
+            budget.warn_ratio,
+            now,
+            *self._roll(now),
+        )
+        return BudgetBreach(
+            budget.deny_when_exceeded,
+            window_end(SPEND_PER_DAY, now),
+            f"{context.name} budget ${budget.usd_per_day:.2f}/day spent (${spent:.2f})",
+        )
+
+    # --- counting ------------------------------------------------------------------------
+
+    def near_request_limit(self, provider: str, now: datetime) -> bool:
+        """At or past the warn ratio of a request limit. Decisions cached by clients are
+        not admissions, so near a limit the server asks clients not to cache."""
+        snapshot = self._snapshot()
+        spec = snapshot.providers.get(provider) if snapshot is not None else None
+        if spec is None:
+            return False
+        ratio = spec.warn_ratio or DEFAULT_WARN_RATIO
+        for metric in REQUEST_LIMITS:
+            limit = provider_limit(spec, metric)
+            if limit and self.total(metric, provider, now) >= limit * ratio:
+                return True
+        return False
+
+    def admit(self, provider: str, now: datetime, *, force: bool = False) -> Admission:
+        """Count one admission for `provider` if its request limits allow it. `force`
+        skips the share check (used when publishing is impossible: etcd down)."""
+        snapshot = self._snapshot()
+        spec = snapshot.providers.get(provider) if snapshot is not None else None
+        if spec is None:
+            return Admission.ADMITTED
+        minute, day = self._roll(now)
+        limited = [(m, provider_limit(spec, m)) for m in REQUEST_LIMITS]
+        limited = [(m, limit) for m, limit in limited if limit]
+        if not limited:
+            return Admission.ADMITTED
+        live = self.live_replicas(now)
+        for metric, limit in limited:
+            peers = self._peers_total(metric, provider, minute, day)
+            mine = self.mine.get(metric, provider, minute, day)
+            if mine + peers >= limit:
+                return Admission.EXCEEDED
+            published = self.published.get(metric, provider, minute, day)
+            share = max(1, int(limit - published - peers) // live)
+            if not force and mine - published >= share:
+                return Admission.SYNC_NEEDED
+        for metric, limit in limited:
+            self.mine.add(metric, provider, 1)
+            self._check_thresholds(metric, provider, limit, spec.warn_ratio, now, minute, day)
+        return Admission.ADMITTED
+
+    def record_usage(
+        self, provider: str, context: str, tokens: int, cost_usd: float, now: datetime
+    ) -> None:
+        """Count an accepted usage report's tokens (provider limits) and cost (budget)."""
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
+        minute, day = self._roll(now)
+        spec = snapshot.providers.get(provider)
+        if spec is not None and tokens > 0:
+            for metric in (TOKENS_PER_MINUTE, TOKENS_PER_DAY):
+                limit = provider_limit(spec, metric)
+                if limit:
+                    self.mine.add(metric, provider, tokens)
+                    self._check_thresholds(
+                        metric, provider, limit, spec.warn_ratio, now, minute, day
+                    )
+        context_spec = snapshot.contexts.get(context)
+        budget = context_spec.budget if context_spec is not None else None
+        if budget is not None and budget.usd_per_day > 0 and cost_usd > 0:
+            self.mine.add(SPEND_PER_DAY, context, cost_usd)
+            self._check_thresholds(
+                SPEND_PER_DAY, context, budget.usd_per_day, budget.warn_ratio, now, minute, day
+            )
+
+    def _check_thresholds(
+        self,
+        metric: str,
+        subject: str,
+        limit: float,
+        warn_ratio: float,
+        now: datetime,
+        minute: int,
+        day: int,
+    ) -> None:
+        used = self.mine.get(metric, subject, minute, day) + self._peers_total(
+            metric, subject, minute, day
+        )
+        ratio = warn_ratio or DEFAULT_WARN_RATIO
+        if used < limit * ratio:
+            return
+        window = f"m{minute}" if metric in MINUTE_METRICS else f"d{day}"
+        budget = metric == SPEND_PER_DAY
+        if used >= limit:
+            kind, severity = ("budget_exceeded" if budget else "quota_exhausted"), "critical"
+        else:
+            kind, severity = ("budget_warning" if budget else "quota_warning"), "warning"
+        dedup_key = f"{kind}|{subject}|{metric}|{window}"
+        if dedup_key + f"@{day}" in self._raised:
+            return
+        self._raised.add(dedup_key + f"@{day}")
+        if budget:
+            message = (
+                f"context {subject}: ${used:.2f} of ${limit:.2f} daily budget spent "
+                f"({used / limit:.0%}); resets {window_end(metric, now):%Y-%m-%d %H:%M} UTC"
+            )
+        else:
+            message = (
+                f"provider {subject}: {used:.0f} of {limit:.0f} {metric.replace('_', ' ')} used "
+                f"({used / limit:.0%}); resets {window_end(metric, now):%H:%M:%S} UTC"
+            )
+        self._on_alert(QuotaAlert(kind, severity, subject, message, dedup_key))
+
+    # --- state for operators -----------------------------------------------------------
+
+    def provider_states(self, now: datetime) -> list[LimitState]:
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        states = []
+        for name, spec in sorted(snapshot.providers.items()):
+            for metric in PROVIDER_LIMITS:
+                limit = provider_limit(spec, metric)
+                if limit:
+                    used = self.total(metric, name, now)
+                    states.append(LimitState(name, metric, limit, used, window_end(metric, now)))
+        return states
+
+    def budget_states(self, now: datetime) -> list[LimitState]:
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        return [
+            LimitState(
+                name,
+                SPEND_PER_DAY,
+                context.budget.usd_per_day,
+                self.total(SPEND_PER_DAY, name, now),
+                window_end(SPEND_PER_DAY, now),
+            )
+            for name, context in sorted(snapshot.contexts.items())
+            if context.budget is not None and context.budget.usd_per_day > 0
+        ]
+
+    # --- peers (watch) and publication ----------------------------------------------------
+
+    def apply_update(self, update: ConfigUpdate) -> None:
+        if update.full_state:
+            self.peers = {}
+        for key, raw in update.changes.items():
+            if not key.startswith(USAGE_DIR):
+                continue
+            replica = key[len(USAGE_DIR) :]
+            if replica == self.replica_id:
+                continue
+            if raw is None:
+                self.peers.pop(replica, None)
+                continue
+            try:
+                self.peers[replica] = Counts.from_json(raw)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("ignoring malformed usage counts %s: %s", key, exc)
+
+    def unpublished(self) -> bool:
+        return self.mine.values != self.published.values or self.mine.minute != (
+            self.published.minute
+        )
+
+    async def sync(self, timeout: float) -> bool:
+        """Ask the publisher for a publication now and wait for it (False: it failed or
+        took longer than `timeout`, e.g. etcd is down)."""
+        if self._synced is None or self._synced.done():
+            self._synced = asyncio.get_running_loop().create_future()
+        waiter = self._synced
+        self.sync_requested.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return False
+
+    def _finish_sync(self, ok: bool) -> None:
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_result(ok)
+
+
+class QuotaPublisher:
+    """Publishes this replica's counts to `runtime/usage/<replica>` once a second, and at
+    once when an admission needs a new share. The key is bound to a lease that outlives
+    the day window, so a replica that stops still counts for the rest of the day."""
+
+    def __init__(self, tracker: QuotaTracker, etcd: aetcd.Client, prefix: str) -> None:
+        self._tracker = tracker
+        self._etcd = etcd
+        self._key = f"{prefix}{USAGE_DIR}{tracker.replica_id}".encode()
+        self._lease: aetcd.Lease | None = None
+        self._lease_day = -1
+
+    async def run(self) -> None:
+        tracker = self._tracker
+        first = True  # publish at once: peers count this replica in N from the start
+        while True:
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tracker.sync_requested.wait(), PUBLISH_INTERVAL)
+            first = False
+            tracker.sync_requested.clear()
+            try:
+                await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - etcd down: count locally, retry
+                log.debug("usage counts not published: %s", exc)
+                tracker._finish_sync(False)
+                await asyncio.sleep(0.2)
+            else:
+                tracker._finish_sync(True)
+
+    async def publish_once(self) -> None:
+        tracker = self._tracker
+        now = datetime.now(UTC)
+        tracker._roll(now)
+        counts = tracker.mine.copy()
+        day = day_window(now)
+        if self._lease is None or self._lease_day != day:
+            # Lives until the end of tomorrow: day counts must outlast this replica.
+            ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds()) + 86_400
+            self._lease = await self._etcd.lease(ttl)
+            self._lease_day = day
+        await self._etcd.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
+        tracker.published = counts
+
+    async def withdraw(self) -> None:
+        """On shutdown: publish the final counts (they keep counting for the window)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publish_once(), 2)

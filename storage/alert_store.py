@@ -1,0 +1,79 @@
+"""The `alerts` table: one row per condition and window, shared by every replica.
+
+The row id is derived from the alert's de-duplication key, so when several replicas see
+the same condition (every replica sees a rejected config value; every replica sums the
+same quota counts) exactly one INSERT wins, and only its replica sends the webhook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelroute.storage.tables import Alert
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+_table: Table = Alert.__table__  # type: ignore[attr-defined]
+_INSERTS: dict[str, Callable[[Table], Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    alert_id: str
+    kind: str
+    severity: str  # info / warning / critical
+    subject: str
+    message: str
+    dedup_key: str
+    created_at: datetime
+
+
+def alert_id_for(dedup_key: str) -> str:
+    return hashlib.sha256(dedup_key.encode()).hexdigest()[:32]
+
+
+class AlertStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        insert = _INSERTS[engine.dialect.name]
+        self._insert = (
+            insert(_table).on_conflict_do_nothing(index_elements=["id"]).returning(_table.c.id)
+        )
+
+    def insert_once(self, alert: AlertRecord) -> bool:
+        """True if this call stored the alert; False if an earlier one (any replica) did."""
+        row = {
+            "id": alert.alert_id,
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "subject": alert.subject[:256],
+            "message": alert.message,
+            "dedup_key": alert.dedup_key[:256],
+            "created_at": alert.created_at,
+        }
+        with self.engine.begin() as connection:
+            return connection.execute(self._insert, row).first() is not None
+
+    def recent(self, limit: int, since: datetime | None = None) -> list[AlertRecord]:
+        query = select(
+            _table.c.id,
+            _table.c.kind,
+            _table.c.severity,
+            _table.c.subject,
+            _table.c.message,
+            _table.c.dedup_key,
+            _table.c.created_at,
+        ).order_by(_table.c.created_at.desc(), _table.c.id)
+        if since is not None:
+            query = query.where(_table.c.created_at >= since)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.limit(limit)).all()
+        return [AlertRecord(*row) for row in rows]
