@@ -6,17 +6,22 @@ usage reports) for the current windows (UTC minute and UTC day) and publishes it
 the config watch and adds them to its own counts. Nothing is read from etcd on the resolve
 path: the totals are in memory.
 
-How far N replicas can overshoot a request limit L. A replica may admit, beyond what it
-has published, at most its *share* of what is left: `max(1, (L - P) // N)`, where P is the
-published total it sees and N the live replicas. When its share is used it publishes at
-once (callers wait for that put, a millisecond or two on loopback) and takes a new share.
-If every replica saw every publication at once, the shares would add up to exactly L - P,
-so admissions never exceed L. Views lag by the watch delay (milliseconds), so the bound is
-    admitted <= L + (N - 1) + (what others published within one watch delay of the end)
-and near the limit the shares shrink to 1, so the last term is a handful of requests: with
-L = 600 and two replicas we measure 0-2 over (tests/test_quotas.py). Token limits are
-checked, not reserved: a call admitted under the limit reports its tokens afterwards, so
-tokens can overshoot by the calls in flight when the limit is reached. Budgets likewise.
+How far N replicas can overshoot a request limit L. Admission works on *reservations*: a
+replica admits only up to a reservation it has already published (in the same key as its
+counts); when that is used, it publishes a new one first (callers wait for that put, a
+millisecond or two on loopback). A new reservation is the replica's use plus a share of
+what is left after the others' published reservations (which bound what they may have
+admitted): at most 1/N of it, at most twice what the replica admitted since its last
+publication (an idle replica holds almost nothing), at least 1 while anything is left.
+Two replicas renewing at the same moment each see the other's older reservation, which
+is at least its use, so the new reservations still add up to at most L; only the
+"at least 1" rule can exceed it, once per replica:
+    admitted <= L + (N - 1)
+With L = 600 and two replicas under concurrent load tests/test_quotas.py checks this
+bound. A replica that stops publishing for 5 s (crash) is counted with its use only, not
+its reservation. Token limits are checked, not reserved: a call admitted under the limit
+reports its tokens afterwards, so tokens can overshoot by the calls in flight when the
+limit is reached. Budgets likewise (cost is known only from reports).
 
 While etcd is unreachable a replica cannot publish: it keeps admitting against its last
 view of the others plus its own counts (availability first), so the overshoot during an
@@ -87,12 +92,25 @@ class Counts:
     day: int
     values: dict[str, dict[str, float]] = field(default_factory=dict)
     heartbeat: float = 0.0  # epoch seconds of the publication (peers only)
+    # Request limits: the most this replica may have admitted before it publishes again.
+    reserved: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def _current(self, metric: str, minute: int, day: int) -> bool:
+        window = self.minute if metric in MINUTE_METRICS else self.day
+        return window == (minute if metric in MINUTE_METRICS else day)
 
     def get(self, metric: str, subject: str, minute: int, day: int) -> float:
-        window = self.minute if metric in MINUTE_METRICS else self.day
-        if window != (minute if metric in MINUTE_METRICS else day):
+        if not self._current(metric, minute, day):
             return 0.0  # counts from an earlier window no longer apply
         return self.values.get(metric, {}).get(subject, 0.0)
+
+    def get_reserved(self, metric: str, subject: str, minute: int, day: int) -> float:
+        if not self._current(metric, minute, day):
+            return 0.0
+        return max(
+            self.reserved.get(metric, {}).get(subject, 0.0),
+            self.values.get(metric, {}).get(subject, 0.0),
+        )
 
     def add(self, metric: str, subject: str, amount: float) -> None:
         by_subject = self.values.setdefault(metric, {})
@@ -104,15 +122,21 @@ class Counts:
             self.minute = minute
             for metric in MINUTE_METRICS:
                 self.values.pop(metric, None)
+                self.reserved.pop(metric, None)
         if day != self.day:
             self.day = day
-            for metric in list(self.values):
-                if metric not in MINUTE_METRICS:
-                    self.values.pop(metric)
+            for table in (self.values, self.reserved):
+                for metric in list(table):
+                    if metric not in MINUTE_METRICS:
+                        table.pop(metric)
 
     def copy(self) -> Counts:
         return Counts(
-            self.minute, self.day, {m: dict(s) for m, s in self.values.items()}, self.heartbeat
+            self.minute,
+            self.day,
+            {m: dict(s) for m, s in self.values.items()},
+            self.heartbeat,
+            {m: dict(s) for m, s in self.reserved.items()},
         )
 
     def to_json(self, replica_id: str, now: datetime) -> bytes:
@@ -123,6 +147,7 @@ class Counts:
                 "minute": self.minute,
                 "day": self.day,
                 "counts": self.values,
+                "reserved": self.reserved,
             },
             separators=(",", ":"),
         ).encode()
@@ -134,7 +159,13 @@ class Counts:
             str(metric): {str(s): float(v) for s, v in by_subject.items()}
             for metric, by_subject in data["counts"].items()
         }
-        return cls(int(data["minute"]), int(data["day"]), values, float(data["heartbeat"]))
+        reserved = {
+            str(metric): {str(s): float(v) for s, v in by_subject.items()}
+            for metric, by_subject in data.get("reserved", {}).items()
+        }
+        return cls(
+            int(data["minute"]), int(data["day"]), values, float(data["heartbeat"]), reserved
+        )
 
 
 class Admission(Enum):
@@ -189,6 +220,8 @@ class QuotaTracker:
         now = datetime.now(UTC)
         self.mine = Counts(minute_window(now), day_window(now))
         self.published = self.mine.copy()  # what the others have (or will soon have) seen
+        # Reservations in force: published, so the others already leave room for them.
+        self.reserved: dict[str, dict[str, float]] = {}
         self.peers: dict[str, Counts] = {}
         self._raised: set[str] = set()
         self.sync_requested = asyncio.Event()
@@ -287,16 +320,12 @@ class QuotaTracker:
         limited = [(m, limit) for m, limit in limited if limit]
         if not limited:
             return Admission.ADMITTED
-        live = self.live_replicas(now)
         for metric, limit in limited:
-            peers = self._peers_total(metric, provider, minute, day)
             mine = self.mine.get(metric, provider, minute, day)
-            if mine + peers >= limit:
+            if mine + self._peers_total(metric, provider, minute, day) >= limit:
                 return Admission.EXCEEDED
-            published = self.published.get(metric, provider, minute, day)
-            share = max(1, int(limit - published - peers) // live)
-            if not force and mine - published >= share:
-                return Admission.SYNC_NEEDED
+            if not force and mine >= self.reserved.get(metric, {}).get(provider, 0.0):
+                return Admission.SYNC_NEEDED  # publish a new reservation first
         for metric, limit in limited:
             self.mine.add(metric, provider, 1)
             self._check_thresholds(metric, provider, limit, spec.warn_ratio, now, minute, day)
@@ -415,10 +444,45 @@ class QuotaTracker:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("ignoring malformed usage counts %s: %s", key, exc)
 
-    def unpublished(self) -> bool:
-        return self.mine.values != self.published.values or self.mine.minute != (
-            self.published.minute
+    def _peers_reserved(
+        self, metric: str, subject: str, minute: int, day: int, now: datetime
+    ) -> float:
+        horizon = now.timestamp() - LIVENESS
+        return sum(
+            # A replica that stopped publishing holds only what it used, not its reservation.
+            peer.get_reserved(metric, subject, minute, day)
+            if peer.heartbeat >= horizon
+            else peer.get(metric, subject, minute, day)
+            for peer in self.peers.values()
         )
+
+    def publication(self, now: datetime) -> Counts:
+        """This replica's counts plus fresh reservations for its request limits: each
+        takes at most 1/N of what the others' reservations and its own use leave, and no
+        more than twice what it admitted since its last publication (so an idle replica
+        holds almost nothing), and at least 1 while anything is left."""
+        minute, day = self._roll(now)
+        counts = self.mine.copy()
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return counts
+        live = self.live_replicas(now)
+        for provider, spec in snapshot.providers.items():
+            for metric in REQUEST_LIMITS:
+                limit = provider_limit(spec, metric)
+                if not limit:
+                    continue
+                mine = self.mine.get(metric, provider, minute, day)
+                remaining = limit - mine - self._peers_reserved(metric, provider, minute, day, now)
+                recent = mine - self.published.get(metric, provider, minute, day)
+                share = min(max(1, int(remaining) // live), max(1, 2 * int(recent)))
+                if remaining >= 1:
+                    counts.reserved.setdefault(metric, {})[provider] = mine + share
+        return counts
+
+    def mark_published(self, counts: Counts) -> None:
+        self.published = counts
+        self.reserved = counts.reserved
 
     async def sync(self, timeout: float) -> bool:
         """Ask the publisher for a publication now and wait for it (False: it failed or
@@ -472,8 +536,7 @@ class QuotaPublisher:
     async def publish_once(self) -> None:
         tracker = self._tracker
         now = datetime.now(UTC)
-        tracker._roll(now)
-        counts = tracker.mine.copy()
+        counts = tracker.publication(now)
         day = day_window(now)
         if self._lease is None or self._lease_day != day:
             # Lives until the end of tomorrow: day counts must outlast this replica.
@@ -481,7 +544,7 @@ class QuotaPublisher:
             self._lease = await self._etcd.lease(ttl)
             self._lease_day = day
         await self._etcd.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
-        tracker.published = counts
+        tracker.mark_published(counts)
 
     async def withdraw(self) -> None:
         """On shutdown: publish the final counts (they keep counting for the window)."""
