@@ -57,12 +57,16 @@ class EmbeddedEtcd:
         client_port: int | None = None,
         name: str = "modelroute",
         log_file: Path | None = None,
+        peer_port: int | None = None,
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         if client_port is None:
             client_port = 2379 if port_is_free(2379) else free_port()
         self.client_port = client_port
-        self.peer_port = free_port()
+        self.peer_port = peer_port or free_port()
+        # A multi-member cluster: "name1=http://127.0.0.1:p1,name2=..." (tests, local HA).
+        self.initial_cluster = initial_cluster
         self.name = name
         self.log_file = log_file or data_dir.parent / "etcd.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -76,7 +80,9 @@ class EmbeddedEtcd:
     def endpoint_file(self) -> Path:
         return self.data_dir.parent / "etcd.endpoint"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> None:
+        """Launch etcd; with `wait`, return once it reports healthy. Members of a new
+        cluster are healthy only with quorum: launch them all, then `wait_healthy`."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         client_url = f"http://127.0.0.1:{self.client_port}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
@@ -97,7 +103,7 @@ class EmbeddedEtcd:
                 "--initial-advertise-peer-urls",
                 peer_url,
                 "--initial-cluster",
-                f"{self.name}={peer_url}",
+                self.initial_cluster or f"{self.name}={peer_url}",
                 "--log-level",
                 "warn",
                 # Keep history bounded; the watch re-reads the prefix after a compaction.
@@ -109,6 +115,12 @@ class EmbeddedEtcd:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        if wait:
+            self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        assert self._process is not None, "start() first"
+        client_url = f"http://127.0.0.1:{self.client_port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
