@@ -6,6 +6,8 @@ because machines are noisy. Run: `make bench` (or `.venv/bin/python bench/run.py
 2. etcd put → new answer served: p50/p99 over 200 changes (via WatchConfig, then a resolve).
 3. ReportUsage ingestion into SQLite in batches of 100; afterwards every acknowledged row
    must be present.
+4. ResolveModel with provider limits counted and a cooldown in force, as a ratio to the
+   same server without them (interleaved rounds; config switched through etcd).
 """
 
 from __future__ import annotations
@@ -111,6 +113,61 @@ async def bench_resolve(
     }
 
 
+NO_LIMITS = {f"providers/{p}": b"{}" for p in ("google", "openai", "anthropic")}
+# Limits high enough never to be reached, so every call is counted and admitted.
+HIGH_LIMITS = {
+    f"providers/{p}": json.dumps(
+        {
+            "requestsPerMinute": 10**9,
+            "tokensPerMinute": 10**12,
+            "requestsPerDay": 10**12,
+            "tokensPerDay": 10**12,
+        }
+    ).encode()
+    for p in ("google", "openai", "anthropic")
+}
+COOLDOWN_KEY = b"runtime/cooldowns/models/gemini-3-flash-preview"
+
+
+async def bench_quotas(
+    server: str, etcd_endpoint: str, prefix: str, seconds: float, concurrency: int, rounds: int
+) -> dict[str, float]:
+    """Same server, interleaved: no limits and no cooldowns vs. all four provider limits
+    counted at every call plus a cooldown on the context's primary model (so every call
+    also walks to the fallback)."""
+    client = connect(parse_endpoints(etcd_endpoint))
+    rates: dict[str, list[float]] = {"plain": [], "limits": []}
+    try:
+        for _ in range(rounds):
+            for name in ("plain", "limits"):
+                await write_changes(
+                    client, prefix, dict(HIGH_LIMITS if name == "limits" else NO_LIMITS), 0, []
+                )
+                if name == "limits":
+                    until = time.time() + 3600
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(until))
+                    lease = await client.lease(3600)
+                    value = json.dumps({"until": stamp, "reason": "bench"}).encode()
+                    await client.put(prefix.encode() + COOLDOWN_KEY, value, lease=lease)
+                else:
+                    await client.delete(prefix.encode() + COOLDOWN_KEY)
+                await asyncio.sleep(0.5)  # let the watch apply it (bench only; tests wait)
+                async with grpc.aio.insecure_channel(server) as channel:
+                    reply = await router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(
+                        REQUEST
+                    )
+                expected = "gpt-4o-mini" if name == "limits" else "gemini-3-flash-preview"
+                assert reply.model_id == expected, (name, reply.model_id)
+                rate, _ = await load(server, seconds, concurrency)
+                rates[name].append(rate)
+        await client.delete(prefix.encode() + COOLDOWN_KEY)
+        await write_changes(client, prefix, dict(NO_LIMITS), 0, [])
+    finally:
+        await client.close()
+    plain, limited = statistics.median(rates["plain"]), statistics.median(rates["limits"])
+    return {"plain_per_s": plain, "limits_per_s": limited, "ratio": limited / plain}
+
+
 async def bench_reload(
     server: str, etcd_endpoint: str, prefix: str, changes: int
 ) -> dict[str, float]:
@@ -202,7 +259,10 @@ async def main() -> None:
     ):
         prefix = "/modelroute-bench/"
         client = connect(parse_endpoints(etcd.endpoint))
-        await write_changes(client, prefix, dict(load_config_file(DEFAULT_BOOTSTRAP)), 0, [])
+        # Without provider limits: the ResolveModel figures compare with the foundation's,
+        # and a long run must not exhaust the example map's per-minute limits.
+        seeded = dict(load_config_file(DEFAULT_BOOTSTRAP)) | NO_LIMITS
+        await write_changes(client, prefix, seeded, 0, [])
         await client.close()
         database = Path(tmp) / "usage.db"
         server, port = start_process(
@@ -243,6 +303,14 @@ async def main() -> None:
                 args.concurrency,
                 args.rounds,
             )
+            quotas = await bench_quotas(
+                f"127.0.0.1:{port}",
+                etcd.endpoint,
+                prefix,
+                args.seconds,
+                args.concurrency,
+                args.rounds,
+            )
             reload = await bench_reload(f"127.0.0.1:{port}", etcd.endpoint, prefix, args.changes)
             ingest = await bench_ingest(f"127.0.0.1:{port}", database, args.seconds * 2, 8)
         finally:
@@ -258,6 +326,10 @@ async def main() -> None:
         f" -> ratio {resolve['ratio']:.2f} (goal >= 0.85); p50 {resolve['p50_ms']:.2f} ms,"
         f" p99 {resolve['p99_ms']:.2f} ms (echo p50 {resolve['echo_p50_ms']:.2f} ms,"
         f" p99 {resolve['echo_p99_ms']:.2f} ms); spans exported: {spans.group(1) if spans else '?'}"
+    )
+    print(
+        f"ResolveModel with quotas + cooldown: {quotas['limits_per_s']:.0f}/s vs"
+        f" {quotas['plain_per_s']:.0f}/s without -> ratio {quotas['ratio']:.2f} (goal >= 0.9)"
     )
     print(
         f"etcd put -> new answer: p50 {reload['p50_ms']:.1f} ms, p99 {reload['p99_ms']:.1f} ms"

@@ -11,8 +11,9 @@ replica admits only up to a reservation it has already published (in the same ke
 counts); when that is used, it publishes a new one first (callers wait for that put, a
 millisecond or two on loopback). A new reservation is the replica's use plus a share of
 what is left after the others' published reservations (which bound what they may have
-admitted): at most 1/N of it, at most twice what the replica admitted since its last
-publication (an idle replica holds almost nothing), at least 1 while anything is left.
+admitted): at most 1/N of it, at most what the replica's recent demand needs for two
+publication intervals (an idle replica holds almost nothing; a busy one rarely waits), at
+least 1 while anything is left.
 Two replicas renewing at the same moment each see the other's older reservation, which
 is at least its use, so the new reservations still add up to at most L; only the
 "at least 1" rule can exceed it, once per replica:
@@ -35,6 +36,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -111,6 +113,12 @@ class Counts:
             self.reserved.get(metric, {}).get(subject, 0.0),
             self.values.get(metric, {}).get(subject, 0.0),
         )
+
+    def reservation(self, metric: str, subject: str, minute: int, day: int) -> float:
+        """The reservation published for the current window (0 for an earlier one)."""
+        if not self._current(metric, minute, day):
+            return 0.0
+        return self.reserved.get(metric, {}).get(subject, 0.0)
 
     def add(self, metric: str, subject: str, amount: float) -> None:
         by_subject = self.values.setdefault(metric, {})
@@ -219,13 +227,17 @@ class QuotaTracker:
         self._on_alert = on_alert
         now = datetime.now(UTC)
         self.mine = Counts(minute_window(now), day_window(now))
-        self.published = self.mine.copy()  # what the others have (or will soon have) seen
-        # Reservations in force: published, so the others already leave room for them.
-        self.reserved: dict[str, dict[str, float]] = {}
+        # What the others have seen, with the reservations in force (published, so the
+        # others already leave room for them).
+        self.published = self.mine.copy()
         self.peers: dict[str, Counts] = {}
         self._raised: set[str] = set()
         self.sync_requested = asyncio.Event()
-        self._synced: asyncio.Future[bool] | None = None
+        # Callers waiting for a publication computed *after* they asked.
+        self._sync_waiters: asyncio.Future[bool] | None = None
+        # Demand (admission attempts, granted or not) drives the size of new reservations.
+        self._demand = 0
+        self._demand_mark = (0, time.monotonic())
 
     # --- totals -------------------------------------------------------------------------
 
@@ -324,8 +336,10 @@ class QuotaTracker:
             mine = self.mine.get(metric, provider, minute, day)
             if mine + self._peers_total(metric, provider, minute, day) >= limit:
                 return Admission.EXCEEDED
-            if not force and mine >= self.reserved.get(metric, {}).get(provider, 0.0):
+            if not force and mine >= self.published.reservation(metric, provider, minute, day):
+                self._demand += 1
                 return Admission.SYNC_NEEDED  # publish a new reservation first
+        self._demand += 1
         for metric, limit in limited:
             self.mine.add(metric, provider, 1)
             self._check_thresholds(metric, provider, limit, spec.warn_ratio, now, minute, day)
@@ -458,15 +472,19 @@ class QuotaTracker:
 
     def publication(self, now: datetime) -> Counts:
         """This replica's counts plus fresh reservations for its request limits: each
-        takes at most 1/N of what the others' reservations and its own use leave, and no
-        more than twice what it admitted since its last publication (so an idle replica
-        holds almost nothing), and at least 1 while anything is left."""
+        takes at most 1/N of what the others' reservations and its own use leave, enough
+        for about two publication intervals of the demand seen since the last one (so an
+        idle replica holds almost nothing), and at least 1 while anything is left."""
         minute, day = self._roll(now)
         counts = self.mine.copy()
         snapshot = self._snapshot()
         if snapshot is None:
             return counts
         live = self.live_replicas(now)
+        demand, since = self._demand_mark
+        elapsed = max(time.monotonic() - since, 0.001)
+        wanted = max(1, math.ceil(2 * PUBLISH_INTERVAL * (self._demand - demand) / elapsed))
+        self._demand_mark = (self._demand, time.monotonic())
         for provider, spec in snapshot.providers.items():
             for metric in REQUEST_LIMITS:
                 limit = provider_limit(spec, metric)
@@ -474,31 +492,31 @@ class QuotaTracker:
                     continue
                 mine = self.mine.get(metric, provider, minute, day)
                 remaining = limit - mine - self._peers_reserved(metric, provider, minute, day, now)
-                recent = mine - self.published.get(metric, provider, minute, day)
-                share = min(max(1, int(remaining) // live), max(1, 2 * int(recent)))
                 if remaining >= 1:
+                    share = min(max(1, int(remaining) // live), wanted)
                     counts.reserved.setdefault(metric, {})[provider] = mine + share
         return counts
 
     def mark_published(self, counts: Counts) -> None:
         self.published = counts
-        self.reserved = counts.reserved
 
     async def sync(self, timeout: float) -> bool:
-        """Ask the publisher for a publication now and wait for it (False: it failed or
-        took longer than `timeout`, e.g. etcd is down)."""
-        if self._synced is None or self._synced.done():
-            self._synced = asyncio.get_running_loop().create_future()
-        waiter = self._synced
+        """Ask the publisher for a publication computed after this call and wait for it
+        (False: it failed or took longer than `timeout`, e.g. etcd is down)."""
+        if self._sync_waiters is None:
+            self._sync_waiters = asyncio.get_running_loop().create_future()
+        waiters = self._sync_waiters
         self.sync_requested.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return await asyncio.wait_for(asyncio.shield(waiters), timeout)
         except TimeoutError:
             return False
 
-    def _finish_sync(self, ok: bool) -> None:
-        if self._synced is not None and not self._synced.done():
-            self._synced.set_result(ok)
+    def take_sync_waiters(self) -> asyncio.Future[bool] | None:
+        """Called by the publisher just before it computes a publication: the callers
+        that asked so far are answered by it; later ones wait for the next."""
+        waiters, self._sync_waiters = self._sync_waiters, None
+        return waiters
 
 
 class QuotaPublisher:
@@ -522,16 +540,17 @@ class QuotaPublisher:
                     await asyncio.wait_for(tracker.sync_requested.wait(), PUBLISH_INTERVAL)
             first = False
             tracker.sync_requested.clear()
+            waiters = tracker.take_sync_waiters()
             try:
                 await self.publish_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - etcd down: count locally, retry
                 log.debug("usage counts not published: %s", exc)
-                tracker._finish_sync(False)
+                _answer(waiters, False)
                 await asyncio.sleep(0.2)
             else:
-                tracker._finish_sync(True)
+                _answer(waiters, True)
 
     async def publish_once(self) -> None:
         tracker = self._tracker
@@ -550,3 +569,8 @@ class QuotaPublisher:
         """On shutdown: publish the final counts (they keep counting for the window)."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publish_once(), 2)
+
+
+def _answer(waiters: asyncio.Future[bool] | None, ok: bool) -> None:
+    if waiters is not None and not waiters.done():
+        waiters.set_result(ok)

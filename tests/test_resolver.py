@@ -335,3 +335,29 @@ def test_spent_budget_serves_the_cheapest_fallback_or_denies() -> None:
         resolve(build(values), ResolveInput("chat"), NOW, SpentBudget())
     assert {s.unavailable.cause for s in caught.value.skipped} == {Cause.BUDGET}
     assert caught.value.retry_at == NOW + timedelta(hours=12)
+
+
+def test_quota_reservation_from_an_ended_minute_admits_nothing_in_the_next() -> None:
+    """A reservation is for one window: after the minute turns, the replica must publish
+    a new one before admitting (else it would admit past the others' reservations)."""
+    from datetime import timedelta
+
+    from modelroute.server.quotas import Admission, QuotaTracker
+
+    values = dict(BASE)
+    values["providers/p0"] = {"requests_per_minute": 100}
+    snapshot = build(values)
+    tracker = QuotaTracker("r1", lambda: snapshot)
+    assert tracker.admit("p0", NOW) is Admission.SYNC_NEEDED  # nothing reserved yet
+    tracker.mark_published(tracker.publication(NOW))
+    assert tracker.admit("p0", NOW) is Admission.ADMITTED
+    # A publication computed just before the minute turns and acknowledged just after it
+    # reserves nothing for the new minute.
+    late = tracker.publication(NOW)
+    next_minute = NOW + timedelta(minutes=1)
+    assert tracker.admit("p0", next_minute) is Admission.SYNC_NEEDED
+    tracker.mark_published(late)
+    assert tracker.admit("p0", next_minute) is Admission.SYNC_NEEDED
+    tracker.mark_published(tracker.publication(next_minute))
+    assert tracker.admit("p0", next_minute) is Admission.ADMITTED
+    assert tracker.total("requests_per_minute", "p0", next_minute) == 1
