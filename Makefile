@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run proto proto-check lint typecheck test test-postgres bench clean
+.PHONY: install run vectors proto proto-check lint typecheck test test-postgres bench clean
 
 $(BIN)/modelroute: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: install
 ## Regenerate the committed protobuf stubs (buf + pinned grpcio-tools/mypy-protobuf).
 proto: install
 	PYTHON=$(abspath $(BIN)/python) $(BIN)/buf generate
+
+## Rewrite tests/vectors/bucketing.json (experiment bucketing test vectors for every client).
+vectors: install
+	$(BIN)/python tools/bucketing_vectors.py
 
 ## CI: lint the contract and fail if regenerating the stubs changes anything.
 proto-check: install
