@@ -276,6 +276,109 @@ def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
         sys.exit(4)  # scripts can alert on rejected values
 
 
+def _admin_call(server: str, method: str, request: Any) -> Any:
+    with grpc.insecure_channel(server) as channel:
+        try:
+            return getattr(admin_pb2_grpc.AdminServiceStub(channel), method)(request, timeout=10)
+        except grpc.RpcError as error:
+            _rpc_error(error)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _when(stamp: Any) -> str:
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ") if stamp.seconds else "-"
+
+
+@app.command()
+def quotas(
+    server: ServerOpt = "127.0.0.1:50051",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Provider limits and context budgets, summed over every live replica."""
+    status = _admin_call(server, "GetConfigStatus", admin_pb2.GetConfigStatusRequest())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "live_replicas": status.live_replicas,
+                    "quotas": [json_format.MessageToDict(q, True) for q in status.quotas],
+                    "budgets": [json_format.MessageToDict(b, True) for b in status.budgets],
+                },
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"live replicas: {status.live_replicas}")
+    if status.quotas:
+        rows = [
+            [
+                q.provider,
+                q.limit,
+                str(q.limit_value),
+                str(q.limit_value - q.remaining),
+                str(q.remaining),
+                f"{100 * (q.limit_value - q.remaining) // max(q.limit_value, 1)}%",
+                _when(q.reset_at),
+                "EXCEEDED" if q.is_exceeded else "ok",
+            ]
+            for q in status.quotas
+        ]
+        headers = ["PROVIDER", "LIMIT", "VALUE", "USED", "REMAINING", "USE", "RESETS", "STATE"]
+        typer.echo(_table(headers, rows))
+    else:
+        typer.echo("no provider limits configured (providers/<name> in etcd)")
+    if status.budgets:
+        rows = [
+            [
+                b.context,
+                f"${b.limit_usd:.2f}",
+                f"${b.spent_usd:.2f}",
+                f"{int(100 * b.spent_usd // b.limit_usd)}%" if b.limit_usd else "-",
+                b.on_exceeded,
+                _when(b.reset_at),
+                "EXCEEDED" if b.is_exceeded else "ok",
+            ]
+            for b in status.budgets
+        ]
+        headers = ["CONTEXT", "BUDGET/DAY", "SPENT", "USE", "ON_EXCEEDED", "RESETS", "STATE"]
+        typer.echo(_table(headers, rows))
+    else:
+        typer.echo("no context budgets configured (contexts/<name>.budget in etcd)")
+
+
+@app.command()
+def alerts(
+    server: ServerOpt = "127.0.0.1:50051",
+    limit: Annotated[int, typer.Option(help="At most this many (1-1000).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Recent alerts (quota, budget, cooldown, rejected config, etcd), newest first."""
+    reply = _admin_call(server, "ListAlerts", admin_pb2.ListAlertsRequest(limit=limit))
+    if as_json:
+        typer.echo(_to_json(reply))
+        return
+    if not reply.alerts:
+        typer.echo("no alerts")
+        return
+    rows = [
+        [
+            _when(a.created_at),
+            admin_pb2.AlertSeverity.Name(a.severity).removeprefix("ALERT_SEVERITY_").lower(),
+            a.kind,
+            a.subject,
+            a.message,
+        ]
+        for a in reply.alerts
+    ]
+    typer.echo(_table(["RAISED", "SEVERITY", "KIND", "SUBJECT", "MESSAGE"], rows))
+
+
 @cooldown_app.command("list")
 def cooldown_list(etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Active cooldowns (shared by every replica), as JSON."""

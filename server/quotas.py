@@ -396,15 +396,16 @@ class QuotaTracker:
         if dedup_key + f"@{day}" in self._raised:
             return
         self._raised.add(dedup_key + f"@{day}")
+        percent = math.floor(100 * used / limit)  # 99.99% must not read as 100%
         if budget:
             message = (
                 f"context {subject}: ${used:.2f} of ${limit:.2f} daily budget spent "
-                f"({used / limit:.0%}); resets {window_end(metric, now):%Y-%m-%d %H:%M} UTC"
+                f"({percent}%); resets {window_end(metric, now):%Y-%m-%d %H:%M} UTC"
             )
         else:
             message = (
                 f"provider {subject}: {used:.0f} of {limit:.0f} {metric.replace('_', ' ')} used "
-                f"({used / limit:.0%}); resets {window_end(metric, now):%H:%M:%S} UTC"
+                f"({percent}%); resets {window_end(metric, now):%H:%M:%S} UTC"
             )
         self._on_alert(QuotaAlert(kind, severity, subject, message, dedup_key))
 

@@ -21,6 +21,7 @@ from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
 from tests.conftest import Running, ServerProcess, eventually
+from tests.test_cli import run_cli
 
 RAG = router_pb2.ResolveModelRequest(context="rag.answer")
 PREMIUM = router_pb2.ResolveModelRequest(
@@ -216,6 +217,14 @@ async def test_token_limit_from_reports_moves_traffic(
     (tokens,) = [q for q in status.quotas if q.provider == "google" and q.limit == "tokens_per_day"]
     assert (tokens.remaining, tokens.is_exceeded) == (0, True)
     assert tokens.reset_at.ToDatetime(UTC).hour == 0  # next UTC midnight
+    # Operators see the same in the CLI tables.
+    shown = await run_cli("quotas", "--server", replica.address, etcd="", prefix=prefix)
+    assert shown.returncode == 0, shown.stderr
+    (row,) = [line.split() for line in shown.stdout.splitlines() if "tokens_per_day" in line]
+    assert row[0] == "google" and row[2:5] == ["10000", "10000", "0"] and row[-1] == "EXCEEDED"
+    await alerts_settled([replica])
+    listed = await run_cli("alerts", "--server", replica.address, etcd="", prefix=prefix)
+    assert "quota_exhausted" in listed.stdout and "google" in listed.stdout, listed.stdout
 
 
 async def test_budget_fallback_then_deny_with_alerts_sent_once(
