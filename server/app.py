@@ -23,6 +23,8 @@ from modelroute.server.alerts import AlertSink
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import RUNTIME_KIND
+from modelroute.server.decision_keys import DecisionKeyManager
+from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
 from modelroute.server.router_service import ModelRouterService
 from modelroute.server.runtime_state import RuntimeState, start_cooldown
@@ -34,12 +36,14 @@ from modelroute.storage.database import create_engine_for, default_sqlite_url, u
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
+    ConfigUpdate,
     EtcdConfigSource,
     EtcdConflictError,
     connect,
     parse_endpoints,
     read_prefix,
 )
+from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
@@ -131,10 +135,12 @@ class ModelrouteServer:
         )
         self.quotas = QuotaTracker(self.replica_id, self._current, on_alert=self._quota_alert)
         self.runtime = RuntimeState(self.quotas)
+        self.decision_keys = DecisionKeyManager.starting(options.data_dir / "decision-key")
+        self.preferences = PreferenceCache(PreferenceStore(self.engine))
         self.config = ConfigManager(
             self.config_source,
             env_overrides_from(),
-            on_update=self.runtime.apply_update,
+            on_update=self._on_watched_update,
             on_rejection=self._rejection_alert,
             last_good_file=options.last_good_file or options.data_dir / "last-good-config.json",
         )
@@ -153,6 +159,11 @@ class ModelrouteServer:
                 self.runtime,
                 start_cooldown=self._start_cooldown,
                 quotas=self.quotas,
+                tokens=self.decision_keys.tokens,
+                preferences=self.preferences,
+                feedback=FeedbackStore(self.engine),
+                etcd=self.etcd,
+                etcd_prefix=options.etcd_prefix,
             ),
             self.grpc_server,
         )
@@ -173,6 +184,12 @@ class ModelrouteServer:
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.decision_keys.ensure_in_etcd(self.etcd, options.etcd_prefix),
+                name="decision-key",
+            )
+        )
         log.info(
             "modelroute listening on %s:%d (etcd %s%s, database %s)",
             options.host,
@@ -194,6 +211,12 @@ class ModelrouteServer:
             f"{subject} in cooldown until {until:%H:%M:%S} UTC after a {reason} report",
             f"cooldown_started|{subject}|{window}",
         )
+
+    def _on_watched_update(self, update: ConfigUpdate) -> None:
+        """Runtime state rides the config watch: cooldowns, counters, the decision key."""
+        self.runtime.apply_update(update)
+        self.decision_keys.apply_update(update)
+        self.preferences.apply_update(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current

@@ -1,15 +1,20 @@
-"""Decision ids: self-contained tokens linking usage reports and feedback to a decision.
+"""Decision ids: self-contained, signed tokens linking usage reports and feedback to a decision.
 
 The token carries what analysis needs (context, model, reason, experiment, variant,
 config revision, issue time), so no database write happens per decision — resolution
-stays I/O-free — and any replica can decode a token issued by another.
-Format: `d1.` + base64url(compact JSON). Opaque to clients.
+stays I/O-free — and any replica can decode a token issued by another. It is signed with
+an HMAC key shared by the replicas (`runtime/decision-key` in etcd), so a well-formed id
+that no replica issued is *unknown* (NOT_FOUND), and feedback cannot be forged into an
+experiment's results.
+Format: `d1.` + base64url(compact JSON) + `.` + base64url(HMAC-SHA256[:16]). Opaque to clients.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -17,6 +22,15 @@ from typing import Final
 
 PREFIX: Final = "d1."
 MAX_TOKEN_CHARS: Final = 1024
+SIGNATURE_BYTES: Final = 16
+
+
+class MalformedTokenError(ValueError):
+    """Not something ResolveModel returns (INVALID_ARGUMENT)."""
+
+
+class UnknownTokenError(ValueError):
+    """Well-formed, but not issued by this deployment (NOT_FOUND)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,48 +45,91 @@ class DecisionToken:
     issued_at_ms: int
 
 
-def encode(
-    *,
-    context: str,
-    model_id: str,
-    reason: int,
-    experiment_id: str,
-    variant_id: str,
-    config_revision: int,
-    issued_at_ms: int,
-) -> str:
-    payload = [
-        secrets.token_hex(6),
-        context,
-        model_id,
-        reason,
-        experiment_id,
-        variant_id,
-        config_revision,
-        issued_at_ms,
-    ]
-    raw = json.dumps(payload, separators=(",", ":")).encode()
-    return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def new_key() -> bytes:
+    return secrets.token_bytes(32)
 
 
-def decode(token: str) -> DecisionToken:
-    """Raises ValueError with a readable reason for anything not issued by modelroute."""
-    if not token.startswith(PREFIX) or len(token) > MAX_TOKEN_CHARS:
-        raise ValueError("not a modelroute decision id (expected the value ResolveModel returned)")
-    body = token[len(PREFIX) :]
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        nonce, context, model, reason, experiment, variant, revision, issued = payload
-        fields = DecisionToken(
-            str(nonce),
-            str(context),
-            str(model),
-            int(reason),
-            str(experiment),
-            str(variant),
-            int(revision),
-            int(issued),
-        )
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise ValueError(f"malformed decision id: {exc}") from None
-    return fields
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(key: bytes, body: str) -> str:
+    return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES])
+
+
+class DecisionTokens:
+    """Issues and checks decision ids with one deployment-wide key. A replica starts with
+    its local copy (or a fresh key) and adopts etcd's key when the watch delivers it; ids
+    signed with a key it used before stay valid here (a few are remembered)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._accepted = [key]
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def adopt(self, key: bytes) -> bool:
+        """Sign with `key` from now on; False if it already was the key."""
+        if hmac.compare_digest(key, self._key):
+            return False
+        self._key = key
+        self._accepted = [key, *[k for k in self._accepted if k != key]][:4]
+        return True
+
+    def encode(
+        self,
+        *,
+        context: str,
+        model_id: str,
+        reason: int,
+        experiment_id: str,
+        variant_id: str,
+        config_revision: int,
+        issued_at_ms: int,
+    ) -> str:
+        payload = [
+            secrets.token_hex(6),
+            context,
+            model_id,
+            reason,
+            experiment_id,
+            variant_id,
+            config_revision,
+            issued_at_ms,
+        ]
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        return f"{PREFIX}{body}.{_sign(self._key, body)}"
+
+    def decode(self, token: str) -> DecisionToken:
+        """Raises MalformedTokenError or UnknownTokenError with a readable reason."""
+        if not token.startswith(PREFIX) or len(token) > MAX_TOKEN_CHARS:
+            raise MalformedTokenError(
+                "not a modelroute decision id (expected the value ResolveModel returned)"
+            )
+        body, _, signature = token[len(PREFIX) :].partition(".")
+        try:
+            payload = json.loads(_unb64(body))
+            nonce, context, model, reason, experiment, variant, revision, issued = payload
+            fields = DecisionToken(
+                str(nonce),
+                str(context),
+                str(model),
+                int(reason),
+                str(experiment),
+                str(variant),
+                int(revision),
+                int(issued),
+            )
+        except (ValueError, TypeError, binascii.Error) as exc:
+            raise MalformedTokenError(f"malformed decision id: {exc}") from None
+        if not signature:
+            raise MalformedTokenError("malformed decision id: no signature")
+        if not any(hmac.compare_digest(signature, _sign(k, body)) for k in self._accepted):
+            raise UnknownTokenError("unknown decision id: not issued by this deployment")
+        return fields

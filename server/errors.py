@@ -28,6 +28,10 @@ USER_MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {
         "en": "Today's usage limit for this feature has been reached. Please try again tomorrow.",
         "ko": "이 기능의 오늘 사용 한도에 도달했습니다. 내일 다시 시도해 주세요.",
     },
+    "MODEL_NOT_ALLOWED": {
+        "en": "This model is not available on your plan. Please choose one from the list.",
+        "ko": "현재 요금제에서는 이 모델을 사용할 수 없습니다. 목록에서 선택해 주세요.",
+    },
     "CONFIG_NOT_LOADED": {
         "en": "The service is starting up. Please try again in a moment.",
         "ko": "서비스를 시작하는 중입니다. 잠시 후 다시 시도해 주세요.",
@@ -73,6 +77,8 @@ class ServiceError(Exception):
     retry_after: timedelta | None = None
     user_message: str = ""  # for end users; LocalizedMessage
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # PreconditionFailure: (type, subject, description), e.g. why a model may not be chosen.
+    precondition_violations: Sequence[tuple[str, str, str]] = ()
 
     def __str__(self) -> str:
         return self.message
@@ -89,6 +95,17 @@ class ServiceError(Exception):
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
                         for f, d in self.field_violations
+                    ]
+                )
+            )
+        if self.precondition_violations:
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=t, subject=subject, description=d
+                        )
+                        for t, subject, d in self.precondition_violations
                     ]
                 )
             )
@@ -124,6 +141,19 @@ def invalid_argument(violations: Sequence[tuple[str, str]]) -> ServiceError:
         "INVALID_ARGUMENT",
         f"invalid request: {summary}",
         field_violations=violations,
+    )
+
+
+def not_found(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message)
+
+
+def database_unavailable(exc: Exception) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        f"the database is unavailable ({type(exc).__name__}); nothing was stored, retry",
+        retry_after=timedelta(seconds=1),
     )
 
 

@@ -19,7 +19,10 @@ is at least its use, so the new reservations still add up to at most L; only the
 "at least 1" rule can exceed it, once per replica:
     admitted <= L + (N - 1)
 With L = 600 and two replicas under concurrent load tests/test_quotas.py checks this
-bound. A replica that stops publishing for 5 s (crash) is counted with its use only, not
+bound. The price: a replica whose reservation is used while the others' reservations
+cover the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the
+others hold unused is at most about two publication intervals of their demand.
+A replica that stops publishing for 5 s (crash) is counted with its use only, not
 its reservation. Token limits are checked, not reserved: a call admitted under the limit
 reports its tokens afterwards, so tokens can overshoot by the calls in flight when the
 limit is reached. Budgets likewise (cost is known only from reports).
@@ -271,7 +274,18 @@ class QuotaTracker:
             return None
         for metric in PROVIDER_LIMITS:
             limit = provider_limit(spec, metric)
-            if limit and self.total(metric, model.provider, now) >= limit:
+            if not limit:
+                continue
+            if metric in REQUEST_LIMITS and self._reserved_by_others(
+                metric, model.provider, limit, now
+            ):
+                return Unavailable(
+                    Cause.PROVIDER_QUOTA,
+                    window_end(metric, now),
+                    f"{model.provider} {metric} limit {limit}: the rest is reserved by other "
+                    "replicas",
+                )
+            if self.total(metric, model.provider, now) >= limit:
                 # The crossing may have come from a peer's counts: alert here too (deduped).
                 self._check_thresholds(
                     metric, model.provider, limit, spec.warn_ratio, now, *self._roll(now)
@@ -282,6 +296,16 @@ class QuotaTracker:
                     f"{model.provider} {metric} limit {limit} reached",
                 )
         return None
+
+    def _reserved_by_others(self, metric: str, provider: str, limit: int, now: datetime) -> bool:
+        """This replica used its reservation and the others' reservations cover what is
+        left: it may not admit more in this window (admitting anyway would break the
+        bound); its traffic falls back even though the total is not yet reached."""
+        minute, day = self._roll(now)
+        mine = self.mine.get(metric, provider, minute, day)
+        if mine < self.published.reservation(metric, provider, minute, day):
+            return False  # room in its own reservation (the common case: one lookup)
+        return limit - mine - self._peers_reserved(metric, provider, minute, day, now) < 1
 
     def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
         budget = context.budget

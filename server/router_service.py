@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -10,12 +11,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import aetcd
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
-from modelroute.server import decision_token
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import ID_PATTERN
-from modelroute.server.errors import ServiceError, invalid_argument, not_ready, unimplemented
+from modelroute.server.decision_token import (
+    DecisionToken,
+    DecisionTokens,
+    MalformedTokenError,
+    UnknownTokenError,
+    new_key,
+)
+from modelroute.server.errors import (
+    ServiceError,
+    database_unavailable,
+    invalid_argument,
+    not_found,
+    not_ready,
+    unimplemented,
+)
+from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import Admission, QuotaTracker
 from modelroute.server.resolver import (
     Cause,
@@ -31,11 +47,13 @@ from modelroute.server.usage_writer import (
     UsageStoreUnavailableError,
     UsageWriter,
 )
+from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore, StoredPreference
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy.exc import DBAPIError
 
 tracer = trace.get_tracer("modelroute.router")
 log = logging.getLogger("modelroute.router")
@@ -114,9 +132,19 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         *,
         start_cooldown: CooldownStarter | None = None,
         quotas: QuotaTracker | None = None,
+        tokens: DecisionTokens | None = None,
+        preferences: PreferenceCache | None = None,
+        feedback: FeedbackStore | None = None,
+        etcd: aetcd.Client | None = None,
+        etcd_prefix: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
+        self._preferences = preferences
+        self._feedback = feedback
+        self._etcd = etcd
+        self._etcd_prefix = etcd_prefix
+        self._tokens = tokens or DecisionTokens(new_key())
         self._usage = usage
         self._runtime = runtime
         self._quotas = quotas
@@ -149,6 +177,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     tier=request.user.tier,
                     exclude_models=frozenset(request.exclude_models),
                     request_id=request.request_id,
+                    preferred_model=await self._preferred_model(snapshot, request),
                 )
                 try:
                     decision = resolve(snapshot, resolve_input, now, self._runtime)
@@ -161,7 +190,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 span.set_attribute("modelroute.error", error.reason)
                 span.set_status(trace.StatusCode.ERROR, error.message)
                 await error.abort(context)
-            token = decision_token.encode(
+            token = self._tokens.encode(
                 context=request.context,
                 model_id=decision.model_id,
                 reason=int(decision.reason),
@@ -188,6 +217,22 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 response.fallback.from_model_id = decision.fallback_from
                 response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
             return response
+
+    async def _preferred_model(
+        self, snapshot: Snapshot, request: router_pb2.ResolveModelRequest
+    ) -> str | None:
+        """Only user-selectable contexts look preferences up (most resolves skip the cache)."""
+        if self._preferences is None or not request.user.id:
+            return None
+        spec = snapshot.contexts.get(request.context)
+        if spec is None or not spec.user_selectable:
+            return None
+        try:
+            return await self._preferences.preferred_model(request.user.id, request.context)
+        except DBAPIError as exc:
+            # A preference is a nicety: never fail a resolve over it.
+            log.warning("preference lookup failed, resolving without it: %s", exc)
+            return None
 
     async def _admit(
         self, snapshot: Snapshot, resolve_input: ResolveInput, decision: Decision, now: datetime
@@ -319,7 +364,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             result = router_pb2.ReportResult(report_id=report.report_id)
             results.append(result)
             try:
-                records.append(_record_from(report, snapshot, now, trace_id))
+                records.append(_record_from(report, snapshot, now, trace_id, self._tokens))
                 positions.append(index)
             except ValueError as exc:
                 result.status = router_pb2.REPORT_STATUS_REJECTED
@@ -367,21 +412,182 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         request: router_pb2.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.SubmitFeedbackResponse:
-        return await unimplemented("SubmitFeedback", "feedback and analysis").abort(context)
+        try:
+            if self._feedback is None:
+                raise unimplemented("SubmitFeedback", "no feedback store configured")
+            record = _feedback_from(request, self._tokens, self._clock())
+            try:
+                feedback_id = await asyncio.to_thread(self._feedback.insert, record)
+            except DBAPIError as exc:
+                raise database_unavailable(exc) from None
+        except ServiceError as error:
+            await error.abort(context)
+        return router_pb2.SubmitFeedbackResponse(feedback_id=str(feedback_id))
 
     async def GetUserPreference(
         self,
         request: router_pb2.GetUserPreferenceRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.GetUserPreferenceResponse:
-        return await unimplemented("GetUserPreference", "per-user preferred models").abort(context)
+        try:
+            preferences = self._require_preferences()
+            violations = _user_violations("user_id", request.user_id)
+            if request.context and not CONTEXT_PATTERN.match(request.context):
+                violations.append(("context", "letters, digits and . _ : / - (at most 128)"))
+            if violations:
+                raise invalid_argument(violations)
+            try:
+                stored = (await preferences.for_user(request.user_id)).get(request.context)
+            except DBAPIError as exc:
+                raise database_unavailable(exc) from None
+            if stored is None:
+                scope = f"context {request.context!r}" if request.context else "all contexts"
+                raise not_found("PREFERENCE_NOT_FOUND", f"the user has no preference for {scope}")
+        except ServiceError as error:
+            await error.abort(context)
+        return router_pb2.GetUserPreferenceResponse(preference=_preference_message(stored))
 
     async def SetUserPreference(
         self,
         request: router_pb2.SetUserPreferenceRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.SetUserPreferenceResponse:
-        return await unimplemented("SetUserPreference", "per-user preferred models").abort(context)
+        try:
+            preferences = self._require_preferences()
+            violations = _user_violations("user.id", request.user.id)
+            if not request.model_id:
+                violations.append(("model_id", "required"))
+            if request.context and not CONTEXT_PATTERN.match(request.context):
+                violations.append(("context", "letters, digits and . _ : / - (at most 128)"))
+            if not TIER_PATTERN.match(request.user.tier):
+                violations.append(("user.tier", "at most 64 letters, digits and . _ -"))
+            if violations:
+                raise invalid_argument(violations)
+            snapshot = self._snapshot()
+            _check_choosable(snapshot, request.context, request.model_id, request.user.tier)
+            stored = StoredPreference(
+                request.user.id, request.context, request.model_id, self._clock()
+            )
+            try:
+                await preferences.set(stored, self._etcd, self._etcd_prefix)
+            except DBAPIError as exc:
+                raise database_unavailable(exc) from None
+        except ServiceError as error:
+            await error.abort(context)
+        return router_pb2.SetUserPreferenceResponse(preference=_preference_message(stored))
+
+    def _require_preferences(self) -> PreferenceCache:
+        if self._preferences is None:
+            raise unimplemented("user preferences", "no preference store configured")
+        return self._preferences
+
+
+def _user_violations(field_name: str, user_id: str) -> list[tuple[str, str]]:
+    if not user_id:
+        return [(field_name, "required")]
+    if len(user_id) > USER_ID_MAX:
+        return [(field_name, f"at most {USER_ID_MAX} characters")]
+    return []
+
+
+def _check_choosable(snapshot: Snapshot, context_name: str, model_id: str, tier: str) -> None:
+    """FAILED_PRECONDITION unless users of `tier` may pick `model_id` (for `context_name`)."""
+    if context_name:
+        spec = snapshot.contexts.get(context_name)
+        if spec is None or not spec.user_selectable:
+            selectable = sorted(c.name for c in snapshot.contexts.values() if c.user_selectable)
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "CONTEXT_NOT_SELECTABLE",
+                f"context {context_name!r} does not let users choose a model; "
+                f"contexts that do: {', '.join(selectable) or 'none'}",
+                precondition_violations=[("CONTEXT", context_name, "not user-selectable")],
+            )
+    allowed = sorted(
+        m.model_id for m in snapshot.models.values() if m.enabled and m.allows_tier(tier)
+    )
+    if model_id in allowed:
+        return
+    model = snapshot.models.get(model_id)
+    if model is None:
+        why = "unknown model"
+    elif not model.enabled:
+        why = "model is disabled"
+    else:
+        why = f"model is for tiers {', '.join(sorted(model.tiers))} only"
+    raise ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "MODEL_NOT_ALLOWED",
+        f"{model_id!r} cannot be chosen by tier {tier or '(none)'!r} ({why}); "
+        f"allowed: {', '.join(allowed) or 'none'}",
+        precondition_violations=[("TIER", model_id, why)]
+        + [("ALLOWED", allowed_id, "may be chosen by this tier") for allowed_id in allowed],
+        metadata={"tier": tier, "allowed_models": ",".join(allowed)},
+    )
+
+
+def _preference_message(stored: StoredPreference) -> router_pb2.UserPreference:
+    updated = timestamp_pb2.Timestamp()
+    updated.FromDatetime(stored.updated_at)
+    return router_pb2.UserPreference(
+        user_id=stored.user_id,
+        context=stored.context,
+        model_id=stored.model_id,
+        updated_at=updated,
+    )
+
+
+_THUMBS: Final = {router_pb2.THUMBS_UP: "UP", router_pb2.THUMBS_DOWN: "DOWN"}
+_SOURCES: Final = {
+    router_pb2.FEEDBACK_SOURCE_UNSPECIFIED: "USER",
+    router_pb2.FEEDBACK_SOURCE_USER: "USER",
+    router_pb2.FEEDBACK_SOURCE_REVIEWER: "REVIEWER",
+}
+MAX_COMMENT: Final = 2000
+
+
+def _feedback_from(
+    request: router_pb2.SubmitFeedbackRequest, tokens: DecisionTokens, now: datetime
+) -> FeedbackRecord:
+    violations: list[tuple[str, str]] = []
+    thumbs = _THUMBS.get(request.thumbs)
+    if request.thumbs and thumbs is None:
+        violations.append(("thumbs", "THUMBS_UP or THUMBS_DOWN"))
+    has_score = request.HasField("quality_score")
+    if has_score and not 0.0 <= request.quality_score <= 1.0:  # NaN fails this too
+        violations.append(("quality_score", f"{request.quality_score} is outside 0..1"))
+    if thumbs is None and not has_score:
+        violations.append(("thumbs", "give thumbs or a quality_score (or both)"))
+    source = _SOURCES.get(request.source)
+    if source is None:
+        violations.append(("source", "USER or REVIEWER"))
+    if len(request.comment) > MAX_COMMENT:
+        violations.append(("comment", f"at most {MAX_COMMENT} characters"))
+    token: DecisionToken | None = None
+    if not request.decision_id:
+        violations.append(("decision_id", "required (the decision_id ResolveModel returned)"))
+    else:
+        try:
+            token = tokens.decode(request.decision_id)
+        except MalformedTokenError as exc:
+            violations.append(("decision_id", str(exc)))
+        except UnknownTokenError as exc:
+            if not violations:
+                raise not_found("DECISION_NOT_FOUND", str(exc)) from None
+    if violations or token is None or source is None:
+        raise invalid_argument(violations)
+    return FeedbackRecord(
+        decision_id=request.decision_id,
+        thumbs=thumbs,
+        quality_score=request.quality_score if has_score else None,
+        source=source,
+        comment=request.comment or None,
+        experiment_id=token.experiment_id or None,
+        variant_id=token.variant_id or None,
+        model_id=token.model_id,
+        context=token.context,
+        created_at=now,
+    )
 
 
 def _no_model_error(exc: NoModelAvailableError, now: datetime) -> ServiceError:
@@ -452,7 +658,11 @@ def _annotate_usage(records: Sequence[UsageRecord]) -> None:
 
 
 def _record_from(
-    report: router_pb2.UsageReport, snapshot: Snapshot, now: datetime, trace_id: str
+    report: router_pb2.UsageReport,
+    snapshot: Snapshot,
+    now: datetime,
+    trace_id: str,
+    tokens: DecisionTokens,
 ) -> UsageRecord:
     if not 1 <= len(report.report_id) <= 128:
         raise ValueError("report_id: 1-128 characters required (the idempotency key)")
@@ -478,11 +688,11 @@ def _record_from(
     occurred = report.occurred_at.ToDatetime(tzinfo=UTC) if report.HasField("occurred_at") else now
     if occurred > now + MAX_FUTURE_SKEW:
         raise ValueError("occurred_at: more than 5 minutes in the future")
-    token = None
+    token: DecisionToken | None = None
     if report.decision_id:
         try:
-            token = decision_token.decode(report.decision_id)
-        except ValueError as exc:
+            token = tokens.decode(report.decision_id)
+        except (MalformedTokenError, UnknownTokenError) as exc:
             raise ValueError(f"decision_id: {exc}") from None
     model = snapshot.models.get(report.model_id)
     retry_after_ms = None

@@ -169,12 +169,18 @@ async def test_request_limit_holds_across_two_replica_processes(
         assert served["gpt-4o-mini"] == 2 * limit - served["gemini-3-flash-preview"]
         assert causes[types_pb2.FALLBACK_CAUSE_PROVIDER_QUOTA] == served["gpt-4o-mini"]
 
-        status = await admins[1].GetConfigStatus(admin_pb2.GetConfigStatusRequest())
-        assert status.live_replicas == 2
+        async def status_shows_exhausted() -> admin_pb2.GetConfigStatusResponse:
+            # Summed over replicas from their publications (about once a second).
+            status = await admins[1].GetConfigStatus(admin_pb2.GetConfigStatusRequest())
+            assert status.live_replicas == 2
+            google = [q for q in status.quotas if q.provider == "google"]
+            assert [(q.limit, q.limit_value, q.remaining, q.is_exceeded) for q in google] == [
+                ("requests_per_minute", limit, 0, True)
+            ]
+            return status
+
+        status = await eventually(status_shows_exhausted, timeout=5)
         google = [q for q in status.quotas if q.provider == "google"]
-        assert [(q.limit, q.limit_value, q.remaining, q.is_exceeded) for q in google] == [
-            ("requests_per_minute", limit, 0, True)
-        ]
         assert (google[0].reset_at.ToDatetime(UTC) - window).total_seconds() == 60
 
         async def both_alerts() -> Counter[str]:

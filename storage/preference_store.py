@@ -1,0 +1,106 @@
+"""`user_model_preferences` and `llm_feedback`: small synchronous stores (called in a thread).
+
+Preferences are keyed by (user_id, context), `""` meaning every user-selectable context;
+`set` is an upsert, so concurrent sets from two replicas leave exactly one row (last wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelroute.storage.tables import LlmFeedback, UserModelPreference
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+_preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
+_feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
+_INSERTS: dict[str, Callable[[Table], Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPreference:
+    user_id: str
+    context: str  # "" = every user-selectable context
+    model_id: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    decision_id: str
+    thumbs: str | None  # "UP" / "DOWN"
+    quality_score: float | None
+    source: str  # USER / REVIEWER
+    comment: str | None
+    experiment_id: str | None
+    variant_id: str | None
+    model_id: str
+    context: str
+    created_at: datetime
+
+
+class PreferenceStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        upsert = _INSERTS[engine.dialect.name](_preferences)
+        self._upsert = upsert.on_conflict_do_update(
+            index_elements=["user_id", "context"],
+            set_={"model_id": upsert.excluded.model_id, "updated_at": upsert.excluded.updated_at},
+        )
+
+    def for_user(self, user_id: str) -> dict[str, StoredPreference]:
+        """All of a user's preferences by context (one query: the cache holds users)."""
+        query = select(
+            _preferences.c.user_id,
+            _preferences.c.context,
+            _preferences.c.model_id,
+            _preferences.c.updated_at,
+        ).where(_preferences.c.user_id == user_id)
+        with self.engine.connect() as connection:
+            return {row[1]: StoredPreference(*row) for row in connection.execute(query)}
+
+    def set(self, preference: StoredPreference) -> None:
+        row = {
+            "user_id": preference.user_id,
+            "context": preference.context,
+            "model_id": preference.model_id,
+            "updated_at": preference.updated_at,
+        }
+        with self.engine.begin() as connection:
+            connection.execute(self._upsert, row)
+
+    def clear(self, user_id: str, context: str) -> bool:
+        query = delete(_preferences).where(
+            _preferences.c.user_id == user_id, _preferences.c.context == context
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(query).rowcount)
+
+
+class FeedbackStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def insert(self, record: FeedbackRecord) -> int:
+        row = {
+            "decision_id": record.decision_id,
+            "thumbs": record.thumbs,
+            "quality_score": record.quality_score,
+            "source": record.source,
+            "comment": record.comment,
+            "experiment_id": record.experiment_id,
+            "variant_id": record.variant_id,
+            "model_id": record.model_id,
+            "context": record.context,
+            "created_at": record.created_at,
+        }
+        with self.engine.begin() as connection:
+            result = connection.execute(insert(_feedback).returning(_feedback.c.id), row)
+            return int(result.scalar_one())
