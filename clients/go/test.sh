@@ -15,7 +15,7 @@ module=github.com/modelroute/modelroute/clients/go
 
 pkgs="golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
       golang-github-golang-protobuf-1-5-dev
-      protobuf-compiler protoc-gen-go protoc-gen-go-grpc"
+      protobuf-compiler libprotobuf-dev protoc-gen-go protoc-gen-go-grpc"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
