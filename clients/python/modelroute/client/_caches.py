@@ -67,15 +67,22 @@ class LastKnown:
         self._by_context: OrderedDict[str, Decision] = OrderedDict()
 
     def remember(self, key: Hashable, decision: Decision) -> None:
-        for table, k in ((self._by_key, key), (self._by_context, decision.context)):
-            table[k] = decision
-            table.move_to_end(k)
-            while len(table) > self.maxsize:
-                table.popitem(last=False)
+        _put_bounded(self._by_key, key, decision, self.maxsize)
+        _put_bounded(self._by_context, decision.context, decision, self.maxsize)
 
     def lookup(self, key: Hashable, context: str) -> Decision | None:
         """The exact request's last answer, else the last answer for the context."""
         return self._by_key.get(key) or self._by_context.get(context)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def _put_bounded(table: OrderedDict[K, Decision], key: K, value: Decision, maxsize: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > maxsize:
+        table.popitem(last=False)
 
 
 class ModelClientCache(Generic[V]):
