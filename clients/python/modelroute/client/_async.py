@@ -53,7 +53,8 @@ class RouterOptions:
 
     default_model: str | None = None  # used when modelroute was never reachable
     default_fallbacks: tuple[str, ...] = ()
-    cache_size: int = 1024
+    cache_size: int = 1024  # decisions cached for their cache_ttl (0: never cache)
+    last_known_size: int = 1024  # fail-safe answers kept without expiry
     resolve_timeout: float = 1.0  # an LLM call must not wait long for the control plane
     report_batch_size: int = 100
     report_interval: float = 1.0  # seconds a report may wait for its batch
@@ -89,7 +90,7 @@ class AsyncModelRouter:
         self._owns_channel = channel is None
         self._stub: router_pb2_grpc.ModelRouterServiceStub | None = None
         self._cache = DecisionCache(self.options.cache_size)
-        self._last_known = LastKnown(self.options.cache_size)
+        self._last_known = LastKnown(self.options.last_known_size)
         self._revision = 0
         self._local_cooldowns: dict[str, float] = {}
         self._pending: deque[router_pb2.UsageReport] = deque()
@@ -97,6 +98,7 @@ class AsyncModelRouter:
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._watching = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -262,6 +264,17 @@ class AsyncModelRouter:
         logger.warning(message)
         return decision, message
 
+    @property
+    def watching(self) -> bool:
+        """True while the WatchConfig stream is live: config changes reach the cache
+        within milliseconds; otherwise only `cache_ttl` bounds staleness."""
+        return self._watching
+
+    @property
+    def config_revision(self) -> int:
+        """The newest configuration revision this client has seen."""
+        return self._revision
+
     def _observe_revision(self, revision: int) -> None:
         """A newer config revision makes every cached decision suspect: drop them all."""
         if revision > self._revision:
@@ -285,12 +298,14 @@ class AsyncModelRouter:
             try:
                 async for message in self._stub.WatchConfig(router_pb2.WatchConfigRequest()):
                     backoff = 0.05
+                    self._watching = True
                     self._observe_revision(message.config_revision)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     logger.info("modelroute server has no WatchConfig; caching by TTL only")
                     return
                 logger.debug("modelroute WatchConfig: %s; reconnecting", error.code().name)
+            self._watching = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -441,7 +456,8 @@ class AsyncModelRouter:
                         context, user, tier, walk.excluded, attributes
                     )
                 except (NoModelAvailableError, ControlPlaneUnavailableError):
-                    raise walk.exhausted() from None
+                    exhausted = walk.exhausted()
+                    raise exhausted from exhausted.__cause__
                 if not walk.offer(decision):
                     raise walk.exhausted()
                 continue

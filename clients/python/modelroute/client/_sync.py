@@ -122,7 +122,8 @@ class ModelRouter:
                         self.aio._resolve(context, user, tier, walk.excluded, attributes)
                     )
                 except (NoModelAvailableError, ControlPlaneUnavailableError):
-                    raise walk.exhausted() from None
+                    exhausted = walk.exhausted()
+                    raise exhausted from exhausted.__cause__
                 if not walk.offer(decision):
                     raise walk.exhausted()
                 continue
