@@ -386,6 +386,11 @@ class AsyncModelRouter:
             reply = await self._stub.ReportUsage(
                 router_pb2.ReportUsageRequest(reports=batch), timeout=self.options.report_timeout
             )
+        except asyncio.CancelledError:
+            # close() cancelled the sender mid-call: keep the batch for the final flush
+            # (the server dedups by report_id if it did store it).
+            self._pending.extendleft(reversed(batch))
+            raise
         except grpc.aio.AioRpcError as error:
             if error.code() in _RETRYABLE_REPORT_CODES:
                 self._pending.extendleft(reversed(batch))
