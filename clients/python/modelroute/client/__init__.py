@@ -1,0 +1,44 @@
+"""modelroute.client: ask modelroute which LLM model to use, fall back down the chain
+when a provider fails, and report usage. See docs/clients/python.md."""
+
+from modelroute.client._async import AsyncModelRouter, RouterOptions
+from modelroute.client._caches import ModelClientCache
+from modelroute.client._sync import ModelRouter
+from modelroute.client.bucketing import assign_variant, bucket_of
+from modelroute.client.classify import Failure, FailureClassifier
+from modelroute.client.decision import Decision, FallbackCause, Outcome, Reason, Source, env_var_for
+from modelroute.client.errors import (
+    AllModelsFailedError,
+    Attempt,
+    ControlPlaneUnavailableError,
+    ControlPlaneUnavailableWarning,
+    InvalidResolveRequestError,
+    ModelRouteError,
+    NoModelAvailableError,
+    ReportDeliveryError,
+)
+
+__all__ = [
+    "AllModelsFailedError",
+    "AsyncModelRouter",
+    "Attempt",
+    "ControlPlaneUnavailableError",
+    "ControlPlaneUnavailableWarning",
+    "Decision",
+    "Failure",
+    "FailureClassifier",
+    "FallbackCause",
+    "InvalidResolveRequestError",
+    "ModelClientCache",
+    "ModelRouteError",
+    "ModelRouter",
+    "NoModelAvailableError",
+    "Outcome",
+    "Reason",
+    "ReportDeliveryError",
+    "RouterOptions",
+    "Source",
+    "assign_variant",
+    "bucket_of",
+    "env_var_for",
+]

@@ -1,0 +1,175 @@
+"""ModelRouter: the blocking API, for code without an event loop (Flask, scripts, threads).
+
+It runs an AsyncModelRouter on a private event loop in a daemon thread; your provider
+calls (`fn`) run in your own thread, so blocking provider SDKs work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from modelroute.client._async import AsyncModelRouter
+from modelroute.client._reports import build_report
+from modelroute.client._walk import FallbackWalk
+from modelroute.client.decision import Decision, Outcome
+from modelroute.client.errors import (
+    Attempt,
+    ControlPlaneUnavailableError,
+    ControlPlaneUnavailableWarning,
+    NoModelAvailableError,
+)
+
+T = TypeVar("T")
+
+
+class ModelRouter:
+    """Blocking client. Takes the same arguments as AsyncModelRouter. Call `close()` (or
+    use `with`) on shutdown; an interpreter exit closes it too, delivering queued reports."""
+
+    def __init__(self, target: str | None = None, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="modelroute-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self.aio = AsyncModelRouter(target, **kwargs)
+        self._run(self.aio.__aenter__())
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> ModelRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Deliver queued reports, disconnect and stop the background thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self.aio.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def resolve(
+        self,
+        context: str,
+        *,
+        user: str | None = None,
+        tier: str | None = None,
+        exclude_models: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> Decision:
+        """See AsyncModelRouter.resolve."""
+        decision, warning = self._run(
+            self.aio._resolve(context, user, tier, exclude_models, attributes, request_id)
+        )
+        if warning:
+            warnings.warn(warning, ControlPlaneUnavailableWarning, stacklevel=2)
+        return decision
+
+    def report(self, context: str, model_id: str, **fields: Any) -> str:
+        """See AsyncModelRouter.report. Never blocks on the network."""
+        report = build_report(context, model_id, **fields)
+        self._loop.call_soon_threadsafe(self.aio.enqueue, report)
+        return report.report_id
+
+    def flush(self) -> None:
+        """See AsyncModelRouter.flush."""
+        self._run(self._flush_after_enqueued())
+
+    async def _flush_after_enqueued(self) -> None:
+        # Runs after every enqueue callback scheduled before it (the loop is FIFO).
+        await self.aio.flush()
+
+    def call_with_fallback(
+        self,
+        context: str,
+        fn: Callable[[str], T],
+        *,
+        user: str | None = None,
+        tier: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        usage: Callable[[T], tuple[int, int]] | None = None,
+        max_attempts: int | None = None,
+    ) -> T:
+        """See AsyncModelRouter.call_with_fallback; `fn` runs in the calling thread."""
+        walk = FallbackWalk(context, max_attempts)
+        decision = self.resolve(context, user=user, tier=tier, attributes=attributes)
+        walk.offer(decision)
+        while True:
+            model = walk.next_model()
+            if model is None:
+                if not walk.can_re_resolve():
+                    raise walk.exhausted()
+                try:
+                    decision, _ = self._run(
+                        self.aio._resolve(context, user, tier, walk.excluded, attributes)
+                    )
+                except (NoModelAvailableError, ControlPlaneUnavailableError):
+                    exhausted = walk.exhausted()
+                    raise exhausted from exhausted.__cause__
+                if not walk.offer(decision):
+                    raise walk.exhausted()
+                continue
+            assert walk.decision is not None
+            decision_id = walk.decision.decision_id
+            started = time.monotonic()
+            try:
+                result = fn(model)
+            except Exception as error:
+                failure = self.aio.classifier.classify(error)
+                latency_ms = int((time.monotonic() - started) * 1000)
+                report_id = self.report(
+                    context,
+                    model,
+                    outcome=failure.outcome,
+                    decision_id=decision_id,
+                    user=user,
+                    tier=tier,
+                    latency_ms=latency_ms,
+                    error_message=f"{type(error).__name__}: {error}",
+                    retry_after=failure.retry_after,
+                    provider_wide=failure.provider_wide,
+                )
+                walk.record(
+                    Attempt(model, failure.outcome, latency_ms, decision_id, report_id, error)
+                )
+                if not failure.retry_next_model:
+                    raise
+                continue
+            latency_ms = int((time.monotonic() - started) * 1000)
+            tokens = usage(result) if usage is not None else (0, 0)
+            report_id = self.report(
+                context,
+                model,
+                decision_id=decision_id,
+                user=user,
+                tier=tier,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                latency_ms=latency_ms,
+            )
+            walk.record(Attempt(model, Outcome.OK, latency_ms, decision_id, report_id))
+            return result
+
+
+def _close_at_exit(ref: weakref.ReferenceType[ModelRouter]) -> None:
+    router = ref()
+    if router is not None:
+        router.close()

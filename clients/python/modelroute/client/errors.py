@@ -1,0 +1,62 @@
+"""Exceptions and warnings raised by the SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from modelroute.client.decision import Outcome
+
+
+class ModelRouteError(Exception):
+    """Base class for every error the SDK raises."""
+
+
+class ControlPlaneUnavailableError(ModelRouteError):
+    """modelroute is unreachable and there is neither a last known answer nor a
+    configured `default_model` to fall back to."""
+
+
+class InvalidResolveRequestError(ModelRouteError):
+    """The server rejected the request as malformed (a caller bug, not an outage)."""
+
+
+class NoModelAvailableError(ModelRouteError):
+    """The server says no model of the chain may serve now (cooldowns, limits, budget)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ReportDeliveryError(ModelRouteError):
+    """Usage reports could not be delivered; they stay queued for the next flush."""
+
+
+class ControlPlaneUnavailableWarning(RuntimeWarning):
+    """A decision was made without the server (last known answer or static default)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one model inside `call_with_fallback`."""
+
+    model_id: str
+    outcome: Outcome
+    latency_ms: int
+    decision_id: str
+    report_id: str
+    error: BaseException | None = None
+
+
+class AllModelsFailedError(ModelRouteError):
+    """Every model `call_with_fallback` could try failed; `attempts` lists them in order
+    and the last provider error is the `__cause__`."""
+
+    def __init__(self, context: str, attempts: list[Attempt]) -> None:
+        self.context = context
+        self.attempts = list(attempts)
+        tried = "; ".join(
+            f"{a.model_id}: {a.outcome.name}" + (f" ({a.error!r})" if a.error else "")
+            for a in attempts
+        )
+        super().__init__(f"all models failed for {context!r}: {tried or 'no model to try'}")
