@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run vectors proto proto-check lint typecheck test test-postgres bench clean
+.PHONY: install run vectors proto test-go test-clients proto-check lint typecheck test test-postgres bench clean
 
 $(BIN)/modelroute: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,14 @@ typecheck: install
 ## The test command (README): contract checks, lint, types, then the suite against real etcd + SQLite.
 test: proto-check lint typecheck
 	$(BIN)/pytest
+	$(MAKE) test-clients
+
+## Client libraries in other languages, each against a live `modelroute serve`.
+test-clients: test-go
+
+## Go client: Debian's Go and Go libraries (installed by the script), stubs checked, go vet, go test.
+test-go: install
+	MODELROUTE_BIN=$(abspath $(BIN)/modelroute) sh clients/go/test.sh
 
 ## The suite again with PostgreSQL: MODELROUTE_TEST_DATABASE_URL=postgresql://user@host:port/db
 test-postgres: install
