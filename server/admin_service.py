@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import aetcd
 import grpc
@@ -15,7 +17,9 @@ from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.errors import ServiceError, invalid_argument, unimplemented
 from modelroute.server.quotas import QuotaTracker
+from modelroute.server.runtime_state import RuntimeState
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
+from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 
@@ -23,6 +27,18 @@ def _timestamp(value: object) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)  # type: ignore[arg-type]
     return stamp
+
+
+T = TypeVar("T")
+
+
+async def _answer(operation: Awaitable[T], context: grpc.aio.ServicerContext) -> T:  # type: ignore[type-arg]
+    """Run an operation for a gRPC call: a ServiceError becomes the call's status."""
+    try:
+        return await operation
+    except ServiceError as error:
+        await error.abort(context)
+        raise  # abort() raises; this keeps the type checker informed
 
 
 SEVERITY_VALUES = {
@@ -42,18 +58,55 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         *,
         quotas: QuotaTracker | None = None,
         alerts: AlertSink | None = None,
+        runtime: RuntimeState | None = None,
     ) -> None:
+        self._runtime = runtime
         self._config = config
         self._source = source
         self._etcd = etcd
         self._quotas = quotas
         self._alerts = alerts
 
+    # --- gRPC: thin wrappers over the transport-free operations below ---------------------
+
     async def GetConfigStatus(
         self,
         request: admin_pb2.GetConfigStatusRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.GetConfigStatusResponse:
+        return self.config_status()
+
+    async def ApplyConfig(
+        self,
+        request: admin_pb2.ApplyConfigRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.ApplyConfigResponse:
+        return await _answer(self.apply_config(request), context)
+
+    async def GetUsageSummary(
+        self,
+        request: admin_pb2.GetUsageSummaryRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.GetUsageSummaryResponse:
+        return await _answer(self.usage_summary(request), context)
+
+    async def GetExperimentResults(
+        self,
+        request: admin_pb2.GetExperimentResultsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.GetExperimentResultsResponse:
+        return await _answer(self.experiment_results(request), context)
+
+    async def ListAlerts(
+        self,
+        request: admin_pb2.ListAlertsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.ListAlertsResponse:
+        return await _answer(self.list_alerts(request), context)
+
+    # --- operations (shared by gRPC and the admin HTTP API; raise ServiceError) ----------
+
+    def config_status(self) -> admin_pb2.GetConfigStatusResponse:
         response = admin_pb2.GetConfigStatusResponse(
             etcd_connected=self._source.connected,
             etcd_endpoints=[str(e) for e in self._source.endpoints],
@@ -112,20 +165,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 )
         return response
 
-    async def ApplyConfig(
-        self,
-        request: admin_pb2.ApplyConfigRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    async def apply_config(
+        self, request: admin_pb2.ApplyConfigRequest
     ) -> admin_pb2.ApplyConfigResponse:
         changes: dict[str, bytes | None] = {}
         for index, change in enumerate(request.changes):
             if not change.key or change.key.startswith(("/", "runtime/")):
-                await invalid_argument(
+                raise invalid_argument(
                     [(f"changes[{index}].key", "a key relative to the prefix, e.g. models/gpt-4o")]
-                ).abort(context)
+                )
             changes[change.key] = None if change.delete else change.value_json.encode()
         if not changes:
-            await invalid_argument([("changes", "at least one change is required")]).abort(context)
+            raise invalid_argument([("changes", "at least one change is required")])
         try:
             plan, revision = await apply_to_etcd(
                 self._etcd,
@@ -135,51 +186,45 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 dry_run=request.dry_run,
             )
         except EtcdConflictError as exc:
-            await ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)).abort(context)
+            raise ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)) from None
         except (ConnectionError, aetcd.exceptions.ClientError) as exc:
-            await ServiceError(
+            raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE", f"etcd unreachable: {exc}"
-            ).abort(context)
+            ) from None
         if not plan.ok:
-            await invalid_argument([(r.key, r.error) for r in plan.rejections]).abort(context)
+            raise invalid_argument([(r.key, r.error) for r in plan.rejections])
         return admin_pb2.ApplyConfigResponse(
             revision=revision, diff=plan.diff, changed_keys=len(plan.changes)
         )
 
-    async def GetUsageSummary(
-        self,
-        request: admin_pb2.GetUsageSummaryRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    async def usage_summary(
+        self, request: admin_pb2.GetUsageSummaryRequest
     ) -> admin_pb2.GetUsageSummaryResponse:
-        return await unimplemented("GetUsageSummary", "usage analysis").abort(context)
+        raise unimplemented("GetUsageSummary", "usage analysis")
 
-    async def GetExperimentResults(
-        self,
-        request: admin_pb2.GetExperimentResultsRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    async def experiment_results(
+        self, request: admin_pb2.GetExperimentResultsRequest
     ) -> admin_pb2.GetExperimentResultsResponse:
-        return await unimplemented("GetExperimentResults", "experiment analysis").abort(context)
+        raise unimplemented("GetExperimentResults", "experiment analysis")
 
-    async def ListAlerts(
-        self,
-        request: admin_pb2.ListAlertsRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    async def list_alerts(
+        self, request: admin_pb2.ListAlertsRequest
     ) -> admin_pb2.ListAlertsResponse:
         limit = request.limit or 100
         if not 0 < limit <= MAX_ALERTS:
-            await invalid_argument([("limit", f"between 1 and {MAX_ALERTS}")]).abort(context)
+            raise invalid_argument([("limit", f"between 1 and {MAX_ALERTS}")])
         since = request.since.ToDatetime(UTC) if request.HasField("since") else None
         if self._alerts is None:
             return admin_pb2.ListAlertsResponse()
         try:
             records = await asyncio.to_thread(self._alerts.recent, limit, since)
         except SQLAlchemyError as exc:
-            await ServiceError(
+            raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
                 "DATABASE_UNAVAILABLE",
                 f"alerts cannot be read: database unavailable ({type(exc).__name__})",
                 retry_after=timedelta(seconds=1),
-            ).abort(context)
+            ) from None
         return admin_pb2.ListAlertsResponse(
             alerts=[
                 admin_pb2.Alert(
@@ -191,5 +236,34 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     created_at=_timestamp(r.created_at),
                 )
                 for r in records
+            ]
+        )
+
+    def cooldowns(self) -> list[dict[str, str]]:
+        """Active cooldowns on this replica's view (shared through etcd), soonest end first."""
+        if self._runtime is None:
+            return []
+        active = self._runtime.active(datetime.now(UTC))
+        return [
+            {"subject": subject, "until": until.isoformat()}
+            for subject, until in sorted(active.items(), key=lambda item: item[1])
+        ]
+
+    def list_models(self) -> router_pb2.ListModelsResponse:
+        """Every configured model (enabled or not), sorted by id."""
+        snapshot = self._config.current
+        if snapshot is None:
+            return router_pb2.ListModelsResponse()
+        return router_pb2.ListModelsResponse(
+            models=[
+                types_pb2.ModelInfo(
+                    model_id=m.model_id,
+                    provider=m.provider,
+                    tiers=sorted(m.tiers),
+                    input_usd_per_mtok=m.input_usd_per_mtok,
+                    output_usd_per_mtok=m.output_usd_per_mtok,
+                    enabled=m.enabled,
+                )
+                for m in sorted(snapshot.models.values(), key=lambda m: m.model_id)
             ]
         )

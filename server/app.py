@@ -169,7 +169,12 @@ class ModelrouteServer:
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(
-                self.config, self.config_source, self.etcd, quotas=self.quotas, alerts=self.alerts
+                self.config,
+                self.config_source,
+                self.etcd,
+                quotas=self.quotas,
+                alerts=self.alerts,
+                runtime=self.runtime,
             ),
             self.grpc_server,
         )
