@@ -32,6 +32,7 @@ from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
+from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
@@ -175,6 +176,7 @@ class ModelrouteServer:
                 quotas=self.quotas,
                 alerts=self.alerts,
                 runtime=self.runtime,
+                analysis=AnalysisStore(self.engine),
             ),
             self.grpc_server,
         )
