@@ -53,6 +53,10 @@ export async function startServer(): Promise<TestServer> {
         resolve(`http://${m[1]}:${m[2]}`);
       }
     });
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${bin} (set MODELROUTE_BIN): ${err.message}`));
+    });
     child.once("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`server exited with ${code}:\n${stderr}`));
