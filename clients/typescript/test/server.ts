@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { ModelRouterClient } from "../src/index.ts";
 
 export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
 const bin = process.env["MODELROUTE_BIN"] ?? join(repoRoot, ".venv/bin/modelroute");
@@ -62,6 +63,13 @@ export async function startServer(): Promise<TestServer> {
       reject(new Error(`server exited with ${code}:\n${stderr}`));
     });
   });
+  // "serving" is printed before the first config snapshot may be loaded: wait until it answers.
+  const probe = new ModelRouterClient({ baseUrl, logger: { warn() {} } });
+  try {
+    await eventually(() => probe.resolve("rag.answer", { noCache: true }), 30_000);
+  } finally {
+    await probe.close(100);
+  }
   const python = join(bin, "..", "python");
   return {
     baseUrl,
