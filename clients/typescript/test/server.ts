@@ -3,7 +3,7 @@
  * temp dir, seeded from the repo's config/bootstrap.yaml.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
