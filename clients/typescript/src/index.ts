@@ -20,7 +20,7 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
+import { DurationSchema, timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import {
   ModelRouterService,
   ReportStatus,
@@ -29,7 +29,7 @@ import {
   type ResolveModelResponse,
   type UsageReport,
 } from "./gen/modelroute/v1/router_pb.ts";
-import { FallbackCause, Outcome, Reason } from "./gen/modelroute/v1/types_pb.ts";
+import { FallbackCause, Outcome, Reason, UserSchema } from "./gen/modelroute/v1/types_pb.ts";
 import { classifyError, DEFAULT_RULES, type ClassifierRule } from "./classify.ts";
 import { LruCache } from "./lru.ts";
 
@@ -384,10 +384,10 @@ export class ModelRouterClient {
       providerWide: input.providerWide ?? false,
       occurredAt: timestampFromDate(input.occurredAt ?? new Date()),
     });
-    if (user) msg.user = { $typeName: "modelroute.v1.User", id: user.id, tier: user.tier ?? "" };
+    if (user) msg.user = create(UserSchema, { id: user.id, tier: user.tier ?? "" });
     if (input.retryAfterMs !== undefined && input.retryAfterMs > 0) {
       const ms = Math.round(input.retryAfterMs);
-      msg.retryAfter = { $typeName: "google.protobuf.Duration", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
+      msg.retryAfter = create(DurationSchema, { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 });
     }
     this.queue.push(msg);
     if (this.queue.length > this.opts.maxQueuedReports) {
