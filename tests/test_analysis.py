@@ -81,7 +81,7 @@ async def test_usage_summary_groups_filters_and_percentiles(
 ) -> None:
     rng = random.Random(7)
     latencies = {"gpt-4o-mini": [rng.randint(50, 900) for _ in range(301)], "gpt-4o": [40, 60]}
-    records = []
+    records: list[UsageRecord] = []
     for model, values in latencies.items():
         for i, latency in enumerate(values):
             records.append(
@@ -163,7 +163,7 @@ def experiment_calls(
     experiment: str, counts: dict[str, int], error_rates: dict[str, float], seed: int, offset: int
 ) -> list[UsageRecord]:
     rng = random.Random(seed)
-    out = []
+    out: list[UsageRecord] = []
     for variant, n in counts.items():
         for i in range(n):
             failed = rng.random() < error_rates[variant]
