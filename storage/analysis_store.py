@@ -1,11 +1,14 @@
 """Aggregations over `llm_usage_logs` and `llm_feedback`, in SQL on SQLite and PostgreSQL.
 
-Percentiles are nearest-rank (the smallest latency whose rank r satisfies r >= q * n),
-computed with window functions both dialects have, so no rows leave the database.
+One pass per query: rows are grouped by (key, latency bucket, outcome) in SQL, so only a
+histogram leaves the database (a few thousand rows per group, whatever the table size), and
+totals, outcome counts, mean, variance and nearest-rank percentiles (the smallest latency
+whose rank r satisfies r >= q * n) are folded from it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +50,69 @@ class FeedbackGroup:
     thumbs_up: int = 0
 
 
+def _latency_bucket(latency: Any) -> ColumnElement[int]:
+    """Latency histogram bucket: exact below 1 s, then 3 significant digits (10 ms below
+    10 s, 100 ms below 100 s, 1 s above), so percentiles are exact for sub-second calls,
+    within 1% above, and a group has at most a few thousand buckets."""
+    return case(
+        (latency < 1_000, latency),
+        (latency < 10_000, (latency // 10) * 10),
+        (latency < 100_000, (latency // 100) * 100),
+        else_=(latency // 1_000) * 1_000,
+    )
+
+
+class _Accumulator:
+    """Folds (bucket, outcome) rows of one group into a UsageGroup."""
+
+    def __init__(self, group: UsageGroup) -> None:
+        self.group = group
+        self.buckets: dict[int, int] = defaultdict(int)
+        self.latency_sum = 0.0
+        self.latency_sq_sum = 0.0
+
+    def add(
+        self,
+        bucket: int,
+        outcome: str,
+        count: int,
+        input_tokens: Any,
+        output_tokens: Any,
+        cost: Any,
+        latency_sum: Any,
+        latency_sq_sum: Any,
+    ) -> None:
+        group = self.group
+        group.calls += int(count)
+        if outcome != "OK":
+            group.errors += int(count)
+        group.by_outcome[outcome] = group.by_outcome.get(outcome, 0) + int(count)
+        group.input_tokens += int(input_tokens or 0)
+        group.output_tokens += int(output_tokens or 0)
+        group.cost_usd += float(cost or 0.0)
+        self.latency_sum += float(latency_sum or 0.0)
+        self.latency_sq_sum += float(latency_sq_sum or 0.0)
+        self.buckets[bucket] += int(count)
+
+    def finish(self, units: int | None) -> UsageGroup:
+        group = self.group
+        n = group.calls
+        if n:
+            group.latency_mean_ms = self.latency_sum / n
+            group.latency_var_ms2 = max(0.0, self.latency_sq_sum / n - group.latency_mean_ms**2)
+            ordered = sorted(self.buckets.items())
+            for q in PERCENTILES:
+                rank = math.ceil(q * n / 100)  # nearest rank
+                seen = 0
+                for value, count in ordered:
+                    seen += count
+                    if seen >= rank:
+                        group.percentiles[q] = float(value)
+                        break
+        group.units = n if units is None else units
+        return group
+
+
 def _day(engine: Engine, column: Any) -> ColumnElement[str]:
     if engine.dialect.name == "postgresql":
         return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
@@ -75,7 +141,8 @@ class AnalysisStore:
         experiment_id: str | None = None,
         distinct_users: bool = False,
     ) -> list[UsageGroup]:
-        """One group per key: totals, outcome counts and latency percentiles."""
+        """One group per key: totals, outcome counts and latency percentiles, from a single
+        aggregation pass grouped by (key, latency bucket, outcome)."""
         key = self._key(group_by).label("key")
         conditions = []
         if since is not None:
@@ -86,73 +153,40 @@ class AnalysisStore:
             conditions.append(_usage.c.experiment_id == experiment_id)
             conditions.append(_usage.c.variant_id.is_not(None))
         where = and_(true(), *conditions)
-        latency = cast(_usage.c.latency_ms, Float)
-        totals = (
+        latency = _usage.c.latency_ms
+        as_float = cast(latency, Float)
+        bucket = _latency_bucket(latency).label("bucket")
+        histogram = (
             select(
                 key,
+                bucket,
+                _usage.c.outcome,
                 func.count(),
-                func.sum(case((_usage.c.outcome != "OK", 1), else_=0)),
                 func.sum(_usage.c.input_tokens),
                 func.sum(_usage.c.output_tokens),
                 func.sum(_usage.c.estimated_cost),
-                func.avg(latency),
-                func.avg(latency * latency),
-                func.count(distinct(_usage.c.user_id)) if distinct_users else func.count(),
+                func.sum(as_float),
+                func.sum(as_float * as_float),
             )
             .where(where)
-            .group_by(key)
+            .group_by(key, bucket, _usage.c.outcome)
         )
-        outcomes = (
-            select(key, _usage.c.outcome, func.count()).where(where).group_by(key, _usage.c.outcome)
-        )
-        ranked = (
-            select(
-                key,
-                _usage.c.latency_ms.label("latency"),
-                func.row_number()
-                .over(partition_by=self._key(group_by), order_by=_usage.c.latency_ms)
-                .label("rank"),
-                func.count().over(partition_by=self._key(group_by)).label("n"),
-            )
-            .where(where)
-            .subquery()
-        )
-        percentiles = select(
-            ranked.c.key,
-            *(
-                func.min(case((ranked.c["rank"] * 100 >= ranked.c.n * q, ranked.c.latency)))
-                for q in PERCENTILES
-            ),
-        ).group_by(ranked.c.key)
-        groups: dict[str, UsageGroup] = {}
+        accumulators: dict[str, _Accumulator] = {}
         with self.engine.connect() as connection:
-            for row in connection.execute(totals):
-                mean, mean_sq = float(row[6] or 0.0), float(row[7] or 0.0)
-                groups[str(row[0])] = UsageGroup(
-                    key=str(row[0]),
-                    calls=int(row[1]),
-                    errors=int(row[2] or 0),
-                    input_tokens=int(row[3] or 0),
-                    output_tokens=int(row[4] or 0),
-                    cost_usd=float(row[5] or 0.0),
-                    latency_mean_ms=mean,
-                    latency_var_ms2=max(0.0, mean_sq - mean * mean),
-                    units=int(row[8] or 0),
+            for row in connection.execute(histogram):
+                group_key = str(row[0])
+                acc = accumulators.get(group_key)
+                if acc is None:
+                    acc = accumulators[group_key] = _Accumulator(UsageGroup(group_key))
+                acc.add(int(row[1]), str(row[2]), *row[3:])
+            units: dict[str, int] = {}
+            if distinct_users:
+                users = (
+                    select(key, func.count(distinct(_usage.c.user_id))).where(where).group_by(key)
                 )
-            by_outcome: dict[str, dict[str, int]] = defaultdict(dict)
-            for group_key, outcome, count in connection.execute(outcomes):
-                by_outcome[str(group_key)][str(outcome)] = int(count)
-            for row in connection.execute(percentiles):
-                group = groups.get(str(row[0]))
-                if group is not None:
-                    group.percentiles = {
-                        q: float(value or 0.0)
-                        for q, value in zip(PERCENTILES, row[1:], strict=True)
-                    }
-        for group_key, counts in by_outcome.items():
-            if group_key in groups:
-                groups[group_key].by_outcome = counts
-        return sorted(groups.values(), key=lambda g: g.key)
+                units = {str(k): int(n) for k, n in connection.execute(users)}
+        groups = [acc.finish(units.get(k)) for k, acc in accumulators.items()]
+        return sorted(groups, key=lambda g: g.key)
 
     def feedback_by_variant(
         self, experiment_id: str, since: datetime | None, until: datetime | None

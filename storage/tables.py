@@ -89,6 +89,9 @@ class LlmUsageLog(SQLModel, table=True):
 
 class LlmFeedback(SQLModel, table=True):
     __tablename__ = "llm_feedback"
+    __table_args__ = (
+        Index("ix_llm_feedback_experiment_id_variant_id", "experiment_id", "variant_id"),
+    )
 
     id: int | None = _big_id()
     decision_id: str = Field(max_length=1024, index=True)

@@ -112,10 +112,23 @@ async def test_usage_summary_groups_filters_and_percentiles(
         assert getattr(mini, field) == nearest_rank(values, q), q
     assert mini.latency_mean_ms == pytest.approx(sum(values) / len(values))
 
+    # Above one second, latencies are kept to 3 significant digits (within 1%).
+    slow = [
+        record(1000 + i, model="claude-3-sonnet", provider="anthropic", latency=v)
+        for i, v in enumerate([1234, 56789, 123456])
+    ]
+    insert(database_url, slow)
+    reply = await server.admin.GetUsageSummary(
+        admin_pb2.GetUsageSummaryRequest(group_by=admin_pb2.USAGE_GROUP_BY_MODEL)
+    )
+    claude = next(r for r in reply.rows if r.key == "claude-3-sonnet")
+    assert (claude.latency_p50_ms, claude.latency_p99_ms) == (56_700, 123_000)
+    assert claude.latency_mean_ms == pytest.approx((1234 + 56789 + 123456) / 3)  # exact
+
     by_day = await server.admin.GetUsageSummary(
         admin_pb2.GetUsageSummaryRequest(group_by=admin_pb2.USAGE_GROUP_BY_DAY)
     )
-    assert [(r.key, r.calls) for r in by_day.rows] == [("2026-11-20", 151), ("2026-11-21", 152)]
+    assert [(r.key, r.calls) for r in by_day.rows] == [("2026-11-20", 154), ("2026-11-21", 152)]
 
     ranged = admin_pb2.GetUsageSummaryRequest(group_by=admin_pb2.USAGE_GROUP_BY_CONTEXT)
     ranged.from_time.FromDatetime(DAY2 - timedelta(hours=1))
@@ -126,7 +139,7 @@ async def test_usage_summary_groups_filters_and_percentiles(
     by_provider = await server.admin.GetUsageSummary(
         admin_pb2.GetUsageSummaryRequest(group_by=admin_pb2.USAGE_GROUP_BY_PROVIDER)
     )
-    assert [(r.key, r.calls) for r in by_provider.rows] == [("openai", 303)]
+    assert [(r.key, r.calls) for r in by_provider.rows] == [("anthropic", 3), ("openai", 303)]
 
     # The CLI table shows the same numbers.
     shown = await run_cli("usage", "--by", "model", "--server", server.address, etcd="", prefix="")
