@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aetcd
 import grpc
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
+from modelroute.server.auth import AdminTokens, AuthInterceptor
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import RUNTIME_KIND
@@ -30,6 +32,7 @@ from modelroute.server.router_service import ModelRouterService
 from modelroute.server.runtime_state import RuntimeState, start_cooldown
 from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
+from modelroute.server.tls import TlsFiles, server_credentials
 from modelroute.server.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
@@ -40,6 +43,7 @@ from modelroute.storage.etcd import (
     ConfigUpdate,
     EtcdConfigSource,
     EtcdConflictError,
+    EtcdTls,
     connect,
     parse_endpoints,
     read_prefix,
@@ -83,6 +87,25 @@ class ServeOptions:
     etcd_start_timeout_seconds: float = 3.0
     # etcd unreachable for this long raises an `etcd_unreachable` alert.
     etcd_alert_after_seconds: float = 5.0
+    # --- security (docs/security.md) ---
+    # Admin bearer tokens. None: read env MODELROUTE_ADMIN_TOKENS (comma-separated).
+    # No token at all (and no file): AdminService is open, with a warning at start.
+    admin_tokens: list[str] | None = None
+    # One token per line; re-read when it changes.
+    admin_token_file: Path | None = None
+    # TLS for gRPC (and the admin HTTP server). A client CA makes it mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # TLS towards etcd: CA to verify it, client cert + key when etcd requires them.
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+
+    def etcd_tls(self) -> EtcdTls | None:
+        if self.etcd_ca is None and self.etcd_cert is None and self.etcd_key is None:
+            return None
+        return EtcdTls(self.etcd_ca, self.etcd_cert, self.etcd_key)
 
 
 class ModelrouteServer:
@@ -109,6 +132,21 @@ class ModelrouteServer:
 
     async def start(self) -> None:
         options = self.options
+        # Security options are checked first: a typo must not start an open server.
+        tls = TlsFiles.from_options(options.tls_cert, options.tls_key, options.tls_client_ca)
+        grpc_credentials = server_credentials(tls) if tls is not None else None
+        etcd_tls = options.etcd_tls()
+        if options.admin_tokens is None:
+            self.admin_tokens = AdminTokens.from_environment(options.admin_token_file)
+        else:
+            self.admin_tokens = AdminTokens(
+                options.admin_tokens, token_file=options.admin_token_file
+            )
+        if not self.admin_tokens.configured:
+            log.warning(
+                "no admin token configured: AdminService is open to anyone who can reach "
+                "the port (set MODELROUTE_ADMIN_TOKENS or --admin-token-file; docs/security.md)"
+            )
         configure_tracing()
         endpoints_text = options.etcd_endpoints
         if not endpoints_text:
@@ -125,7 +163,11 @@ class ModelrouteServer:
         )
         await self.usage_writer.start()
 
-        credentials = {"username": options.etcd_username, "password": options.etcd_password}
+        credentials: dict[str, Any] = {
+            "username": options.etcd_username,
+            "password": options.etcd_password,
+            "tls": etcd_tls,
+        }
         self.etcd = connect(endpoints, **credentials)
         if options.seed or (options.seed is None and self.embedded_etcd is not None):
             await self._seed_if_empty()
@@ -150,8 +192,12 @@ class ModelrouteServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+        auth = AuthInterceptor(
+            self.admin_tokens, self._current, decision_context=self._decision_context
+        )
         self.grpc_server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+            interceptors=[auth],
+            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(
             ModelRouterService(
@@ -184,7 +230,11 @@ class ModelrouteServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
-        self.port = self.grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+        address = f"{options.host}:{options.port}"
+        if grpc_credentials is None:
+            self.port = self.grpc_server.add_insecure_port(address)
+        else:
+            self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
@@ -198,11 +248,14 @@ class ModelrouteServer:
             )
         )
         log.info(
-            "modelroute listening on %s:%d (etcd %s%s, database %s)",
+            "modelroute listening on %s:%d (%s; admin tokens: %d; etcd %s%s%s, database %s)",
             options.host,
             self.port,
+            "plaintext" if tls is None else ("mTLS" if tls.client_ca else "TLS"),
+            self.admin_tokens.count,  # how many, never which
             endpoints_text,
             options.etcd_prefix,
+            "" if etcd_tls is None else " over TLS",
             database_url.split("@")[-1],  # never log credentials
         )
 
@@ -227,6 +280,13 @@ class ModelrouteServer:
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _decision_context(self, decision_id: str) -> str | None:
+        """The context a decision id was issued for (None if it cannot be read)."""
+        try:
+            return self.decision_keys.tokens.decode(decision_id).context
+        except ValueError:
+            return None
 
     def _webhook_url(self) -> str:
         snapshot = self.config.current

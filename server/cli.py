@@ -72,6 +72,18 @@ def _etcd_endpoints(given: str | None) -> str:
     return "127.0.0.1:2379"
 
 
+def _admin_metadata() -> list[tuple[str, str]]:
+    """`authorization` for admin calls when MODELROUTE_ADMIN_TOKEN is set."""
+    token = os.environ.get("MODELROUTE_ADMIN_TOKEN", "").strip()
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def _app_metadata() -> list[tuple[str, str]]:
+    """`x-api-key` for application calls when MODELROUTE_API_KEY is set."""
+    key = os.environ.get("MODELROUTE_API_KEY", "").strip()
+    return [("x-api-key", key)] if key else []
+
+
 def _rpc_error(error: grpc.RpcError) -> NoReturn:
     assert isinstance(error, grpc.Call)
     lines = [f"{error.code().name}: {error.details()}"]
@@ -104,9 +116,36 @@ def serve(
         bool | None, typer.Option(help="Seed an empty external etcd prefix from --bootstrap.")
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="MODELROUTE_LOG_LEVEL")] = "INFO",
+    # Security (docs/security.md). Admin tokens themselves only come from the environment
+    # (MODELROUTE_ADMIN_TOKENS) or a file, never argv, which `ps` shows to every user.
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="MODELROUTE_ADMIN_TOKEN_FILE", help="Admin tokens, one per line."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_TLS_CERT", help="Server certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_TLS_KEY", help="Server private key (PEM).")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="MODELROUTE_TLS_CLIENT_CA", help="Require client certs (mTLS)."),
+    ] = None,
+    etcd_ca: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_CA", help="CA of etcd's certificate.")
+    ] = None,
+    etcd_cert: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_CERT", help="etcd client cert.")
+    ] = None,
+    etcd_key: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_KEY", help="etcd client key.")
+    ] = None,
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.server.auth import AdminTokenFileError
+    from modelroute.server.tls import TlsConfigError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -124,8 +163,22 @@ def serve(
         data_dir=data_dir,
         bootstrap=bootstrap or DEFAULT_BOOTSTRAP,
         seed=seed,
+        admin_token_file=admin_token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
     )
-    asyncio.run(serve_until_signalled(options))
+    try:
+        options.etcd_tls()  # validates the etcd TLS combination before anything starts
+    except ValueError as exc:
+        _fail(f"cannot start: {exc}", code=2)
+    try:
+        asyncio.run(serve_until_signalled(options))
+    except (TlsConfigError, AdminTokenFileError) as exc:
+        _fail(f"cannot start: {exc}", code=2)
 
 
 @app.command()
@@ -143,7 +196,7 @@ def resolve(
     with grpc.insecure_channel(server) as channel:
         try:
             response = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(
-                request, timeout=10
+                request, timeout=10, metadata=_app_metadata()
             )
         except grpc.RpcError as error:
             _rpc_error(error)
@@ -267,7 +320,7 @@ def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
     with grpc.insecure_channel(server) as channel:
         try:
             status = admin_pb2_grpc.AdminServiceStub(channel).GetConfigStatus(
-                admin_pb2.GetConfigStatusRequest(), timeout=10
+                admin_pb2.GetConfigStatusRequest(), timeout=10, metadata=_admin_metadata()
             )
         except grpc.RpcError as error:
             _rpc_error(error)
@@ -279,7 +332,8 @@ def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
 def _admin_call(server: str, method: str, request: Any) -> Any:
     with grpc.insecure_channel(server) as channel:
         try:
-            return getattr(admin_pb2_grpc.AdminServiceStub(channel), method)(request, timeout=10)
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            return getattr(stub, method)(request, timeout=10, metadata=_admin_metadata())
         except grpc.RpcError as error:
             _rpc_error(error)
 

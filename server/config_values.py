@@ -31,6 +31,7 @@ KIND_MESSAGES: Final[dict[str, type[Message]]] = {
     "overrides": config_pb2.Override,
     "providers": config_pb2.Provider,
     "settings": config_pb2.Settings,
+    "clients": config_pb2.Client,
 }
 # `settings` is a single key; every other kind is a directory of `<kind>/<id>` keys.
 SINGLETON_KINDS: Final = frozenset({"settings"})
@@ -215,6 +216,27 @@ def _validate_settings(key: ConfigKey, m: Message) -> None:
         raise ConfigValueError("field 'alert_webhook_url' must be an http(s) URL")
 
 
+# `clients/<name>.allowed_contexts`: context characters plus the glob characters `* ? [ ] !`.
+CONTEXT_GLOB_PATTERN: Final = re.compile(r"^[A-Za-z0-9._:/*?\[\]!-]{1,128}$")
+SHA256_HEX_PATTERN: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _validate_client(key: ConfigKey, m: Message) -> None:
+    assert isinstance(m, config_pb2.Client)
+    if not SHA256_HEX_PATTERN.match(m.key_sha256):
+        # Never echo the value: an operator may have pasted the key itself by mistake.
+        raise ConfigValueError(
+            "field 'key_sha256' must be the 64-character hex SHA-256 of the API key "
+            '(printf %s "$KEY" | sha256sum), not the key itself'
+        )
+    for pattern in m.allowed_contexts:
+        if not CONTEXT_GLOB_PATTERN.match(pattern):
+            raise ConfigValueError(
+                f"field 'allowed_contexts': {pattern[:140]!r} is not a context name or glob "
+                "(letters, digits, . _ : / - and * ? [ ] !)"
+            )
+
+
 VALIDATORS: Final = {
     "models": _validate_model,
     "contexts": _validate_context,
@@ -222,6 +244,7 @@ VALIDATORS: Final = {
     "overrides": _validate_override,
     "providers": _validate_provider,
     "settings": _validate_settings,
+    "clients": _validate_client,
 }
 
 

@@ -8,6 +8,7 @@ recorded as a `Rejection` for status, logs, metrics and spans.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -123,6 +124,34 @@ class SettingsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSpec:
+    """An application allowed to call ModelRouterService (`clients/<name>`)."""
+
+    name: str
+    key_sha256: str  # lowercase hex
+    # None: every context. Otherwise one compiled regex of all the globs (one match call
+    # on the hot path, whatever the number of patterns).
+    allowed: re.Pattern[str] | None
+    enabled: bool
+
+    def allows(self, context: str) -> bool:
+        return self.allowed is None or self.allowed.fullmatch(context) is not None
+
+
+def _client_spec(name: str, m: config_pb2.Client) -> ClientSpec:
+    allowed = None
+    if m.allowed_contexts:
+        # fnmatch.translate anchors with \Z; fullmatch makes the anchoring explicit anyway.
+        allowed = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in m.allowed_contexts))
+    return ClientSpec(
+        name=name,
+        key_sha256=m.key_sha256.lower(),
+        allowed=allowed,
+        enabled=m.enabled if m.HasField("enabled") else True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """A value that failed; `previous_in_force` says whether an older valid value serves."""
 
@@ -148,6 +177,10 @@ class Snapshot:
     env_overrides: Mapping[str, str]
     rejections: Mapping[str, Rejection]
     applied_at: datetime
+    # `clients/<name>` by name, and the same specs by key SHA-256 (the O(1) lookup that
+    # authenticates each application call). Empty: application RPCs need no API key.
+    clients: Mapping[str, ClientSpec]
+    clients_by_key: Mapping[str, ClientSpec]
 
 
 def env_variable_for(context: str) -> str:
@@ -318,6 +351,26 @@ class SnapshotBuilder:
             else:
                 cleared.add(key)
 
+        # Two clients with one key would make the caller's identity ambiguous: the value
+        # written later is rejected (a client's own earlier value, if any, stays in force).
+        owners = {
+            message.key_sha256.lower(): k
+            for k, (ck, message) in candidate.items()
+            if ck.kind == "clients" and k not in parsed and isinstance(message, config_pb2.Client)
+        }
+        for key, (config_key, message) in sorted(parsed.items()):
+            if config_key.kind != "clients" or key not in candidate:
+                continue
+            assert isinstance(message, config_pb2.Client)
+            digest = message.key_sha256.lower()
+            owner = owners.setdefault(digest, key)
+            if owner != key:
+                candidate.pop(key)
+                if key in self._valid:
+                    candidate[key] = self._valid[key]
+                cleared.discard(key)
+                reject(key, f"key_sha256 is already used by {owner}; each client needs its own key")
+
         for key in cleared:
             self._rejections.pop(key, None)
         self._valid = candidate
@@ -330,6 +383,7 @@ class SnapshotBuilder:
         experiments: dict[str, ExperimentSpec] = {}
         providers: dict[str, ProviderSpec] = {}
         settings = SettingsSpec()
+        clients: dict[str, ClientSpec] = {}
         for config_key, m in self._valid.values():
             if isinstance(m, config_pb2.Model):
                 models[config_key.id] = _model_spec(config_key.id, m)
@@ -343,6 +397,8 @@ class SnapshotBuilder:
                 experiments[config_key.id] = _experiment_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Provider):
                 providers[config_key.id] = _provider_spec(config_key.id, m)
+            elif isinstance(m, config_pb2.Client):
+                clients[config_key.id] = _client_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Settings):
                 settings = SettingsSpec(
                     default_model=m.default_model,
@@ -366,6 +422,8 @@ class SnapshotBuilder:
             env_overrides=self.env_overrides,
             rejections=MappingProxyType(dict(self._rejections)),
             applied_at=now,
+            clients=MappingProxyType(clients),
+            clients_by_key=MappingProxyType({c.key_sha256: c for c in clients.values()}),
         )
 
     def valid_json(self) -> dict[str, Message]:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import aetcd
@@ -74,12 +75,84 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdTls:
+    """Client TLS towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`). The CA alone
+    verifies etcd's certificate; cert + key also present a client certificate (etcd's
+    `--client-cert-auth`). Files are read when a connection is opened."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--etcd-cert and --etcd-key must be given together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:  # name the file, never its contents
+                raise ConnectionError(f"cannot read etcd {what} {path}: {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca, "CA"),
+            private_key=read(self.key, "client key"),
+            certificate_chain=read(self.cert, "client certificate"),
+        )
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd.Client over a TLS channel: aetcd 1.x only opens insecure channels, so this
+    repeats its `connect()` with `secure_channel` (same stubs, same auth handshake)."""
+
+    def __init__(self, tls: EtcdTls, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:  # type: ignore[has-type]
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = etcd_rpc.secure_channel(
+                target, self._tls.credentials(), options=self._options.items()
+            )
+            if self._username is not None and self._password is not None:
+                self.auth_stub = etcd_rpc.AuthStub(self.channel)
+                request = etcd_rpc.AuthenticateRequest(name=self._username, password=self._password)
+                try:
+                    response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                except etcd_rpc.AioRpcError as exc:
+                    aetcd.exceptions._handle_exception(exc)  # raises aetcd's mapped error
+                    raise
+                self.metadata = (("token", response.token),)
+            self.kvstub = etcd_rpc.KVStub(self.channel)
+            self.clusterstub = etcd_rpc.ClusterStub(self.channel)
+            self.leasestub = etcd_rpc.LeaseStub(self.channel)
+            self.maintenancestub = etcd_rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(
+                etcd_rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
 def connect(
     endpoints: Sequence[Endpoint],
     *,
     timeout: float = 5.0,
     username: str | None = None,
     password: str | None = None,
+    tls: EtcdTls | None = None,
 ) -> aetcd.Client:
     """A client that fails over between all endpoints of a cluster.
 
@@ -98,14 +171,15 @@ def connect(
         host, port = f"{family}:{head},{last}", endpoints[-1].port
     else:
         host, port = hosts[0], endpoints[0].port
-    return aetcd.Client(
-        host=host,
-        port=port,
-        username=username,
-        password=password,
-        timeout=timeout,  # type: ignore[arg-type]  # aetcd annotates int; grpc takes float
-        options=dict(_CHANNEL_OPTIONS),
-    )
+    settings: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "username": username,
+        "password": password,
+        "timeout": timeout,  # aetcd annotates int; grpc takes float
+        "options": dict(_CHANNEL_OPTIONS),
+    }
+    return aetcd.Client(**settings) if tls is None else _TlsClient(tls, **settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +225,12 @@ class EtcdConfigSource:
         *,
         username: str | None = None,
         password: str | None = None,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix
         self._credentials = (username, password)
+        self._tls = tls
         self.connected = False
         self.disconnected_since: datetime | None = None
         self.last_error = ""
@@ -174,7 +250,10 @@ class EtcdConfigSource:
         backoff = 0.05
         while True:
             client = connect(
-                self.endpoints, username=self._credentials[0], password=self._credentials[1]
+                self.endpoints,
+                username=self._credentials[0],
+                password=self._credentials[1],
+                tls=self._tls,
             )
             try:
                 revision, values = await read_prefix(client, self.prefix)

@@ -388,3 +388,49 @@ class Settings(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
+
+@_typing.final
+class Client(_message.Message):
+    """Client is the value of `clients/<name>`: one application allowed to call
+    ModelRouterService. As soon as one `clients/*` key exists, every application call must
+    carry the metadata `x-api-key: <key>` of an enabled client. Only the key's SHA-256 is
+    stored, so reading etcd does not reveal usable keys.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_SHA256_FIELD_NUMBER: _builtins.int
+    ALLOWED_CONTEXTS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    key_sha256: _builtins.str
+    """Lowercase hex SHA-256 of the API key (64 characters), e.g. the output of
+    `printf %s "$KEY" | sha256sum`. Unique across clients.
+    """
+    enabled: _builtins.bool
+    """A disabled client's key is refused (UNAUTHENTICATED). Defaults to true when absent."""
+    description: _builtins.str
+    """Free-form description shown to operators (owner, purpose)."""
+    @_builtins.property
+    def allowed_contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Contexts this client may use: exact names or glob patterns (`rag.*`, `chat.?`).
+        An empty list means every context.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_sha256: _builtins.str = ...,
+        allowed_contexts: _abc.Iterable[_builtins.str] | None = ...,
+        enabled: _builtins.bool | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "allowed_contexts", b"allowed_contexts", "description", b"description", "enabled", b"enabled", "key_sha256", b"key_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___Client: _TypeAlias = Client  # noqa: Y015
