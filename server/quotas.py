@@ -6,24 +6,24 @@ usage reports) for the current windows (UTC minute and UTC day) and publishes it
 the config watch and adds them to its own counts. Nothing is read from etcd on the resolve
 path: the totals are in memory.
 
-How far N replicas can overshoot a request limit L. Admission works on *reservations*: a
-replica admits only up to a reservation it has already published (in the same key as its
-counts); when that is used, it publishes a new one first (callers wait for that put, a
-millisecond or two on loopback). A new reservation is the replica's use plus a share of
-what is left after the others' published reservations (which bound what they may have
-admitted): at most 1/N of it, at most what the replica's recent demand needs for two
-publication intervals (an idle replica holds almost nothing; a busy one rarely waits), at
-least 1 while anything is left.
-Two replicas renewing at the same moment each see the other's older reservation, which
-is at least its use, so the new reservations still add up to at most L; only the
-"at least 1" rule can exceed it, once per replica:
-    admitted <= L + (N - 1)
-With L = 600 and two replicas under concurrent load tests/test_quotas.py checks this
-bound. The price: a replica whose reservation is used while the others' reservations
-cover the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the
-others hold unused is at most about two publication intervals of their demand.
-A replica that stops publishing for 5 s (crash) is counted with its use only, not
-its reservation. Token limits are checked, not reserved: a call admitted under the limit
+How far N replicas can overshoot a request limit L: not at all while etcd is reachable.
+Admission works on *reservations*: a replica admits only up to a reservation it has
+already published (in the same key as its counts); when that is used, it publishes a new
+one first (callers wait for that write, a millisecond or two on loopback). A new
+reservation is the replica's use plus a share of what the others' published reservations
+(which bound what they may have admitted) leave: at most 1/N of it, at most what the
+replica's recent demand needs for two publication intervals (an idle replica holds almost
+nothing; a busy one rarely waits), at least 1 while anything is left. The write is an etcd
+transaction guarded on the other replicas' keys being unchanged since the view the share
+was computed from (else: re-read, recompute, retry), so the reservations in etcd always
+add up to at most L, and
+    admitted <= L
+tests/test_quotas.py checks it with L = 600 and two replica processes under concurrent
+load. The price: a replica whose reservation is used while the others' reservations cover
+the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the others
+hold unused is at most about two publication intervals of their demand.
+A replica that stops publishing for 5 s (crash) is counted with its use only, not its
+reservation. Token limits are checked, not reserved: a call admitted under the limit
 reports its tokens afterwards, so tokens can overshoot by the calls in flight when the
 limit is reached. Budgets likewise (cost is known only from reports).
 
@@ -49,12 +49,13 @@ from typing import Final
 import aetcd
 from modelroute.server.resolver import BudgetBreach, Cause, Unavailable
 from modelroute.server.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
-from modelroute.storage.etcd import ConfigUpdate
+from modelroute.storage.etcd import ConfigUpdate, prefix_range_end
 
 log = logging.getLogger("modelroute.quotas")
 
 USAGE_DIR: Final = "runtime/usage/"
 PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
+MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
 LIVENESS: Final = 5.0  # a replica that has not published for this long is not counted in N
 DEFAULT_WARN_RATIO: Final = 0.8
 
@@ -234,6 +235,11 @@ class QuotaTracker:
         # others already leave room for them).
         self.published = self.mine.copy()
         self.peers: dict[str, Counts] = {}
+        # etcd mod revision of each peer's counts as seen here, and the newest revision
+        # this view is complete up to: a publication is written only if no peer key
+        # changed after it (see QuotaPublisher), so reservations never rest on stale views.
+        self._peer_revisions: dict[str, int] = {}
+        self.seen_revision = 0
         self._raised: set[str] = set()
         self.sync_requested = asyncio.Event()
         # Callers waiting for a publication computed *after* they asked.
@@ -468,20 +474,56 @@ class QuotaTracker:
 
     def apply_update(self, update: ConfigUpdate) -> None:
         if update.full_state:
-            self.peers = {}
+            self.peers, self._peer_revisions = {}, {}
+        peers_changed = False
         for key, raw in update.changes.items():
-            if not key.startswith(USAGE_DIR):
-                continue
-            replica = key[len(USAGE_DIR) :]
-            if replica == self.replica_id:
-                continue
-            if raw is None:
+            if key.startswith(USAGE_DIR):
+                self._set_peer(key[len(USAGE_DIR) :], raw, update.revision)
+                peers_changed = True
+        self.seen_revision = max(self.seen_revision, update.revision)
+        if peers_changed:
+            self.check_all_thresholds(datetime.now(UTC))
+
+    def check_all_thresholds(self, now: datetime) -> None:
+        """Totals grew through the others' counts: raise what they crossed (deduplicated;
+        the alert must not wait for this replica's next admission)."""
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
+        minute, day = self._roll(now)
+        for name, spec in snapshot.providers.items():
+            for metric in PROVIDER_LIMITS:
+                limit = provider_limit(spec, metric)
+                if limit:
+                    self._check_thresholds(metric, name, limit, spec.warn_ratio, now, minute, day)
+        for name, context in snapshot.contexts.items():
+            budget = context.budget
+            if budget is not None and budget.usd_per_day > 0:
+                self._check_thresholds(
+                    SPEND_PER_DAY, name, budget.usd_per_day, budget.warn_ratio, now, minute, day
+                )
+
+    def refresh_peers(self, stored: dict[str, tuple[bytes, int]], revision: int) -> None:
+        """A direct read of `runtime/usage/` (replica → (value, mod revision)) at `revision`;
+        newer than what the watch has delivered so far."""
+        for replica in set(self.peers) - set(stored):
+            if self._peer_revisions.get(replica, 0) <= revision:
                 self.peers.pop(replica, None)
-                continue
-            try:
-                self.peers[replica] = Counts.from_json(raw)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                log.warning("ignoring malformed usage counts %s: %s", key, exc)
+        for replica, (raw, mod_revision) in stored.items():
+            self._set_peer(replica, raw, mod_revision)
+        self.seen_revision = max(self.seen_revision, revision)
+
+    def _set_peer(self, replica: str, raw: bytes | None, revision: int) -> None:
+        if replica == self.replica_id or self._peer_revisions.get(replica, 0) > revision:
+            return  # this replica itself, or an older event than a direct read gave
+        self._peer_revisions[replica] = revision
+        if raw is None:
+            self.peers.pop(replica, None)
+            return
+        try:
+            self.peers[replica] = Counts.from_json(raw)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring malformed usage counts of %s: %s", replica, exc)
 
     def _peers_reserved(
         self, metric: str, subject: str, minute: int, day: int, now: datetime
@@ -552,7 +594,8 @@ class QuotaPublisher:
     def __init__(self, tracker: QuotaTracker, etcd: aetcd.Client, prefix: str) -> None:
         self._tracker = tracker
         self._etcd = etcd
-        self._key = f"{prefix}{USAGE_DIR}{tracker.replica_id}".encode()
+        self._directory = f"{prefix}{USAGE_DIR}".encode()
+        self._key = self._directory + tracker.replica_id.encode()
         self._lease: aetcd.Lease | None = None
         self._lease_day = -1
 
@@ -578,17 +621,39 @@ class QuotaPublisher:
                 _answer(waiters, True)
 
     async def publish_once(self) -> None:
+        """Write this replica's counts and reservations, guarded: the transaction fails if
+        any other replica's key changed after the view the reservations were computed
+        from; then the directory is read directly and the publication recomputed. So
+        every reservation leaves room for all others as they stand (no stale views)."""
         tracker = self._tracker
-        now = datetime.now(UTC)
-        counts = tracker.publication(now)
-        day = day_window(now)
-        if self._lease is None or self._lease_day != day:
-            # Lives until the end of tomorrow: day counts must outlast this replica.
-            ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds()) + 86_400
-            self._lease = await self._etcd.lease(ttl)
-            self._lease_day = day
-        await self._etcd.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
-        tracker.mark_published(counts)
+        etcd = self._etcd
+        tx = etcd.transactions
+        directory = self._directory
+        for _ in range(MAX_PUBLISH_ATTEMPTS):
+            now = datetime.now(UTC)
+            day = day_window(now)
+            if self._lease is None or self._lease_day != day:
+                # Lives until the end of tomorrow: day counts must outlast this replica.
+                ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds())
+                self._lease = await etcd.lease(ttl + 86_400)
+                self._lease_day = day
+            counts = tracker.publication(now)
+            seen = tracker.seen_revision
+            unchanged = [  # every key of the directory but this replica's own
+                tx.mod(directory, range_end=self._key) < seen + 1,
+                tx.mod(self._key + b"\0", range_end=prefix_range_end(directory)) < seen + 1,
+            ]
+            put = tx.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
+            succeeded, _ = await etcd.transaction(compare=unchanged, success=[put], failure=[])
+            if succeeded:
+                tracker.mark_published(counts)
+                return
+            result = await etcd.get_prefix(directory)
+            stored = {
+                kv.key[len(directory) :].decode(): (kv.value, kv.mod_revision) for kv in result.kvs
+            }
+            tracker.refresh_peers(stored, result.header.revision)
+        raise RuntimeError("usage counts not published: other replicas kept publishing")
 
     async def withdraw(self) -> None:
         """On shutdown: publish the final counts (they keep counting for the window)."""

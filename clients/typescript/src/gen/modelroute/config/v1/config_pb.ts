@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/config/v1/config.proto.
  */
 export const file_modelroute_config_v1_config: GenFile = /*@__PURE__*/
-  fileDesc("CiFtb2RlbHJvdXRlL2NvbmZpZy92MS9jb25maWcucHJvdG8SFG1vZGVscm91dGUuY29uZmlnLnYxIpgBCgVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgV0aWVycxgCIAMoCRIaChJpbnB1dF91c2RfcGVyX210b2sYAyABKAESGwoTb3V0cHV0X3VzZF9wZXJfbXRvaxgEIAEoARIUCgdlbmFibGVkGAUgASgISACIAQESEwoLZGVzY3JpcHRpb24YBiABKAlCCgoIX2VuYWJsZWQiagoGQnVkZ2V0EhMKC3VzZF9wZXJfZGF5GAEgASgBEhIKCndhcm5fcmF0aW8YAiABKAESNwoLb25fZXhjZWVkZWQYAyABKA4yIi5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXRBY3Rpb24ihwEKB0NvbnRleHQSDQoFbW9kZWwYASABKAkSEQoJZmFsbGJhY2tzGAIgAygJEhcKD3VzZXJfc2VsZWN0YWJsZRgDIAEoCBIsCgZidWRnZXQYBCABKAsyHC5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXQSEwoLZGVzY3JpcHRpb24YBSABKAkiNAoHVmFyaWFudBIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZ3ZWlnaHQYAyABKA0i+wEKCkV4cGVyaW1lbnQSDwoHY29udGV4dBgBIAEoCRIvCgh2YXJpYW50cxgCIAMoCzIdLm1vZGVscm91dGUuY29uZmlnLnYxLlZhcmlhbnQSKQoFc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoJYnVja2V0X2J5GAUgASgOMh4ubW9kZWxyb3V0ZS5jb25maWcudjEuQnVja2V0QnkSDwoHZW5hYmxlZBgGIAEoCBITCgtkZXNjcmlwdGlvbhgHIAEoCSJUCghPdmVycmlkZRINCgVtb2RlbBgBIAEoCRIMCgRub3RlGAIgASgJEisKB2V4cGlyZXMYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqIBCghQcm92aWRlchIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgEEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEhgKEHJlcXVlc3RzX3Blcl9kYXkYAyABKAQSFgoOdG9rZW5zX3Blcl9kYXkYBCABKAQSEgoKd2Fybl9yYXRpbxgFIAEoARIYChBjb29sZG93bl9zZWNvbmRzGAYgASgNIncKCFNldHRpbmdzEhUKDWRlZmF1bHRfbW9kZWwYASABKAkSGQoRZGVmYXVsdF9mYWxsYmFja3MYAiADKAkSGQoRYWxlcnRfd2ViaG9va191cmwYAyABKAkSHgoWZGVjaXNpb25fY2FjaGVfc2Vjb25kcxgEIAEoDSphCgxCdWRnZXRBY3Rpb24SHQoZQlVER0VUX0FDVElPTl9VTlNQRUNJRklFRBAAEhoKFkJVREdFVF9BQ1RJT05fRkFMTEJBQ0sQARIWChJCVURHRVRfQUNUSU9OX0RFTlkQAipQCghCdWNrZXRCeRIZChVCVUNLRVRfQllfVU5TUEVDSUZJRUQQABISCg5CVUNLRVRfQllfVVNFUhABEhUKEUJVQ0tFVF9CWV9SRVFVRVNUEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiFtb2RlbHJvdXRlL2NvbmZpZy92MS9jb25maWcucHJvdG8SFG1vZGVscm91dGUuY29uZmlnLnYxIpgBCgVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgV0aWVycxgCIAMoCRIaChJpbnB1dF91c2RfcGVyX210b2sYAyABKAESGwoTb3V0cHV0X3VzZF9wZXJfbXRvaxgEIAEoARIUCgdlbmFibGVkGAUgASgISACIAQESEwoLZGVzY3JpcHRpb24YBiABKAlCCgoIX2VuYWJsZWQiagoGQnVkZ2V0EhMKC3VzZF9wZXJfZGF5GAEgASgBEhIKCndhcm5fcmF0aW8YAiABKAESNwoLb25fZXhjZWVkZWQYAyABKA4yIi5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXRBY3Rpb24ihwEKB0NvbnRleHQSDQoFbW9kZWwYASABKAkSEQoJZmFsbGJhY2tzGAIgAygJEhcKD3VzZXJfc2VsZWN0YWJsZRgDIAEoCBIsCgZidWRnZXQYBCABKAsyHC5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXQSEwoLZGVzY3JpcHRpb24YBSABKAkiNAoHVmFyaWFudBIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZ3ZWlnaHQYAyABKA0i+wEKCkV4cGVyaW1lbnQSDwoHY29udGV4dBgBIAEoCRIvCgh2YXJpYW50cxgCIAMoCzIdLm1vZGVscm91dGUuY29uZmlnLnYxLlZhcmlhbnQSKQoFc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoJYnVja2V0X2J5GAUgASgOMh4ubW9kZWxyb3V0ZS5jb25maWcudjEuQnVja2V0QnkSDwoHZW5hYmxlZBgGIAEoCBITCgtkZXNjcmlwdGlvbhgHIAEoCSJUCghPdmVycmlkZRINCgVtb2RlbBgBIAEoCRIMCgRub3RlGAIgASgJEisKB2V4cGlyZXMYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqIBCghQcm92aWRlchIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgEEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEhgKEHJlcXVlc3RzX3Blcl9kYXkYAyABKAQSFgoOdG9rZW5zX3Blcl9kYXkYBCABKAQSEgoKd2Fybl9yYXRpbxgFIAEoARIYChBjb29sZG93bl9zZWNvbmRzGAYgASgNIncKCFNldHRpbmdzEhUKDWRlZmF1bHRfbW9kZWwYASABKAkSGQoRZGVmYXVsdF9mYWxsYmFja3MYAiADKAkSGQoRYWxlcnRfd2ViaG9va191cmwYAyABKAkSHgoWZGVjaXNpb25fY2FjaGVfc2Vjb25kcxgEIAEoDSJtCgZDbGllbnQSEgoKa2V5X3NoYTI1NhgBIAEoCRIYChBhbGxvd2VkX2NvbnRleHRzGAIgAygJEhQKB2VuYWJsZWQYAyABKAhIAIgBARITCgtkZXNjcmlwdGlvbhgEIAEoCUIKCghfZW5hYmxlZCphCgxCdWRnZXRBY3Rpb24SHQoZQlVER0VUX0FDVElPTl9VTlNQRUNJRklFRBAAEhoKFkJVREdFVF9BQ1RJT05fRkFMTEJBQ0sQARIWChJCVURHRVRfQUNUSU9OX0RFTlkQAipQCghCdWNrZXRCeRIZChVCVUNLRVRfQllfVU5TUEVDSUZJRUQQABISCg5CVUNLRVRfQllfVVNFUhABEhUKEUJVQ0tFVF9CWV9SRVFVRVNUEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Model is the value of `models/<model_id>`: a model that can be routed to.
@@ -393,6 +393,53 @@ export type Settings = Message<"modelroute.config.v1.Settings"> & {
  */
 export const SettingsSchema: GenMessage<Settings> = /*@__PURE__*/
   messageDesc(file_modelroute_config_v1_config, 7);
+
+/**
+ * Client is the value of `clients/<name>`: one application allowed to call
+ * ModelRouterService. As soon as one `clients/*` key exists, every application call must
+ * carry the metadata `x-api-key: <key>` of an enabled client. Only the key's SHA-256 is
+ * stored, so reading etcd does not reveal usable keys.
+ *
+ * @generated from message modelroute.config.v1.Client
+ */
+export type Client = Message<"modelroute.config.v1.Client"> & {
+  /**
+   * Lowercase hex SHA-256 of the API key (64 characters), e.g. the output of
+   * `printf %s "$KEY" | sha256sum`. Unique across clients.
+   *
+   * @generated from field: string key_sha256 = 1;
+   */
+  keySha256: string;
+
+  /**
+   * Contexts this client may use: exact names or glob patterns (`rag.*`, `chat.?`).
+   * An empty list means every context.
+   *
+   * @generated from field: repeated string allowed_contexts = 2;
+   */
+  allowedContexts: string[];
+
+  /**
+   * A disabled client's key is refused (UNAUTHENTICATED). Defaults to true when absent.
+   *
+   * @generated from field: optional bool enabled = 3;
+   */
+  enabled?: boolean | undefined;
+
+  /**
+   * Free-form description shown to operators (owner, purpose).
+   *
+   * @generated from field: string description = 4;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message modelroute.config.v1.Client.
+ * Use `create(ClientSchema)` to create a new message.
+ */
+export const ClientSchema: GenMessage<Client> = /*@__PURE__*/
+  messageDesc(file_modelroute_config_v1_config, 8);
 
 /**
  * BudgetAction says what happens when a context's daily budget is spent.
