@@ -104,6 +104,9 @@ def serve(
         bool | None, typer.Option(help="Seed an empty external etcd prefix from --bootstrap.")
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="MODELROUTE_LOG_LEVEL")] = "INFO",
+    admin_port: Annotated[
+        int, typer.Option(help="Admin HTTP API + dashboard + /metrics (0: any, -1: off).")
+    ] = 8081,
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
@@ -124,6 +127,7 @@ def serve(
         data_dir=data_dir,
         bootstrap=bootstrap or DEFAULT_BOOTSTRAP,
         seed=seed,
+        admin_port=None if admin_port < 0 else admin_port,
     )
     asyncio.run(serve_until_signalled(options))
 
