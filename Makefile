@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run vectors proto test-go test-clients proto-check lint typecheck test test-postgres bench clean
+.PHONY: install run vectors proto proto-clients test-go test-ts test-clients proto-check lint typecheck test test-postgres bench clean
 
 $(BIN)/modelroute: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ proto: install
 vectors: install
 	$(BIN)/python tools/bucketing_vectors.py
 
+## Regenerate the Go and TypeScript client stubs too (needs Debian's protoc-gen-go, and npm).
+proto-clients: proto
+	sh clients/go/generate.sh
+	cd clients/typescript && npm ci --silent && BUF=$(abspath $(BIN)/buf) npm run generate
+
 ## CI: lint the contract and fail if regenerating the stubs changes anything.
 proto-check: install
 	$(BIN)/buf lint
@@ -46,7 +51,11 @@ test: proto-check lint typecheck
 	$(MAKE) test-clients
 
 ## Client libraries in other languages, each against a live `modelroute serve`.
-test-clients: test-go
+test-clients: test-go test-ts
+
+## TypeScript client: npm ci (lockfile), stubs checked, tsc, node:test against a live server.
+test-ts: install
+	MODELROUTE_BIN=$(abspath $(BIN)/modelroute) BUF=$(abspath $(BIN)/buf) bash clients/typescript/test.sh
 
 ## Go client: Debian's Go and Go libraries (installed by the script), stubs checked, go vet, go test.
 test-go: install

@@ -13,11 +13,19 @@ import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.alerts import AlertSink
+from modelroute.server.analysis import experiment_results as compare_variants
+from modelroute.server.analysis import usage_row
 from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
-from modelroute.server.errors import ServiceError, invalid_argument, unimplemented
+from modelroute.server.errors import (
+    ServiceError,
+    database_unavailable,
+    invalid_argument,
+    unimplemented,
+)
 from modelroute.server.quotas import QuotaTracker
 from modelroute.server.runtime_state import RuntimeState
+from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +49,25 @@ async def _answer(operation: Awaitable[T], context: grpc.aio.ServicerContext) ->
         raise  # abort() raises; this keeps the type checker informed
 
 
+GROUP_BY = {
+    admin_pb2.USAGE_GROUP_BY_UNSPECIFIED: "model",
+    admin_pb2.USAGE_GROUP_BY_MODEL: "model",
+    admin_pb2.USAGE_GROUP_BY_CONTEXT: "context",
+    admin_pb2.USAGE_GROUP_BY_PROVIDER: "provider",
+    admin_pb2.USAGE_GROUP_BY_DAY: "day",
+}
+
+
+def _time_range(
+    request: admin_pb2.GetUsageSummaryRequest | admin_pb2.GetExperimentResultsRequest,
+) -> tuple[datetime | None, datetime | None]:
+    since = request.from_time.ToDatetime(UTC) if request.HasField("from_time") else None
+    until = request.to_time.ToDatetime(UTC) if request.HasField("to_time") else None
+    if since is not None and until is not None and until <= since:
+        raise invalid_argument([("to_time", "must be after from_time (the range is empty)")])
+    return since, until
+
+
 SEVERITY_VALUES = {
     "info": admin_pb2.ALERT_SEVERITY_INFO,
     "warning": admin_pb2.ALERT_SEVERITY_WARNING,
@@ -59,8 +86,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         quotas: QuotaTracker | None = None,
         alerts: AlertSink | None = None,
         runtime: RuntimeState | None = None,
+        analysis: AnalysisStore | None = None,
     ) -> None:
         self._runtime = runtime
+        self._analysis = analysis
         self._config = config
         self._source = source
         self._etcd = etcd
@@ -200,12 +229,54 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def usage_summary(
         self, request: admin_pb2.GetUsageSummaryRequest
     ) -> admin_pb2.GetUsageSummaryResponse:
-        raise unimplemented("GetUsageSummary", "usage analysis")
+        group_by = GROUP_BY.get(request.group_by)
+        if group_by is None:
+            raise invalid_argument([("group_by", "CONTEXT, MODEL, PROVIDER or DAY")])
+        since, until = _time_range(request)
+        store = self._require_analysis()
+        try:
+            groups = await asyncio.to_thread(store.usage, group_by, since, until)
+        except SQLAlchemyError as exc:
+            raise database_unavailable(exc) from None
+        return admin_pb2.GetUsageSummaryResponse(rows=[usage_row(g) for g in groups])
 
     async def experiment_results(
         self, request: admin_pb2.GetExperimentResultsRequest
     ) -> admin_pb2.GetExperimentResultsResponse:
-        raise unimplemented("GetExperimentResults", "experiment analysis")
+        if not request.experiment_id:
+            raise invalid_argument([("experiment_id", "required")])
+        snapshot = self._config.current
+        experiment = snapshot.experiments.get(request.experiment_id) if snapshot else None
+        if experiment is None:
+            known = sorted(snapshot.experiments) if snapshot else []
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND,
+                "EXPERIMENT_NOT_FOUND",
+                f"no experiment {request.experiment_id!r} in the configuration; "
+                f"known: {', '.join(known) or 'none'}",
+            )
+        since, until = _time_range(request)
+        store = self._require_analysis()
+        try:
+            usage = await asyncio.to_thread(
+                store.usage,
+                "variant",
+                since,
+                until,
+                experiment_id=experiment.experiment_id,
+                distinct_users=not experiment.bucket_by_request,
+            )
+            feedback = await asyncio.to_thread(
+                store.feedback_by_variant, experiment.experiment_id, since, until
+            )
+        except SQLAlchemyError as exc:
+            raise database_unavailable(exc) from None
+        return compare_variants(experiment, {g.key: g for g in usage}, feedback)
+
+    def _require_analysis(self) -> AnalysisStore:
+        if self._analysis is None:
+            raise unimplemented("usage analysis", "no database configured")
+        return self._analysis
 
     async def list_alerts(
         self, request: admin_pb2.ListAlertsRequest

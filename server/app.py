@@ -35,6 +35,7 @@ from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
+from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
@@ -182,6 +183,7 @@ class ModelrouteServer:
             quotas=self.quotas,
             alerts=self.alerts,
             runtime=self.runtime,
+            analysis=AnalysisStore(self.engine),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)

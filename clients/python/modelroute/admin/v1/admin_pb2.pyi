@@ -122,6 +122,26 @@ class UsageRow(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CallsByOutcomeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KEY_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
@@ -131,6 +151,10 @@ class UsageRow(_message.Message):
     LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    COST_PER_CALL_USD_FIELD_NUMBER: _builtins.int
+    CALLS_BY_OUTCOME_FIELD_NUMBER: _builtins.int
+    LATENCY_MEAN_MS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The group's key (context, model, provider or `YYYY-MM-DD`)."""
     calls: _builtins.int
@@ -149,6 +173,16 @@ class UsageRow(_message.Message):
     """95th percentile latency in milliseconds."""
     latency_p99_ms: _builtins.float
     """99th percentile latency in milliseconds."""
+    error_rate: _builtins.float
+    """errors / calls."""
+    cost_per_call_usd: _builtins.float
+    """cost_usd / calls."""
+    latency_mean_ms: _builtins.float
+    """Mean latency in milliseconds."""
+    @_builtins.property
+    def calls_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Calls per outcome name (`OK`, `RATE_LIMITED`, `TIMEOUT`, ...)."""
+
     def __init__(
         self,
         *,
@@ -161,10 +195,14 @@ class UsageRow(_message.Message):
         latency_p50_ms: _builtins.float = ...,
         latency_p95_ms: _builtins.float = ...,
         latency_p99_ms: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+        cost_per_call_usd: _builtins.float = ...,
+        calls_by_outcome: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        latency_mean_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cost_usd", b"cost_usd", "errors", b"errors", "input_tokens", b"input_tokens", "key", b"key", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "calls_by_outcome", b"calls_by_outcome", "cost_per_call_usd", b"cost_per_call_usd", "cost_usd", b"cost_usd", "error_rate", b"error_rate", "errors", b"errors", "input_tokens", b"input_tokens", "key", b"key", "latency_mean_ms", b"latency_mean_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,6 +285,14 @@ class VariantResult(_message.Message):
     ERROR_RATE_P_VALUE_FIELD_NUMBER: _builtins.int
     LATENCY_P_VALUE_FIELD_NUMBER: _builtins.int
     SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    LATENCY_EFFECT_MS_FIELD_NUMBER: _builtins.int
+    QUALITY_SCORES_FIELD_NUMBER: _builtins.int
+    QUALITY_EFFECT_FIELD_NUMBER: _builtins.int
+    QUALITY_P_VALUE_FIELD_NUMBER: _builtins.int
+    THUMBS_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_EFFECT_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_P_VALUE_FIELD_NUMBER: _builtins.int
     variant_id: _builtins.str
     """The variant id."""
     model_id: _builtins.str
@@ -270,7 +316,27 @@ class VariantResult(_message.Message):
     latency_p_value: _builtins.float
     """Welch's t-test p-value of the latency difference against the control."""
     significant: _builtins.bool
-    """Whether any difference against the control is significant at 5%."""
+    """Whether any difference against the control is significant at 5% family-wise
+    (Bonferroni over the metrics compared: error rate, latency, quality, thumbs-up rate).
+    """
+    assignments: _builtins.int
+    """Units assigned to the variant as seen in usage: distinct users for USER bucketing,
+    calls for REQUEST bucketing (the sample-ratio-mismatch test uses these).
+    """
+    latency_effect_ms: _builtins.float
+    """Mean latency difference against the control in milliseconds."""
+    quality_scores: _builtins.int
+    """Number of reviewer quality scores."""
+    quality_effect: _builtins.float
+    """Mean quality score difference against the control."""
+    quality_p_value: _builtins.float
+    """Welch's t-test p-value of the quality score difference against the control."""
+    thumbs: _builtins.int
+    """Number of thumbs given."""
+    thumbs_up_effect: _builtins.float
+    """Thumbs-up rate difference against the control."""
+    thumbs_up_p_value: _builtins.float
+    """Two-proportion z-test p-value of the thumbs-up rate difference."""
     @_builtins.property
     def usage(self) -> Global___UsageRow:
         """Usage totals for the variant."""
@@ -291,10 +357,18 @@ class VariantResult(_message.Message):
         error_rate_p_value: _builtins.float = ...,
         latency_p_value: _builtins.float = ...,
         significant: _builtins.bool = ...,
+        assignments: _builtins.int = ...,
+        latency_effect_ms: _builtins.float = ...,
+        quality_scores: _builtins.int = ...,
+        quality_effect: _builtins.float = ...,
+        quality_p_value: _builtins.float = ...,
+        thumbs: _builtins.int = ...,
+        thumbs_up_effect: _builtins.float = ...,
+        thumbs_up_p_value: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate", b"error_rate", "error_rate_effect", b"error_rate_effect", "error_rate_p_value", b"error_rate_p_value", "latency_p_value", b"latency_p_value", "mean_quality_score", b"mean_quality_score", "model_id", b"model_id", "quality_ci_high", b"quality_ci_high", "quality_ci_low", b"quality_ci_low", "significant", b"significant", "thumbs_up_rate", b"thumbs_up_rate", "usage", b"usage", "variant_id", b"variant_id", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "error_rate", b"error_rate", "error_rate_effect", b"error_rate_effect", "error_rate_p_value", b"error_rate_p_value", "latency_effect_ms", b"latency_effect_ms", "latency_p_value", b"latency_p_value", "mean_quality_score", b"mean_quality_score", "model_id", b"model_id", "quality_ci_high", b"quality_ci_high", "quality_ci_low", b"quality_ci_low", "quality_effect", b"quality_effect", "quality_p_value", b"quality_p_value", "quality_scores", b"quality_scores", "significant", b"significant", "thumbs", b"thumbs", "thumbs_up_effect", b"thumbs_up_effect", "thumbs_up_p_value", b"thumbs_up_p_value", "thumbs_up_rate", b"thumbs_up_rate", "usage", b"usage", "variant_id", b"variant_id", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,6 +385,7 @@ class GetExperimentResultsResponse(_message.Message):
     VARIANTS_FIELD_NUMBER: _builtins.int
     SAMPLE_RATIO_P_VALUE_FIELD_NUMBER: _builtins.int
     SAMPLE_RATIO_MISMATCH_FIELD_NUMBER: _builtins.int
+    BUCKET_BY_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     """The experiment id."""
     context: _builtins.str
@@ -319,6 +394,8 @@ class GetExperimentResultsResponse(_message.Message):
     """Chi-square p-value of assignments against the configured weights."""
     sample_ratio_mismatch: _builtins.bool
     """True when the sample ratio mismatch test fails (p < 0.001)."""
+    bucket_by: _builtins.str
+    """`USER` or `REQUEST`: what a unit of assignment is."""
     @_builtins.property
     def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantResult]:
         """Per variant results; the first is the control."""
@@ -331,10 +408,11 @@ class GetExperimentResultsResponse(_message.Message):
         variants: _abc.Iterable[Global___VariantResult] | None = ...,
         sample_ratio_p_value: _builtins.float = ...,
         sample_ratio_mismatch: _builtins.bool = ...,
+        bucket_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "experiment_id", b"experiment_id", "sample_ratio_mismatch", b"sample_ratio_mismatch", "sample_ratio_p_value", b"sample_ratio_p_value", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_by", b"bucket_by", "context", b"context", "experiment_id", b"experiment_id", "sample_ratio_mismatch", b"sample_ratio_mismatch", "sample_ratio_p_value", b"sample_ratio_p_value", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
