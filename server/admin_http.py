@@ -89,6 +89,12 @@ class UsageRow(BaseModel):
     latency_p50_ms: float
     latency_p95_ms: float
     latency_p99_ms: float
+    error_rate: float = Field(description="errors / calls")
+    cost_per_call_usd: float
+    calls_by_outcome: dict[str, int] = Field(
+        description="Calls per outcome name (OK, TIMEOUT, ...)"
+    )
+    latency_mean_ms: float
 
 
 class UsageSummary(BaseModel):
@@ -129,15 +135,24 @@ class VariantResult(BaseModel):
     error_rate_effect: float
     error_rate_p_value: float
     latency_p_value: float
-    significant: bool
+    significant: bool = Field(description="Any difference against the control significant at 5%")
+    assignments: int = Field(description="Distinct users (USER bucketing) or calls (REQUEST)")
+    latency_effect_ms: float
+    quality_scores: int
+    quality_effect: float
+    quality_p_value: float
+    thumbs: int
+    thumbs_up_effect: float
+    thumbs_up_p_value: float
 
 
 class ExperimentResults(BaseModel):
     experiment_id: str
     context: str
-    variants: list[VariantResult]
+    variants: list[VariantResult] = Field(description="The first is the control")
     sample_ratio_p_value: float
-    sample_ratio_mismatch: bool
+    sample_ratio_mismatch: bool = Field(description="Assignment does not match the weights")
+    bucket_by: str
 
 
 class RejectedKey(BaseModel):
