@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
 from modelroute.server.auth import AdminTokens, AuthInterceptor
@@ -26,6 +28,7 @@ from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.config_values import RUNTIME_KIND
 from modelroute.server.decision_keys import DecisionKeyManager
+from modelroute.server.metrics import ServerMetrics, Sources
 from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
 from modelroute.server.router_service import ModelRouterService
@@ -107,6 +110,11 @@ class ServeOptions:
             return None
         return EtcdTls(self.etcd_ca, self.etcd_cert, self.etcd_key)
 
+    # Admin HTTP API + dashboard + /metrics on this port (0: any free port); None: off.
+    admin_port: int | None = None
+    # Checks the admin HTTP bearer token (None: no token required).
+    admin_verify_token: Callable[[str | None], bool] | None = None
+
 
 class ModelrouteServer:
     """One replica. `start()` returns once the port is bound; health turns SERVING when the
@@ -129,6 +137,9 @@ class ModelrouteServer:
         self.alerts: AlertSink | None = None
         self.quotas: QuotaTracker | None = None
         self._quota_publisher: QuotaPublisher | None = None
+        self.admin_http: AdminHttpServer | None = None
+        self.admin_port = 0
+        self.metrics: ServerMetrics | None = None
 
     async def start(self) -> None:
         options = self.options
@@ -199,33 +210,30 @@ class ModelrouteServer:
             interceptors=[auth],
             options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
         )
-        router_pb2_grpc.add_ModelRouterServiceServicer_to_server(
-            ModelRouterService(
-                self.config,
-                self.usage_writer,
-                self.runtime,
-                start_cooldown=self._start_cooldown,
-                quotas=self.quotas,
-                tokens=self.decision_keys.tokens,
-                preferences=self.preferences,
-                feedback=FeedbackStore(self.engine),
-                etcd=self.etcd,
-                etcd_prefix=options.etcd_prefix,
-            ),
-            self.grpc_server,
+        router_service = ModelRouterService(
+            self.config,
+            self.usage_writer,
+            self.runtime,
+            start_cooldown=self._start_cooldown,
+            quotas=self.quotas,
+            tokens=self.decision_keys.tokens,
+            preferences=self.preferences,
+            feedback=FeedbackStore(self.engine),
+            etcd=self.etcd,
+            etcd_prefix=options.etcd_prefix,
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(
-                self.config,
-                self.config_source,
-                self.etcd,
-                quotas=self.quotas,
-                alerts=self.alerts,
-                runtime=self.runtime,
-                analysis=AnalysisStore(self.engine),
-            ),
-            self.grpc_server,
+        router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
+        admin_service = AdminService(
+            self.config,
+            self.config_source,
+            self.etcd,
+            quotas=self.quotas,
+            alerts=self.alerts,
+            runtime=self.runtime,
+            analysis=AnalysisStore(self.engine),
         )
+        self.admin_service = admin_service  # shared with the admin HTTP API
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -236,6 +244,7 @@ class ModelrouteServer:
         else:
             self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
+        await self._start_admin_http(admin_service, router_service)
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
@@ -257,6 +266,57 @@ class ModelrouteServer:
             options.etcd_prefix,
             "" if etcd_tls is None else " over TLS",
             database_url.split("@")[-1],  # never log credentials
+        )
+
+    async def _start_admin_http(
+        self, admin_service: AdminService, router_service: ModelRouterService
+    ) -> None:
+        """Metrics, then the admin HTTP server (API, dashboard, /metrics) in this event loop."""
+        assert self.usage_writer is not None
+        usage_writer = self.usage_writer
+        self.metrics = ServerMetrics(
+            Sources(
+                quotas=self.quotas,
+                config_revision=lambda: (
+                    self.config.current.revision if self.config.current else None
+                ),
+                rejected_total=lambda: self.config.rejected_total,
+                etcd_connected=lambda: self.config_source.connected,
+                usage_queue_depth=lambda: usage_writer.pending,
+                contexts=lambda: self.config.current.contexts if self.config.current else (),
+            )
+        )
+        router_service.metrics = self.metrics
+        usage_writer.metrics = self.metrics
+        if self.options.admin_port is None:
+            return
+        app = create_admin_app(
+            admin_service,
+            verify_token=self.options.admin_verify_token or self.admin_tokens.verify,
+            metrics=self.metrics.render,
+            snapshot=self._current,
+        )
+        admin_http = AdminHttpServer(
+            app,
+            self.options.host,
+            self.options.admin_port,
+            tls_cert=self.options.tls_cert,
+            tls_key=self.options.tls_key,
+            tls_client_ca=self.options.tls_client_ca,
+        )
+        try:
+            self.admin_port = await admin_http.start()
+        except OSError as exc:
+            # Routing matters more than the dashboard: keep serving gRPC without it.
+            log.error(
+                "admin HTTP port %d unavailable (%s): no dashboard", self.options.admin_port, exc
+            )
+            return
+        self.admin_http = admin_http
+        log.info(
+            "admin dashboard at http://%s:%d/ (API docs /docs, metrics /metrics)",
+            self.options.host,
+            self.admin_port,
         )
 
     async def _start_cooldown(self, subject: str, duration: timedelta, reason: str) -> None:
@@ -369,6 +429,8 @@ class ModelrouteServer:
             with contextlib.suppress(Exception):
                 await self.health.enter_graceful_shutdown()
             await self.grpc_server.stop(self.options.shutdown_grace_seconds)
+        if self.admin_http is not None:
+            await self.admin_http.stop()
         if self.usage_writer is not None:
             await self.usage_writer.stop()
         if self._quota_publisher is not None:
@@ -387,6 +449,8 @@ class ModelrouteServer:
             self.engine.dispose()
         if self.embedded_etcd is not None:
             await asyncio.to_thread(self.embedded_etcd.stop)
+        if self.metrics is not None:
+            self.metrics.shutdown()
         shutdown_tracing()
         log.info("modelroute stopped")
 
@@ -400,6 +464,10 @@ async def serve_until_signalled(options: ServeOptions) -> None:
     try:
         await server.start()
         print(f"modelroute: serving gRPC on {options.host}:{server.port}", flush=True)
+        if server.admin_http is not None:
+            print(
+                f"modelroute: dashboard at http://{options.host}:{server.admin_port}/", flush=True
+            )
         await stop.wait()
         log.info("signal received: shutting down")
     finally:

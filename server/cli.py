@@ -141,6 +141,9 @@ def serve(
     etcd_key: Annotated[
         Path | None, typer.Option(envvar="MODELROUTE_ETCD_KEY", help="etcd client key.")
     ] = None,
+    admin_port: Annotated[
+        int, typer.Option(help="Admin HTTP API + dashboard + /metrics (0: any, -1: off).")
+    ] = 8081,
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
@@ -170,6 +173,7 @@ def serve(
         etcd_ca=etcd_ca,
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
+        admin_port=None if admin_port < 0 else admin_port,
     )
     try:
         options.etcd_tls()  # validates the etcd TLS combination before anything starts

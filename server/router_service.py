@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -31,6 +32,7 @@ from modelroute.server.errors import (
     not_ready,
     unimplemented,
 )
+from modelroute.server.metrics import NO_METRICS, MetricsRecorder
 from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import Admission, QuotaTracker
 from modelroute.server.resolver import (
@@ -124,6 +126,8 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
+    metrics: MetricsRecorder = NO_METRICS  # replaced by the server wiring
+
     def __init__(
         self,
         config: ConfigManager,
@@ -162,6 +166,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         request: router_pb2.ResolveModelRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.ResolveModelResponse:
+        started = time.perf_counter()
         with tracer.start_as_current_span(
             "modelroute.resolve", context=_parent_context(context), kind=trace.SpanKind.SERVER
         ) as span:
@@ -216,6 +221,13 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             if decision.fallback_cause is not None:
                 response.fallback.from_model_id = decision.fallback_from
                 response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
+            self.metrics.record_decision(
+                request.context,
+                decision.model_id,
+                int(decision.reason),
+                None if decision.fallback_cause is None else int(decision.fallback_cause),
+                time.perf_counter() - started,
+            )
             return response
 
     async def _preferred_model(

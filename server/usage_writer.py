@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelroute.server.metrics import NO_METRICS, MetricsRecorder
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 log = logging.getLogger("modelroute.usage")
@@ -46,6 +47,8 @@ class _Unit:
 
 
 class UsageWriter:
+    metrics: MetricsRecorder = NO_METRICS  # replaced by the server wiring
+
     def __init__(
         self, store: UsageStore, *, max_pending: int = 50_000, max_batch: int = 5_000
     ) -> None:
@@ -160,6 +163,7 @@ class UsageWriter:
 
     def _observe(self, rows: int, seconds: float) -> None:
         self.batches_committed += 1
+        self.metrics.record_usage_write(rows, seconds)
         rate = rows / max(seconds, 1e-6)
         previous = self._rows_per_second
         self._rows_per_second = rate if previous is None else 0.7 * previous + 0.3 * rate

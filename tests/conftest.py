@@ -162,7 +162,18 @@ class ServerProcess:
         import sys
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelroute.server.cli", "serve", "--port", "0", *args],
+            # Admin HTTP on a free port too: parallel servers must not fight over 8081.
+            [
+                sys.executable,
+                "-m",
+                "modelroute.server.cli",
+                "serve",
+                "--port",
+                "0",
+                "--admin-port",
+                "0",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

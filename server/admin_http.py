@@ -1,0 +1,643 @@
+"""Admin HTTP API (JSON + OpenAPI), the web dashboard and `/metrics`, over the same
+transport-free `AdminService` operations as gRPC: one implementation, two transports.
+
+Runs inside the gRPC server's process and event loop (see `AdminHttpServer`), so it reads
+the very same in-memory state (snapshot, cooldowns, quotas) as the replica it belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import grpc
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from google.protobuf import timestamp_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from modelroute.admin.v1 import admin_pb2
+from modelroute.server.admin_service import AdminService
+from modelroute.server.errors import ServiceError
+from modelroute.server.snapshot import Snapshot
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
+
+log = logging.getLogger("modelroute.admin_http")
+
+API_PREFIX = "/api/admin"
+MAX_BODY_BYTES = 1024 * 1024
+DASHBOARD_DIR = Path(str(resources.files("modelroute.server").joinpath("dashboard"))).resolve()
+
+# ServiceError (gRPC status) → HTTP status. Anything unlisted is a server fault: 500.
+HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+# --- response models (mirror admin.proto, so the OpenAPI spec is precise) ---------------
+
+
+class Violation(BaseModel):
+    field: str
+    description: str
+
+
+class ErrorBody(BaseModel):
+    reason: str = Field(description="Machine-readable reason, e.g. INVALID_ARGUMENT")
+    message: str
+    violations: list[Violation] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class UsageRow(BaseModel):
+    key: str = Field(description="Context, model, provider or YYYY-MM-DD")
+    calls: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    error_rate: float = Field(description="errors / calls")
+    cost_per_call_usd: float
+    calls_by_outcome: dict[str, int] = Field(
+        description="Calls per outcome name (OK, TIMEOUT, ...)"
+    )
+    latency_mean_ms: float
+
+
+class UsageSummary(BaseModel):
+    group_by: Literal["model", "context", "provider", "day"]
+    rows: list[UsageRow]
+
+
+class VariantConfig(BaseModel):
+    variant_id: str
+    model: str
+    weight: int
+
+
+class Experiment(BaseModel):
+    experiment_id: str
+    context: str
+    variants: list[VariantConfig]
+    start: datetime | None
+    end: datetime | None
+    enabled: bool
+    running: bool = Field(description="Enabled and inside its time window now")
+
+
+class ExperimentList(BaseModel):
+    experiments: list[Experiment]
+
+
+class VariantResult(BaseModel):
+    variant_id: str
+    model_id: str
+    weight: int
+    usage: UsageRow | None = None
+    error_rate: float
+    mean_quality_score: float
+    quality_ci_low: float
+    quality_ci_high: float
+    thumbs_up_rate: float
+    error_rate_effect: float
+    error_rate_p_value: float
+    latency_p_value: float
+    significant: bool = Field(description="Any difference against the control significant at 5%")
+    assignments: int = Field(description="Distinct users (USER bucketing) or calls (REQUEST)")
+    latency_effect_ms: float
+    quality_scores: int
+    quality_effect: float
+    quality_p_value: float
+    thumbs: int
+    thumbs_up_effect: float
+    thumbs_up_p_value: float
+
+
+class ExperimentResults(BaseModel):
+    experiment_id: str
+    context: str
+    variants: list[VariantResult] = Field(description="The first is the control")
+    sample_ratio_p_value: float
+    sample_ratio_mismatch: bool = Field(description="Assignment does not match the weights")
+    bucket_by: str
+
+
+class RejectedKey(BaseModel):
+    key: str
+    error: str
+    revision: int
+    previous_value_in_force: bool
+
+
+class EnvOverride(BaseModel):
+    variable: str
+    model_id: str
+
+
+class QuotaStatus(BaseModel):
+    provider: str
+    limit: str
+    limit_value: int
+    remaining: int
+    reset_at: datetime | None = None
+    is_exceeded: bool
+
+
+class BudgetStatus(BaseModel):
+    context: str
+    limit_usd: float
+    spent_usd: float
+    reset_at: datetime | None = None
+    is_exceeded: bool
+    on_exceeded: str
+
+
+class ConfigStatus(BaseModel):
+    config_revision: int
+    last_reload: datetime | None = None
+    rejected_keys: list[RejectedKey]
+    env_overrides: list[EnvOverride]
+    etcd_connected: bool
+    etcd_endpoints: list[str]
+    degraded_since: datetime | None = None
+    key_counts: dict[str, int]
+    rejected_total: int
+    quotas: list[QuotaStatus]
+    budgets: list[BudgetStatus]
+    serving_last_good_file: bool
+    live_replicas: int
+
+
+class Alert(BaseModel):
+    alert_id: str
+    kind: str
+    severity: Literal["unspecified", "info", "warning", "critical"]
+    message: str
+    subject: str
+    created_at: datetime | None = None
+
+
+class AlertList(BaseModel):
+    alerts: list[Alert]
+
+
+class Cooldown(BaseModel):
+    subject: str = Field(description="models/<model id> or providers/<name>")
+    until: datetime
+
+
+class CooldownList(BaseModel):
+    cooldowns: list[Cooldown]
+
+
+class ModelInfo(BaseModel):
+    model_id: str
+    provider: str
+    tiers: list[str]
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    enabled: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+GROUP_BY = {
+    "model": admin_pb2.USAGE_GROUP_BY_MODEL,
+    "context": admin_pb2.USAGE_GROUP_BY_CONTEXT,
+    "provider": admin_pb2.USAGE_GROUP_BY_PROVIDER,
+    "day": admin_pb2.USAGE_GROUP_BY_DAY,
+}
+
+
+def _to_model(model: type[M], message: Message, **extra: Any) -> M:
+    """Proto → pydantic through proto-JSON (int64 arrive as strings; pydantic coerces)."""
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return model.model_validate(data | extra)
+
+
+def _timestamp(name: str, value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A query datetime as a protobuf Timestamp; naive means UTC. Out of range → 400."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    stamp = timestamp_pb2.Timestamp()
+    try:
+        stamp.FromDatetime(value)
+        stamp.ToDatetime()  # FromDatetime accepts some values ToJsonString/ToDatetime reject
+    except (ValueError, OverflowError):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            f"{name}: out of range",
+            field_violations=[(name, "a timestamp between years 0001 and 9999")],
+        ) from None
+    return stamp
+
+
+def _error(status: int, reason: str, message: str, violations: list[Violation]) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(reason=reason, message=message, violations=violations))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def service_error_response(error: ServiceError) -> JSONResponse:
+    response = _error(
+        HTTP_STATUS.get(error.code, 500),
+        error.reason,
+        error.message,
+        [Violation(field=f, description=d) for f, d in error.field_violations],
+    )
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after.total_seconds())))
+    elif error.code == grpc.StatusCode.UNAVAILABLE:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+class TokenBucket:
+    """Per-client token buckets: `rate` requests/s sustained, bursts up to `burst`.
+    Keeps at most `max_clients` buckets (oldest dropped) so spoofed sources cannot grow it."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = 10_000) -> None:
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client → (tokens, last refill)
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """0 if the request may pass, else seconds until it would."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= self.max_clients:
+            self._buckets.pop(next(iter(self._buckets)))
+        if tokens >= 1:
+            self._buckets[client] = (tokens - 1, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+class GuardMiddleware:
+    """Pure ASGI (no body buffering): rejects bodies over `max_body` with 413 and rate-limits
+    `/api/admin/*` per client address with 429 + Retry-After."""
+
+    def __init__(self, app: ASGIApp, *, limiter: TokenBucket | None, max_body: int) -> None:
+        self.app, self.limiter, self.max_body = app, limiter, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            await _error(
+                413, "PAYLOAD_TOO_LARGE", f"bodies are limited to {self.max_body} bytes", []
+            )(scope, receive, send)
+            return
+        if self.limiter is not None and scope["path"].startswith(API_PREFIX + "/"):
+            client = (scope.get("client") or ("unknown", 0))[0]
+            wait = self.limiter.take(client)
+            if wait > 0:
+                response = _error(429, "RATE_LIMITED", "too many requests; slow down", [])
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> AsgiMessage:
+            # Chunked bodies have no content-length: count as they stream in.
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise StarletteHTTPException(413, "body too large")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+FromQuery = Annotated[
+    datetime | None, Query(alias="from", description="Inclusive start (ISO 8601; naive = UTC)")
+]
+ToQuery = Annotated[
+    datetime | None, Query(alias="to", description="Exclusive end (ISO 8601; default now)")
+]
+
+
+# Module level: FastAPI resolves (postponed) annotations against module globals.
+BEARER = HTTPBearer(auto_error=False, description="Operator token")
+
+# --- the app -----------------------------------------------------------------------------
+
+
+def _experiments(snapshot: Snapshot | None) -> ExperimentList:
+    if snapshot is None:
+        return ExperimentList(experiments=[])
+    now = datetime.now(UTC)
+    return ExperimentList(
+        experiments=[
+            Experiment(
+                experiment_id=e.experiment_id,
+                context=e.context,
+                variants=[
+                    VariantConfig(variant_id=v.variant_id, model=v.model, weight=v.weight)
+                    for v in e.variants
+                ],
+                start=e.start,
+                end=e.end,
+                enabled=e.enabled,
+                running=e.running(now),
+            )
+            for e in sorted(snapshot.experiments.values(), key=lambda e: e.experiment_id)
+        ]
+    )
+
+
+def create_admin_app(
+    admin: AdminService,
+    *,
+    verify_token: Callable[[str | None], bool] | None = None,
+    metrics: Callable[[], tuple[bytes, str]] | None = None,
+    snapshot: Callable[[], Snapshot | None] | None = None,
+    rate_per_second: float = 20.0,
+    burst: float = 40.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The admin HTTP app. `verify_token` (given the bearer token or None) guards every
+    `/api/admin/*` path; `metrics` renders `/metrics` (body, content type); `snapshot`
+    gives the config in force (for the experiment list, which has no gRPC counterpart)."""
+    app = FastAPI(
+        title="modelroute admin API",
+        version="1",
+        description="Read-only operator API: usage, experiments, config status, alerts, "
+        "cooldowns, models. Same data as the gRPC modelroute.admin.v1.AdminService.",
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid parameters"},
+            401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
+            429: {"model": ErrorResponse, "description": "Rate limited (see Retry-After)"},
+        },
+    )
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
+        if verify_token is None:
+            return
+        token = credentials.credentials if credentials is not None else None
+        if not verify_token(token):
+            raise StarletteHTTPException(401, "a valid operator bearer token is required")
+
+    guard = [Depends(require_token)] if verify_token is not None else []
+    common_errors: dict[int | str, dict[str, Any]] = {
+        501: {"model": ErrorResponse, "description": "Not available in this version"},
+        503: {"model": ErrorResponse, "description": "Dependency unavailable, retry"},
+    }
+
+    def admin_get(path: str, response_model: type[BaseModel], tag: str, **kwargs: Any) -> Any:
+        """Every /api/admin route is declared here, so none can miss the token guard.
+        (Flat routes, not an included router: tests enumerate them from `app.routes`.)"""
+        return app.get(
+            API_PREFIX + path,
+            response_model=response_model,
+            tags=[tag],
+            dependencies=guard,
+            responses=common_errors | kwargs.pop("responses", {}),
+            **kwargs,
+        )
+
+    @admin_get("/llm-usage", UsageSummary, "usage")
+    async def llm_usage(
+        group_by: Literal["model", "context", "provider", "day"] = "model",
+        from_: FromQuery = None,
+        to: ToQuery = None,
+    ) -> UsageSummary:
+        """Reported usage and cost, aggregated by one dimension."""
+        request = admin_pb2.GetUsageSummaryRequest(
+            group_by=GROUP_BY[group_by],
+            from_time=_timestamp("from", from_),
+            to_time=_timestamp("to", to),
+        )
+        return _to_model(UsageSummary, await admin.usage_summary(request), group_by=group_by)
+
+    @admin_get("/experiments", ExperimentList, "experiments")
+    async def experiments() -> ExperimentList:
+        """Experiments in the configuration this replica serves."""
+        return _experiments(snapshot() if snapshot is not None else None)
+
+    @admin_get(
+        "/experiments/{experiment_id}/results",
+        ExperimentResults,
+        "experiments",
+        responses={404: {"model": ErrorResponse, "description": "No such experiment"}},
+    )
+    async def experiment_results(
+        experiment_id: Annotated[str, PathParam(min_length=1, max_length=256)],
+        from_: FromQuery = None,
+        to: ToQuery = None,
+    ) -> ExperimentResults:
+        """An experiment's variants side by side, with significance against the control."""
+        request = admin_pb2.GetExperimentResultsRequest(
+            experiment_id=experiment_id,
+            from_time=_timestamp("from", from_),
+            to_time=_timestamp("to", to),
+        )
+        return _to_model(ExperimentResults, await admin.experiment_results(request))
+
+    @admin_get("/config/status", ConfigStatus, "config")
+    async def config_status() -> ConfigStatus:
+        """Revision served, last reload, rejected keys, env overrides, quotas, budgets."""
+        return _to_model(ConfigStatus, admin.config_status())
+
+    @admin_get("/alerts", AlertList, "alerts")
+    async def alerts(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        since: Annotated[datetime | None, Query(description="Only alerts raised since")] = None,
+    ) -> AlertList:
+        """Recent alerts, newest first."""
+        request = admin_pb2.ListAlertsRequest(limit=limit, since=_timestamp("since", since))
+        reply = await admin.list_alerts(request)
+        return AlertList(
+            alerts=[
+                _to_model(
+                    Alert,
+                    a,
+                    severity=admin_pb2.AlertSeverity.Name(a.severity)
+                    .removeprefix("ALERT_SEVERITY_")
+                    .lower(),
+                )
+                for a in reply.alerts
+            ]
+        )
+
+    @admin_get("/cooldowns", CooldownList, "runtime")
+    async def cooldowns() -> CooldownList:
+        """Active cooldowns (models or providers), soonest end first."""
+        return CooldownList.model_validate({"cooldowns": admin.cooldowns()})
+
+    @admin_get("/models", ModelList, "config")
+    async def models() -> ModelList:
+        """Every configured model, enabled or not."""
+        return _to_model(ModelList, admin.list_models())
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return service_error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        violations = [
+            Violation(
+                field=".".join(str(p) for p in e.get("loc", ())[1:]) or "request",
+                description=str(e.get("msg", "invalid")),
+            )
+            for e in error.errors()
+        ]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return _error(400, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        reasons = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+        response = _error(
+            error.status_code,
+            reasons.get(error.status_code, "HTTP_ERROR"),
+            str(error.detail),
+            [],
+        )
+        if error.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    if metrics is not None:
+        render = metrics
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            body, content_type = await asyncio.to_thread(render)
+            return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
+    @app.get("/dashboard/{path:path}", include_in_schema=False)
+    async def dashboard(path: str) -> FileResponse:
+        """Static dashboard files (package data; nothing loaded from the internet)."""
+        target = (DASHBOARD_DIR / (path or "index.html")).resolve()
+        if not target.is_relative_to(DASHBOARD_DIR) or not target.is_file():
+            raise StarletteHTTPException(404, "no such dashboard file")
+        return FileResponse(target, headers={"Cache-Control": "no-cache"})
+
+    limiter = TokenBucket(rate_per_second, burst) if rate_per_second > 0 else None
+    app.add_middleware(GuardMiddleware, limiter=limiter, max_body=max_body_bytes)
+    return app
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """The gRPC server owns SIGTERM/SIGINT (graceful drain); uvicorn must not replace them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AdminHttpServer:
+    """uvicorn inside the running event loop (no thread, no second process). `start()`
+    binds the socket itself, so a busy port raises OSError here instead of uvicorn
+    calling sys.exit, and the bound port (for port 0) is known at once."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_client_ca: Path | None = None,
+    ) -> None:
+        tls: dict[str, Any] = {}
+        if tls_cert is not None and tls_key is not None:
+            tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
+            if tls_client_ca is not None:  # mutual TLS, as on the gRPC port
+                tls |= {"ssl_ca_certs": str(tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            **tls,
+        )
+        self._server = _EmbeddedUvicorn(config)
+        self._host, self._port = host, port
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
+        sock.set_inheritable(True)
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="admin-http")
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError("admin HTTP server exited during start")
+            await asyncio.sleep(0.005)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self._task, timeout=5)
