@@ -149,12 +149,25 @@ class ConfigManager:
         return True
 
     def apply(self, update: ConfigUpdate) -> Snapshot:
+        revision = update.revision
+        if update.full_state and update.key_revisions:
+            # The revision of the newest change that shapes decisions, as the incremental
+            # path reports it: quiet runtime keys (counters, the decision key) must not
+            # make a resync look like a config change.
+            revision = max(
+                (
+                    r
+                    for k, r in update.key_revisions.items()
+                    if not k.startswith(QUIET_RUNTIME_DIRS)
+                ),
+                default=update.revision,
+            )
         with tracer.start_as_current_span("modelroute.config.reload") as span:
-            span.set_attribute("modelroute.config_revision", update.revision)
+            span.set_attribute("modelroute.config_revision", revision)
             span.set_attribute("modelroute.config.full_state", update.full_state)
             span.set_attribute("modelroute.config.changed_keys", len(update.changes))
             snapshot, rejections = self._builder.apply(
-                update.revision, update.changes, self._clock(), full_state=update.full_state
+                revision, update.changes, self._clock(), full_state=update.full_state
             )
             for rejection in rejections:
                 self._record_rejection(span, rejection)

@@ -208,6 +208,9 @@ class ConfigUpdate:
     revision: int
     changes: Mapping[str, bytes | None]
     full_state: bool
+    # Full state only: each key's mod revision, so the served revision can be that of the
+    # newest change that matters rather than the read's (which any runtime write moves).
+    key_revisions: Mapping[str, int] | None = None
 
 
 class EtcdConfigSource:
@@ -260,7 +263,12 @@ class EtcdConfigSource:
                 if not self.connected and self.disconnected_since is not None:
                     log.info("etcd reachable again; resynced at revision %d", revision)
                 self.connected, self.disconnected_since, backoff = True, None, 0.05
-                yield ConfigUpdate(revision, {k: v.value for k, v in values.items()}, True)
+                yield ConfigUpdate(
+                    revision,
+                    {k: v.value for k, v in values.items()},
+                    True,
+                    {k: v.mod_revision for k, v in values.items()},
+                )
                 async for update in self._watch(client, revision + 1):
                     yield update
             except asyncio.CancelledError:
