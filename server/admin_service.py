@@ -178,6 +178,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 "experiments": len(snapshot.experiments),
                 "overrides": len(snapshot.overrides),
                 "providers": len(snapshot.providers),
+                "clients": len(snapshot.clients),
             }
         )
         response.key_counts.update(counts)
