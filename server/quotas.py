@@ -55,6 +55,7 @@ log = logging.getLogger("modelroute.quotas")
 
 USAGE_DIR: Final = "runtime/usage/"
 PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
+PUBLISH_TIMEOUT: Final = 2.0  # seconds before a publication counts as failed
 MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
 LIVENESS: Final = 5.0  # a replica that has not published for this long is not counted in N
 DEFAULT_WARN_RATIO: Final = 0.8
@@ -242,6 +243,9 @@ class QuotaTracker:
         self.seen_revision = 0
         self._raised: set[str] = set()
         self.sync_requested = asyncio.Event()
+        # False while publications fail (etcd unreachable): admissions then count locally
+        # at once instead of waiting for a publication that cannot happen.
+        self.publishing_ok = True
         # Callers waiting for a publication computed *after* they asked.
         self._sync_waiters: asyncio.Future[bool] | None = None
         # Demand (admission attempts, granted or not) drives the size of new reservations.
@@ -610,14 +614,19 @@ class QuotaPublisher:
             tracker.sync_requested.clear()
             waiters = tracker.take_sync_waiters()
             try:
-                await self.publish_once()
+                await asyncio.wait_for(self.publish_once(), PUBLISH_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - etcd down: count locally, retry
-                log.debug("usage counts not published: %s", exc)
+                if tracker.publishing_ok:
+                    log.warning("usage counts not published (admitting locally): %s", exc)
+                tracker.publishing_ok = False
                 _answer(waiters, False)
                 await asyncio.sleep(0.2)
             else:
+                if not tracker.publishing_ok:
+                    log.info("usage counts published again")
+                tracker.publishing_ok = True
                 _answer(waiters, True)
 
     async def publish_once(self) -> None:

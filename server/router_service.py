@@ -258,7 +258,9 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             verdict = quotas.admit(decision.provider, now)
             if verdict is Admission.ADMITTED:
                 break
-            if verdict is Admission.SYNC_NEEDED and not await quotas.sync(SYNC_TIMEOUT_SECONDS):
+            if verdict is Admission.SYNC_NEEDED and (
+                not quotas.publishing_ok or not await quotas.sync(SYNC_TIMEOUT_SECONDS)
+            ):
                 # etcd unreachable: count locally against the last view of the others.
                 quotas.admit(decision.provider, now, force=True)
                 break

@@ -202,7 +202,7 @@ async def test_cluster_member_loss_and_full_outage_under_load(
             assert status.etcd_connected and not status.HasField("degraded_since")
         await load.until_stopped(tasks)
     assert load.failures == []
-    assert load.ok > 150  # calls kept flowing through every phase
+    assert load.ok > 500, load.ok  # calls kept flowing through every phase
 
 
 def _assert(condition: bool) -> None:
