@@ -24,10 +24,11 @@ from modelroute.server.errors import (
     unimplemented,
 )
 from modelroute.server.quotas import QuotaTracker
+from modelroute.server.router_service import model_list
 from modelroute.server.runtime_state import RuntimeState
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
-from modelroute.v1 import router_pb2, types_pb2
+from modelroute.v1 import router_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 
@@ -323,19 +324,4 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     def list_models(self) -> router_pb2.ListModelsResponse:
         """Every configured model (enabled or not), sorted by id."""
-        snapshot = self._config.current
-        if snapshot is None:
-            return router_pb2.ListModelsResponse()
-        return router_pb2.ListModelsResponse(
-            models=[
-                types_pb2.ModelInfo(
-                    model_id=m.model_id,
-                    provider=m.provider,
-                    tiers=sorted(m.tiers),
-                    input_usd_per_mtok=m.input_usd_per_mtok,
-                    output_usd_per_mtok=m.output_usd_per_mtok,
-                    enabled=m.enabled,
-                )
-                for m in sorted(snapshot.models.values(), key=lambda m: m.model_id)
-            ]
-        )
+        return model_list(self._config.current)

@@ -394,20 +394,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             snapshot = self._snapshot()
         except ServiceError as error:
             await error.abort(context)
-        return router_pb2.ListModelsResponse(
-            models=[
-                types_pb2.ModelInfo(
-                    model_id=m.model_id,
-                    provider=m.provider,
-                    tiers=sorted(m.tiers),
-                    input_usd_per_mtok=m.input_usd_per_mtok,
-                    output_usd_per_mtok=m.output_usd_per_mtok,
-                    enabled=m.enabled,
-                )
-                for m in sorted(snapshot.models.values(), key=lambda m: m.model_id)
-                if not request.tier or (m.enabled and m.allows_tier(request.tier))
-            ]
-        )
+        return model_list(snapshot, request.tier)
 
     async def WatchConfig(
         self,
@@ -494,6 +481,26 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         if self._preferences is None:
             raise unimplemented("user preferences", "no preference store configured")
         return self._preferences
+
+
+def model_list(snapshot: Snapshot | None, tier: str = "") -> router_pb2.ListModelsResponse:
+    """Models sorted by id: every one (tier empty, operators), or those the tier may choose."""
+    if snapshot is None:
+        return router_pb2.ListModelsResponse()
+    return router_pb2.ListModelsResponse(
+        models=[
+            types_pb2.ModelInfo(
+                model_id=m.model_id,
+                provider=m.provider,
+                tiers=sorted(m.tiers),
+                input_usd_per_mtok=m.input_usd_per_mtok,
+                output_usd_per_mtok=m.output_usd_per_mtok,
+                enabled=m.enabled,
+            )
+            for m in sorted(snapshot.models.values(), key=lambda m: m.model_id)
+            if not tier or (m.enabled and m.allows_tier(tier))
+        ]
+    )
 
 
 def _user_violations(field_name: str, user_id: str) -> list[tuple[str, str]]:

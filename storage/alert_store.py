@@ -8,21 +8,15 @@ same quota counts) exactly one INSERT wins, and only its replica sends the webho
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from modelroute.storage.database import dialect_insert
 from modelroute.storage.tables import Alert
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 _table: Table = Alert.__table__  # type: ignore[attr-defined]
-_INSERTS: dict[str, Callable[[Table], Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +37,10 @@ def alert_id_for(dedup_key: str) -> str:
 class AlertStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        insert = _INSERTS[engine.dialect.name]
         self._insert = (
-            insert(_table).on_conflict_do_nothing(index_elements=["id"]).returning(_table.c.id)
+            dialect_insert(engine, _table)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(_table.c.id)
         )
 
     def insert_once(self, alert: AlertRecord) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -95,3 +96,17 @@ def upgrade(url: str) -> None:
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+def dialect_insert(engine: Engine, table: Table) -> Any:
+    """INSERT with ON CONFLICT support (SQLite and PostgreSQL share that syntax)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    inserts: dict[str, Callable[[Table], Any]] = {
+        "sqlite": sqlite.insert,
+        "postgresql": postgresql.insert,
+    }
+    insert = inserts.get(engine.dialect.name)
+    if insert is None:
+        raise ValueError(f"unsupported database {engine.dialect.name!r} (sqlite, postgresql)")
+    return insert(table)

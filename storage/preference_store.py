@@ -6,22 +6,16 @@ Preferences are keyed by (user_id, context), `""` meaning every user-selectable 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from modelroute.storage.database import dialect_insert
 from modelroute.storage.tables import LlmFeedback, UserModelPreference
 from sqlalchemy import Table, delete, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 _preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
 _feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
-_INSERTS: dict[str, Callable[[Table], Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +43,7 @@ class FeedbackRecord:
 class PreferenceStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        upsert = _INSERTS[engine.dialect.name](_preferences)
+        upsert = dialect_insert(engine, _preferences)
         self._upsert = upsert.on_conflict_do_update(
             index_elements=["user_id", "context"],
             set_={"model_id": upsert.excluded.model_id, "updated_at": upsert.excluded.updated_at},

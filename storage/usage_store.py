@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from modelroute.storage.database import dialect_insert
 from modelroute.storage.tables import LlmUsageLog
 from sqlalchemy import Engine, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 _table: Table = LlmUsageLog.__table__
 
@@ -44,11 +44,6 @@ class UsageRecord:
 _FIELDS = tuple(f.name for f in dataclasses.fields(UsageRecord))
 _COLUMNS = tuple(_table.c[name] for name in _FIELDS)
 
-_INSERTS: dict[str, Callable[[Table], Any]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
-
 
 def _row(record: UsageRecord) -> dict[str, Any]:
     # Not dataclasses.asdict: it deep-copies every value and is ~20x slower per row.
@@ -58,11 +53,8 @@ def _row(record: UsageRecord) -> dict[str, Any]:
 class UsageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        insert = _INSERTS.get(engine.dialect.name)
-        if insert is None:
-            raise ValueError(f"unsupported database {engine.dialect.name!r} (sqlite, postgresql)")
         self._statement = (
-            insert(_table)
+            dialect_insert(engine, _table)
             .on_conflict_do_nothing(index_elements=["report_id"])
             .returning(_table.c.report_id)
         )
