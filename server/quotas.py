@@ -581,6 +581,10 @@ class QuotaTracker:
         try:
             return await asyncio.wait_for(asyncio.shield(waiters), timeout)
         except TimeoutError:
+            # etcd too slow to publish (down, electing a leader): the next callers count
+            # locally at once instead of each waiting; the next publication that succeeds
+            # turns this back on.
+            self.publishing_ok = False
             return False
 
     def take_sync_waiters(self) -> asyncio.Future[bool] | None:

@@ -162,9 +162,10 @@ async def test_cluster_member_loss_and_full_outage_under_load(
         channels = [channel for _, channel in replicas]
         load = SteadyLoad([router_pb2_grpc.ModelRouterServiceStub(c) for c in channels])
         tasks = [asyncio.create_task(load.run(i)) for i in range(4)]
+        # Process control blocks (it waits for exits): in threads, so the load keeps flowing.
 
         # One member of three dies: the others keep quorum; config changes still arrive.
-        cluster.members[0].kill()
+        await asyncio.to_thread(cluster.members[0].kill)
         survivors = ",".join(m.endpoint for m in cluster.members[1:])
         await set_context_model(survivors, "gpt-4o")
         for channel in channels:
@@ -172,7 +173,7 @@ async def test_cluster_member_loss_and_full_outage_under_load(
 
         # Every member down: replicas answer from their last good snapshot, say degraded.
         for member in cluster.members[1:]:
-            member.stop()
+            await asyncio.to_thread(member.stop)
         before = load.ok
         for channel in channels:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
@@ -190,9 +191,9 @@ async def test_cluster_member_loss_and_full_outage_under_load(
 
         # etcd back: replicas resync, and the next change is applied everywhere.
         for member in cluster.members:
-            member.start(wait=False)
+            await asyncio.to_thread(member.start, wait=False)
         for member in cluster.members:
-            member.wait_healthy()
+            await asyncio.to_thread(member.wait_healthy)
         await set_context_model(cluster.endpoints, "claude-3-sonnet")
         for channel in channels:
             await eventually(lambda c=channel: serves(c, "claude-3-sonnet"), timeout=20)  # type: ignore[misc]

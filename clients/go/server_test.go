@@ -56,7 +56,7 @@ func startServer(t *testing.T) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	root := repoRoot(t)
-	cmd := exec.Command(serverBin(t), "serve", "--port", "0", "--data-dir", dir,
+	cmd := exec.Command(serverBin(t), "serve", "--port", "0", "--admin-port", "-1", "--data-dir", dir,
 		"--bootstrap", filepath.Join(root, "config", "bootstrap.yaml"))
 	var stderr syncBuffer
 	cmd.Stderr = &stderr

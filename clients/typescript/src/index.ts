@@ -138,6 +138,9 @@ export interface ModelRouterClientOptions {
   reportTimeoutMs?: number;
   /** Entries of the decision cache (default 1000; 0 disables caching). */
   cacheSize?: number;
+  /** Follow the server's WatchConfig stream and drop cached decisions on every new config
+   * revision (default true; the stream opens at the first resolve and ends at close()). */
+  watchConfig?: boolean;
   /** Background report flush period (default 1000 ms). */
   flushIntervalMs?: number;
   /** Reports per ReportUsage call (default 500, server maximum 1000). */
@@ -264,6 +267,8 @@ export class ModelRouterClient {
   private readonly timer: NodeJS.Timeout;
   private readonly lastWarned = new Map<string, number>();
   private closed = false;
+  private watching = false;
+  private readonly watchAbort = new AbortController();
 
   constructor(options: ModelRouterClientOptions = {}) {
     const baseUrl = options.baseUrl ?? process.env["MODELROUTE_URL"] ?? "http://127.0.0.1:50051";
@@ -273,6 +278,7 @@ export class ModelRouterClient {
       resolveTimeoutMs: 1000,
       reportTimeoutMs: 5000,
       cacheSize: 1000,
+      watchConfig: true,
       flushIntervalMs: 1000,
       reportBatchSize: 500,
       maxQueuedReports: 10_000,
@@ -292,6 +298,7 @@ export class ModelRouterClient {
 
   /** Which model to call for `context`. Never throws because modelroute is down (see class notes). */
   async resolve(context: string, options: ResolveOptions = {}): Promise<Resolution> {
+    this.startWatch();
     const user = userOf(options.user, options.tier);
     const key = JSON.stringify([
       context,
@@ -524,10 +531,43 @@ export class ModelRouterClient {
     throw new AllModelsFailedError(context, attempts, lastError);
   }
 
+  /**
+   * Follows WatchConfig: a new config revision drops every cached decision at once (an
+   * operator's change must not wait for cache TTLs). While the stream is down the cache is
+   * dropped too (revisions may have been missed) and the stream is reopened with backoff.
+   */
+  private startWatch(): void {
+    if (this.watching || this.closed || !this.opts.watchConfig || this.opts.cacheSize <= 0) return;
+    this.watching = true;
+    void (async () => {
+      let backoffMs = 500;
+      let lastRevision: bigint | undefined;
+      while (!this.closed) {
+        try {
+          for await (const update of this.rpc.watchConfig({}, { signal: this.watchAbort.signal })) {
+            backoffMs = 500;
+            if (lastRevision !== undefined && update.configRevision !== lastRevision) {
+              this.cache.deleteWhere(() => true);
+            }
+            lastRevision = update.configRevision;
+          }
+        } catch {
+          // Server unreachable or restarting: cached answers still expire by their TTL.
+        }
+        if (this.closed) break;
+        this.cache.deleteWhere(() => true);
+        lastRevision = undefined;
+        await new Promise<void>((done) => setTimeout(done, backoffMs).unref());
+        backoffMs = Math.min(backoffMs * 2, 10_000);
+      }
+    })();
+  }
+
   /** Sends the queued reports (best effort, bounded by `timeoutMs`) and closes the connection. */
   async close(timeoutMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.watchAbort.abort();
     clearInterval(this.timer);
     let timeout: NodeJS.Timeout | undefined;
     try {

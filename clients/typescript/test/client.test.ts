@@ -57,6 +57,21 @@ test("a repeated resolve within the server's cache_ttl is answered from the loca
   assert.equal(otherUser.source, "server", "the cache key includes the user");
 });
 
+test("an etcd change drops cached decisions at once (WatchConfig), long before their TTL", async () => {
+  const first = await client.resolve("reranker", { user: "user-9" });
+  assert.equal(first.modelId, "gpt-4o-mini");
+  assert.equal((await client.resolve("reranker", { user: "user-9" })).source, "cache");
+  const started = Date.now();
+  await server.etcdPut("/modelroute/contexts/reranker", JSON.stringify({ model: "gpt-4o", fallbacks: ["gpt-4o-mini"] }));
+  const changed = await eventually(async () => {
+    const r = await client.resolve("reranker", { user: "user-9" });
+    assert.equal(r.modelId, "gpt-4o");
+    return r;
+  }, 5_000, 10);
+  assert.equal(changed.source, "server");
+  assert.ok(Date.now() - started < first.cacheTtlMs / 2, `took ${Date.now() - started} ms`);
+});
+
 test("a report lands in llm_usage_logs with the decision, tokens, outcome and a computed cost", async () => {
   const r = await client.resolve("rag.answer", { user: { id: "user-5", tier: "free" }, noCache: true });
   const reportId = client.report({

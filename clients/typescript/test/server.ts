@@ -3,7 +3,7 @@
  * temp dir, seeded from the repo's config/bootstrap.yaml.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,6 +18,8 @@ export interface TestServer {
   dataDir: string;
   /** Runs Python with the server's venv interpreter (for reading its SQLite database). */
   sqlite(query: string): Promise<unknown[][]>;
+  /** Writes an etcd key of the server's embedded etcd (as an operator would, with etcdctl). */
+  etcdPut(key: string, value: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -38,7 +40,7 @@ export async function startServer(): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "modelroute-ts-"));
   const child: ChildProcess = spawn(
     bin,
-    ["serve", "--port", "0", "--data-dir", dataDir, "--bootstrap", join(repoRoot, "config/bootstrap.yaml")],
+    ["serve", "--port", "0", "--admin-port", "-1", "--data-dir", dataDir, "--bootstrap", join(repoRoot, "config/bootstrap.yaml")],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";
@@ -78,6 +80,10 @@ export async function startServer(): Promise<TestServer> {
       const script = "import json,sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(json.dumps(c.execute(sys.argv[2]).fetchall()))";
       const { stdout } = await promisify(execFile)(python, ["-c", script, join(dataDir, "modelroute.db"), query]);
       return JSON.parse(stdout) as unknown[][];
+    },
+    async etcdPut(key, value) {
+      const endpoint = readFileSync(join(dataDir, "etcd.endpoint"), "utf8").trim();
+      await promisify(execFile)(join(bin, "..", "etcdctl"), ["--endpoints", endpoint, "put", key, value]);
     },
     async stop() {
       if (child.exitCode === null) {
