@@ -42,6 +42,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+class EtcdExitedError(RuntimeError):
+    """The etcd process ended while starting (see its log)."""
+
+
 class EmbeddedEtcd:
     """Runs `etcd` on loopback with its data in `data_dir`.
 
@@ -61,6 +65,8 @@ class EmbeddedEtcd:
         initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # Ports we picked ourselves may be taken by a concurrent start: then retry others.
+        self._auto_ports = client_port is None and peer_port is None and initial_cluster is None
         if client_port is None:
             client_port = 2379 if port_is_free(2379) else free_port()
         self.client_port = client_port
@@ -82,10 +88,28 @@ class EmbeddedEtcd:
 
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> None:
         """Launch etcd; with `wait`, return once it reports healthy. Members of a new
-        cluster are healthy only with quorum: launch them all, then `wait_healthy`."""
+        cluster are healthy only with quorum: launch them all, then `wait_healthy`.
+        With ports of its own choosing, a port taken meanwhile by another process (two
+        servers starting at once) means: pick new ports and launch again."""
+        for attempt in range(3):
+            self._launch()
+            if not wait:
+                return
+            try:
+                self.wait_healthy(timeout)
+                return
+            except EtcdExitedError:
+                if not self._auto_ports or attempt == 2:
+                    raise
+                log.info("embedded etcd could not bind its ports; trying others")
+                self.client_port, self.peer_port = free_port(), free_port()
+
+    def _launch(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         client_url = f"http://127.0.0.1:{self.client_port}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
+        if self._log is not None:
+            self._log.close()  # an earlier attempt's
         self._log = self.log_file.open("ab")
         self._process = subprocess.Popen(
             [
@@ -115,8 +139,6 @@ class EmbeddedEtcd:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        if wait:
-            self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         assert self._process is not None, "start() first"
@@ -124,17 +146,23 @@ class EmbeddedEtcd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(
+                raise EtcdExitedError(
                     f"etcd exited with code {self._process.returncode}; see {self.log_file}"
                 )
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
-                    if b'"health":"true"' in response.read():
-                        self.endpoint_file.write_text(self.endpoint + "\n")
-                        log.info(
-                            "embedded etcd serving at %s (data: %s)", client_url, self.data_dir
+                    healthy = b'"health":"true"' in response.read()
+                if healthy:
+                    # The answer may have come from another etcd holding the port, with
+                    # ours about to exit on "address in use": it must still be running.
+                    time.sleep(0.15)
+                    if self._process.poll() is not None:
+                        raise EtcdExitedError(
+                            f"etcd exited with code {self._process.returncode}; see {self.log_file}"
                         )
-                        return
+                    self.endpoint_file.write_text(self.endpoint + "\n")
+                    log.info("embedded etcd serving at %s (data: %s)", client_url, self.data_dir)
+                    return
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
