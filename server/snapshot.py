@@ -405,7 +405,8 @@ class SnapshotBuilder:
                     default_fallbacks=tuple(m.default_fallbacks),
                     alert_webhook_url=m.alert_webhook_url,
                     decision_cache_seconds=m.decision_cache_seconds
-                    or DEFAULT_DECISION_CACHE_SECONDS,
+                    if m.HasField("decision_cache_seconds")
+                    else DEFAULT_DECISION_CACHE_SECONDS,
                 )
         by_context: dict[str, list[ExperimentSpec]] = {}
         for experiment in sorted(experiments.values(), key=lambda e: e.experiment_id):

@@ -361,3 +361,10 @@ def test_quota_reservation_from_an_ended_minute_admits_nothing_in_the_next() -> 
     tracker.mark_published(tracker.publication(next_minute))
     assert tracker.admit("p0", next_minute) is Admission.ADMITTED
     assert tracker.total("requests_per_minute", "p0", next_minute) == 1
+
+
+def test_decision_cache_seconds_absent_is_5_and_zero_turns_caching_off() -> None:
+    assert resolve(build(BASE), ResolveInput("chat"), NOW).cache_ttl_seconds == 5
+    values = dict(BASE)
+    values["settings"] = {"default_model": "m4", "decision_cache_seconds": 0}
+    assert resolve(build(values), ResolveInput("chat"), NOW).cache_ttl_seconds == 0

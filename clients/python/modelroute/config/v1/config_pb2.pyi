@@ -368,7 +368,9 @@ class Settings(_message.Message):
     alert_webhook_url: _builtins.str
     """When set, alerts are POSTed here as JSON."""
     decision_cache_seconds: _builtins.int
-    """Seconds a client may reuse a decision (ResolveModelResponse.cache_ttl). Default 5."""
+    """Seconds a client may reuse a decision (ResolveModelResponse.cache_ttl). Default 5 when
+    absent; 0 turns client-side caching off.
+    """
     @_builtins.property
     def default_fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Fallbacks appended to every fallback chain."""
@@ -379,13 +381,15 @@ class Settings(_message.Message):
         default_model: _builtins.str = ...,
         default_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         alert_webhook_url: _builtins.str = ...,
-        decision_cache_seconds: _builtins.int = ...,
+        decision_cache_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "decision_cache_seconds", b"decision_cache_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__decision_cache_seconds: _TypeAlias = _typing.Literal["decision_cache_seconds"]  # noqa: Y015
+    _WhichOneofArgType__decision_cache_seconds: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decision_cache_seconds) -> _WhichOneofReturnType__decision_cache_seconds | None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
 
