@@ -427,7 +427,7 @@ class ModelrouteServer:
         self._stopped = True
         if self.grpc_server is not None:
             with contextlib.suppress(Exception):
-                await self.health.enter_graceful_shutdown()
+                await asyncio.wait_for(self.health.enter_graceful_shutdown(), 5)
             await self.grpc_server.stop(self.options.shutdown_grace_seconds)
         if self.admin_http is not None:
             await self.admin_http.stop()
@@ -439,12 +439,15 @@ class ModelrouteServer:
             await self.alerts.drain()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a background task stuck in a call that ignores cancellation must not
+            # hold the process (say which, so it can be fixed).
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.error("task %s did not stop within 5 s of cancellation", task.get_name())
         if self.etcd is not None:
             with contextlib.suppress(Exception):
-                await self.etcd.close()
+                await asyncio.wait_for(self.etcd.close(), 5)
         if self.engine is not None:
             self.engine.dispose()
         if self.embedded_etcd is not None:
