@@ -497,3 +497,30 @@ async def test_server_reads_its_config_from_etcd_over_mutual_tls(
             await asyncio.wait_for(read_prefix(no_cert, prefix), 10)
     finally:
         await no_cert.close()
+
+
+async def test_python_sdk_sends_its_api_key_on_every_call(
+    server: Running, etcd: aetcd.Client, prefix: str, database_url: str
+) -> None:
+    from modelroute.client import AsyncModelRouter, Outcome
+    from sqlalchemy import create_engine, text
+
+    await put_client(etcd, prefix, "sdk-app", key_sha256=sha("sdk-key"))
+    await eventually(lambda: expect_code(server, grpc.StatusCode.UNAUTHENTICATED, key=None))
+    async with AsyncModelRouter(server.address, api_key="sdk-key") as router:
+        decision = await router.resolve("rag.answer", user="u1")
+        assert decision.model_id == "gemini-3-flash-preview"
+        router.report(
+            "rag.answer",
+            decision.model_id,
+            outcome=Outcome.OK,
+            decision_id=decision.decision_id,
+            input_tokens=10,
+            output_tokens=5,
+            latency_ms=30,
+        )
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT count(*) FROM llm_usage_logs")).scalar_one()
+    engine.dispose()
+    assert stored == 1  # the report (sent with the key) was accepted and committed

@@ -78,9 +78,13 @@ class AsyncModelRouter:
         options: RouterOptions | None = None,
         classifier: FailureClassifier | None = None,
         environ: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         **option_overrides: Any,
     ) -> None:
         self.target = target or os.environ.get("MODELROUTE_TARGET", DEFAULT_TARGET)
+        # Sent as `x-api-key` when the deployment requires per-service keys (clients/<name>).
+        key = api_key if api_key is not None else os.environ.get("MODELROUTE_API_KEY", "")
+        self._metadata: tuple[tuple[str, str], ...] | None = (("x-api-key", key),) if key else None
         self.options = dataclasses.replace(options or RouterOptions(), **option_overrides)
         self.classifier = classifier or FailureClassifier()
         self._environ = os.environ if environ is None else environ
@@ -210,7 +214,9 @@ class AsyncModelRouter:
         if user or tier:
             request.user.CopyFrom(types_pb2.User(id=user or "", tier=tier or ""))
         try:
-            response = await stub.ResolveModel(request, timeout=self.options.resolve_timeout)
+            response = await stub.ResolveModel(
+                request, timeout=self.options.resolve_timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidResolveRequestError(error.details() or "invalid request") from error
@@ -296,7 +302,10 @@ class AsyncModelRouter:
         backoff = 0.05
         while True:
             try:
-                async for message in self._stub.WatchConfig(router_pb2.WatchConfigRequest()):
+                watch = self._stub.WatchConfig(
+                    router_pb2.WatchConfigRequest(), metadata=self._metadata
+                )
+                async for message in watch:
                     backoff = 0.05
                     self._watching = True
                     self._observe_revision(message.config_revision)
@@ -384,7 +393,9 @@ class AsyncModelRouter:
         batch = [self._pending.popleft() for _ in range(size)]
         try:
             reply = await self._stub.ReportUsage(
-                router_pb2.ReportUsageRequest(reports=batch), timeout=self.options.report_timeout
+                router_pb2.ReportUsageRequest(reports=batch),
+                timeout=self.options.report_timeout,
+                metadata=self._metadata,
             )
         except asyncio.CancelledError:
             # close() cancelled the sender mid-call: keep the batch for the final flush
