@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,30 @@ def create_engine_for(url: str) -> Engine:
             # its commit, so the commit must be on disk. busy_timeout first: switching to
             # WAL needs a lock that another process opening the file may hold.
             cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """WAL is a property of the file: set once, by whichever process opens it first. The
+    switch needs an exclusive lock that SQLite's busy handler does not always wait for
+    (two replicas opening a new file at once), so "locked" is retried for a while."""
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _migration_engine(url: str) -> Engine:
