@@ -318,21 +318,6 @@ def config_get(
     typer.echo(json.dumps({"revision": revision, "values": out}, indent=2))
 
 
-@config_app.command("status")
-def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
-    """What the server serves: revision, rejected values, env overrides, etcd state."""
-    with grpc.insecure_channel(server) as channel:
-        try:
-            status = admin_pb2_grpc.AdminServiceStub(channel).GetConfigStatus(
-                admin_pb2.GetConfigStatusRequest(), timeout=10, metadata=_admin_metadata()
-            )
-        except grpc.RpcError as error:
-            _rpc_error(error)
-    typer.echo(_to_json(status))
-    if status.rejected_keys:
-        sys.exit(4)  # scripts can alert on rejected values
-
-
 def _admin_call(server: str, method: str, request: Any) -> Any:
     with grpc.insecure_channel(server) as channel:
         try:
@@ -340,6 +325,15 @@ def _admin_call(server: str, method: str, request: Any) -> Any:
             return getattr(stub, method)(request, timeout=10, metadata=_admin_metadata())
         except grpc.RpcError as error:
             _rpc_error(error)
+
+
+@config_app.command("status")
+def config_status(server: ServerOpt = "127.0.0.1:50051") -> None:
+    """What the server serves: revision, rejected values, env overrides, etcd state."""
+    status = _admin_call(server, "GetConfigStatus", admin_pb2.GetConfigStatusRequest())
+    typer.echo(_to_json(status))
+    if status.rejected_keys:
+        sys.exit(4)  # scripts can alert on rejected values
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -87,13 +87,6 @@ class PreferenceCache:
         await asyncio.to_thread(self._store.set, preference)
         await self._announce(preference.user_id, preference.updated_at, etcd, prefix)
 
-    async def clear(
-        self, user_id: str, context: str, at: datetime, etcd: aetcd.Client | None, prefix: str
-    ) -> bool:
-        removed = await asyncio.to_thread(self._store.clear, user_id, context)
-        await self._announce(user_id, at, etcd, prefix)
-        return removed
-
     async def _announce(
         self, user_id: str, at: datetime, etcd: aetcd.Client | None, prefix: str
     ) -> None:

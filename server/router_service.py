@@ -432,9 +432,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.GetUserPreferenceResponse:
         try:
             preferences = self._require_preferences()
-            violations = _user_violations("user_id", request.user_id)
-            if request.context and not CONTEXT_PATTERN.match(request.context):
-                violations.append(("context", "letters, digits and . _ : / - (at most 128)"))
+            violations = _preference_violations("user_id", request.user_id, request.context)
             if violations:
                 raise invalid_argument(violations)
             try:
@@ -455,11 +453,9 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.SetUserPreferenceResponse:
         try:
             preferences = self._require_preferences()
-            violations = _user_violations("user.id", request.user.id)
+            violations = _preference_violations("user.id", request.user.id, request.context)
             if not request.model_id:
                 violations.append(("model_id", "required"))
-            if request.context and not CONTEXT_PATTERN.match(request.context):
-                violations.append(("context", "letters, digits and . _ : / - (at most 128)"))
             if not TIER_PATTERN.match(request.user.tier):
                 violations.append(("user.tier", "at most 64 letters, digits and . _ -"))
             if violations:
@@ -503,12 +499,16 @@ def model_list(snapshot: Snapshot | None, tier: str = "") -> router_pb2.ListMode
     )
 
 
-def _user_violations(field_name: str, user_id: str) -> list[tuple[str, str]]:
+def _preference_violations(user_field: str, user_id: str, context: str) -> list[tuple[str, str]]:
+    """What Get/SetUserPreference share: a user id, and a context if one is named."""
+    violations = []
     if not user_id:
-        return [(field_name, "required")]
-    if len(user_id) > USER_ID_MAX:
-        return [(field_name, f"at most {USER_ID_MAX} characters")]
-    return []
+        violations.append((user_field, "required"))
+    elif len(user_id) > USER_ID_MAX:
+        violations.append((user_field, f"at most {USER_ID_MAX} characters"))
+    if context and not CONTEXT_PATTERN.match(context):
+        violations.append(("context", "letters, digits and . _ : / - (at most 128)"))
+    return violations
 
 
 def _check_choosable(snapshot: Snapshot, context_name: str, model_id: str, tier: str) -> None:

@@ -124,12 +124,14 @@ class AnalysisStore:
         self.engine = engine
 
     def _key(self, group_by: str) -> ColumnElement[Any]:
-        columns = {"model": _usage.c.model_id, "context": _usage.c.context}
-        columns["provider"] = _usage.c.provider
         if group_by == "day":
             return _day(self.engine, _usage.c.created_at)
-        if group_by == "variant":
-            return _usage.c.variant_id
+        columns = {
+            "model": _usage.c.model_id,
+            "context": _usage.c.context,
+            "provider": _usage.c.provider,
+            "variant": _usage.c.variant_id,
+        }
         return columns[group_by]
 
     def usage(

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from modelroute.storage.database import dialect_insert
 from modelroute.storage.tables import LlmFeedback, UserModelPreference
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
 
 _preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
@@ -69,13 +69,6 @@ class PreferenceStore:
         }
         with self.engine.begin() as connection:
             connection.execute(self._upsert, row)
-
-    def clear(self, user_id: str, context: str) -> bool:
-        query = delete(_preferences).where(
-            _preferences.c.user_id == user_id, _preferences.c.context == context
-        )
-        with self.engine.begin() as connection:
-            return bool(connection.execute(query).rowcount)
 
 
 class FeedbackStore:
