@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from modelroute.storage.database import dialect_insert
+from modelroute.storage.rollups import RollupWriter
 from modelroute.storage.tables import LlmUsageLog
 from sqlalchemy import Engine, Table, func, select
 
@@ -58,9 +59,10 @@ class UsageStore:
             .on_conflict_do_nothing(index_elements=["report_id"])
             .returning(_table.c.report_id)
         )
+        self._rollups = RollupWriter(engine)
 
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
-        """Insert in ONE transaction. Per record, in order: True if stored now, False if its
+        """Insert in ONE transaction, with the rows' rollups. Per record, in order: True if stored now, False if its
         report_id already existed (in the table, or earlier in this batch). Database errors
         propagate unchanged; then nothing from the batch is stored."""
         first_index: dict[str, int] = {}
@@ -74,6 +76,11 @@ class UsageStore:
                 # "insertmanyvalues"), all in this one transaction: one fsync per batch.
                 result = connection.execute(self._statement, rows)
                 inserted.update(result.scalars())
+                # Rollups from the rows stored now only: a duplicate adds nothing.
+                self._rollups.add_usage(
+                    connection,
+                    [records[i] for i in first_index.values() if records[i].report_id in inserted],
+                )
         return [
             first_index[record.report_id] == index and record.report_id in inserted
             for index, record in enumerate(records)

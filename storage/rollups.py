@@ -1,0 +1,224 @@
+"""Rollups of usage and feedback, written in the same transaction as the raw rows.
+
+Per hour and per UTC day, and per (context, model, provider, experiment, variant):
+- `usage_rollups` (× outcome): calls, token and cost sums, latency sum and sum of squares;
+- `usage_latency_rollups` (× latency bucket): calls, a histogram for percentiles (kept
+  apart from the outcome, because percentiles are over all calls of a group);
+- `feedback_rollups`: feedback count, quality-score count, sum and sum of squares, thumbs;
+- `experiment_users` (experiment, variant, user): first and last call, for assignments
+  counted in users.
+
+Every write is an additive upsert (`SET n = n + excluded.n`) of deltas computed from the
+rows that were actually inserted, so a duplicate report (same report_id) adds nothing, two
+replicas can write the same rollup row concurrently, and the raw rows and their rollups
+commit or roll back together. Rows are sorted by key so concurrent transactions on
+PostgreSQL lock rollup rows in one order (no deadlocks).
+
+Two periods keep every summary cheap: whole days come from the day rows, the hours at
+either end of a window from the hour rows, and the minutes before the first (after the
+last) whole hour from the raw rows (see `rollup_queries`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Table, case
+from sqlalchemy.engine import Engine
+
+from modelroute.storage.database import dialect_insert
+from modelroute.storage.tables import (
+    ExperimentUser,
+    FeedbackRollup,
+    UsageLatencyRollup,
+    UsageRollup,
+)
+
+HOUR: Final = 3600
+DAY: Final = 86_400
+PERIODS: Final = (HOUR, DAY)
+
+usage_rollups: Table = UsageRollup.__table__  # type: ignore[attr-defined]
+latency_rollups: Table = UsageLatencyRollup.__table__  # type: ignore[attr-defined]
+feedback_rollups: Table = FeedbackRollup.__table__  # type: ignore[attr-defined]
+experiment_users: Table = ExperimentUser.__table__  # type: ignore[attr-defined]
+
+DIMENSIONS: Final = ("context", "model_id", "provider", "experiment_id", "variant_id")
+
+# --- latency histogram -------------------------------------------------------------------
+#: Every latency up to EXACT_UP_TO ms has a bucket of its own; above, a bucket spans about
+#: 4% of its lower bound and stands for its midpoint, so a percentile read from the
+#: histogram is within LATENCY_RELATIVE_ERROR of the true (nearest-rank) latency.
+EXACT_UP_TO: Final = 50
+LATENCY_RELATIVE_ERROR: Final = 0.02
+MAX_LATENCY_MS: Final = 86_400_000
+
+
+def _bucket_uppers() -> list[int]:
+    uppers = list(range(EXACT_UP_TO + 1))
+    while uppers[-1] < MAX_LATENCY_MS:
+        lower = uppers[-1] + 1
+        uppers.append(int(lower * (1 + 2 * LATENCY_RELATIVE_ERROR)))
+    return uppers
+
+
+BUCKET_UPPERS: Final = _bucket_uppers()
+
+
+def latency_bucket(latency_ms: int) -> int:
+    """Index of the histogram bucket holding `latency_ms` (the last bucket holds any more)."""
+    return min(bisect.bisect_left(BUCKET_UPPERS, latency_ms), len(BUCKET_UPPERS) - 1)
+
+
+def bucket_value(index: int) -> float:
+    """The latency a bucket stands for: its only value, or the midpoint of its range."""
+    upper = BUCKET_UPPERS[index]
+    lower = BUCKET_UPPERS[index - 1] + 1 if index else 0
+    return (lower + upper) / 2
+
+
+# --- deltas ------------------------------------------------------------------------------
+
+
+def epoch_seconds(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() // 1)
+
+
+def _upsert(engine: Engine, table: Table, sums: Sequence[str]) -> Any:
+    statement = dialect_insert(engine, table)
+    keys = [c.name for c in table.primary_key.columns]
+    added: dict[str, Any] = {name: table.c[name] + statement.excluded[name] for name in sums}
+    return statement.on_conflict_do_update(index_elements=keys, set_=added)
+
+
+class RollupWriter:
+    """Builds and applies the rollup deltas of freshly inserted rows (call it inside the
+    transaction that inserted them)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._usage = _upsert(
+            engine,
+            usage_rollups,
+            ("calls", "input_tokens", "output_tokens", "cost_usd", "latency_ms_sum",
+             "latency_ms_sq_sum"),
+        )
+        self._latency = _upsert(engine, latency_rollups, ("calls",))
+        self._feedback = _upsert(
+            engine,
+            feedback_rollups,
+            ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up"),
+        )
+        users = dialect_insert(engine, experiment_users)
+        table = experiment_users.c
+        self._users = users.on_conflict_do_update(
+            index_elements=["experiment_id", "variant_id", "user_id"],
+            set_={
+                "first_seen": case(
+                    (users.excluded.first_seen < table.first_seen, users.excluded.first_seen),
+                    else_=table.first_seen,
+                ),
+                "last_seen": case(
+                    (users.excluded.last_seen > table.last_seen, users.excluded.last_seen),
+                    else_=table.last_seen,
+                ),
+            },
+        )
+
+    def add_usage(self, connection: Connection, records: Iterable[Any]) -> None:
+        """`records`: UsageRecord-like objects that were inserted just now."""
+        scalars: dict[tuple[Any, ...], list[Any]] = {}
+        histogram: dict[tuple[Any, ...], int] = {}
+        users: dict[tuple[str, str, str], list[datetime]] = {}
+        for r in records:
+            seconds = epoch_seconds(r.created_at)
+            experiment = r.experiment_id or ""
+            variant = r.variant_id or ""
+            latency = r.latency_ms
+            bucket = latency_bucket(latency)
+            for period in PERIODS:
+                start = seconds - seconds % period
+                dims = (period, start, r.context, r.model_id, r.provider, experiment, variant)
+                key = (*dims, r.outcome)
+                sums = scalars.get(key)
+                if sums is None:
+                    scalars[key] = [1, r.input_tokens, r.output_tokens, r.estimated_cost,
+                                    latency, float(latency) * latency]
+                else:
+                    sums[0] += 1
+                    sums[1] += r.input_tokens
+                    sums[2] += r.output_tokens
+                    sums[3] += r.estimated_cost
+                    sums[4] += latency
+                    sums[5] += float(latency) * latency
+                hkey = (*dims, bucket)
+                histogram[hkey] = histogram.get(hkey, 0) + 1
+            if experiment and variant and r.user_id:
+                seen = users.get((experiment, variant, r.user_id))
+                if seen is None:
+                    users[(experiment, variant, r.user_id)] = [r.created_at, r.created_at]
+                else:
+                    seen[0] = min(seen[0], r.created_at)
+                    seen[1] = max(seen[1], r.created_at)
+        if not scalars:
+            return
+        connection.execute(
+            self._usage,
+            [dict(zip(_USAGE_COLUMNS, (*key, *sums), strict=True))
+             for key, sums in sorted(scalars.items())],
+        )
+        connection.execute(
+            self._latency,
+            [dict(zip(_LATENCY_COLUMNS, (*key, calls), strict=True))
+             for key, calls in sorted(histogram.items())],
+        )
+        if users:
+            connection.execute(
+                self._users,
+                [
+                    {"experiment_id": e, "variant_id": v, "user_id": u,
+                     "first_seen": first, "last_seen": last}
+                    for (e, v, u), (first, last) in sorted(users.items())
+                ],
+            )
+
+    def add_feedback(self, connection: Connection, records: Iterable[Any]) -> None:
+        """`records`: FeedbackRecord-like objects inserted just now."""
+        deltas: dict[tuple[Any, ...], list[Any]] = {}
+        for r in records:
+            seconds = epoch_seconds(r.created_at)
+            score = r.quality_score
+            for period in PERIODS:
+                key = (period, seconds - seconds % period, r.context or "", r.model_id or "",
+                       r.experiment_id or "", r.variant_id or "")
+                sums = deltas.setdefault(key, [0, 0, 0.0, 0.0, 0, 0])
+                sums[0] += 1
+                if score is not None:
+                    sums[1] += 1
+                    sums[2] += score
+                    sums[3] += score * score
+                if r.thumbs is not None:
+                    sums[4] += 1
+                    sums[5] += r.thumbs == "UP"
+        if deltas:
+            connection.execute(
+                self._feedback,
+                [dict(zip(_FEEDBACK_COLUMNS, (*key, *sums), strict=True))
+                 for key, sums in sorted(deltas.items())],
+            )
+
+
+_KEY: Final = ("period_seconds", "bucket_start", *DIMENSIONS)
+_USAGE_COLUMNS: Final = (
+    *_KEY, "outcome", "calls", "input_tokens", "output_tokens", "cost_usd", "latency_ms_sum",
+    "latency_ms_sq_sum",
+)
+_LATENCY_COLUMNS: Final = (*_KEY, "latency_bucket", "calls")
+_FEEDBACK_COLUMNS: Final = (
+    "period_seconds", "bucket_start", "context", "model_id", "experiment_id", "variant_id",
+    "feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up",
+)
