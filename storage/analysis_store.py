@@ -15,10 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Float, Table, and_, case, cast, distinct, false, func, literal, or_, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
-
 from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
@@ -30,6 +26,9 @@ from modelroute.storage.rollups import (
     usage_rollups,
 )
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog
+from sqlalchemy import Float, Table, and_, case, cast, distinct, false, func, literal, or_, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
 
 _usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
 _feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
@@ -80,8 +79,16 @@ class _Accumulator:
         self.latency_sum = 0
         self.latency_sq_sum = 0.0
 
-    def add(self, outcome: str, calls: Any, tokens_in: Any, tokens_out: Any, cost: Any,
-            latency_sum: Any, latency_sq_sum: Any) -> None:
+    def add(
+        self,
+        outcome: str,
+        calls: Any,
+        tokens_in: Any,
+        tokens_out: Any,
+        cost: Any,
+        latency_sum: Any,
+        latency_sq_sum: Any,
+    ) -> None:
         group, calls = self.group, int(calls)
         group.calls += calls
         if outcome != "OK":
@@ -172,8 +179,10 @@ class AnalysisStore:
         units: dict[str, int] = {}
         if distinct_users and experiment_id is not None:
             units = self._experiment_users(experiment_id, since, until)
-        groups = [acc.finish(units.get(k[0], 0) if distinct_users else None)
-                  for k, acc in accumulators.items()]
+        groups = [
+            acc.finish(units.get(k[0], 0) if distinct_users else None)
+            for k, acc in accumulators.items()
+        ]
         return sorted(groups, key=lambda g: g.key)
 
     def usage_by(
@@ -213,12 +222,28 @@ class AnalysisStore:
                 )
         return conditions
 
-    def _rollup_usage(self, connection: Connection, keys: Sequence[str], window: Window,
-                      filters: dict[str, str], acc: Any) -> None:
+    def _rollup_usage(
+        self,
+        connection: Connection,
+        keys: Sequence[str],
+        window: Window,
+        filters: dict[str, str],
+        acc: Any,
+    ) -> None:
         n = len(keys)
         for table, measures, group_extra in (
-            (usage_rollups, ("calls", "input_tokens", "output_tokens", "cost_usd",
-                             "latency_ms_sum", "latency_ms_sq_sum"), usage_rollups.c.outcome),
+            (
+                usage_rollups,
+                (
+                    "calls",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_usd",
+                    "latency_ms_sum",
+                    "latency_ms_sq_sum",
+                ),
+                usage_rollups.c.outcome,
+            ),
             (latency_rollups, ("calls",), latency_rollups.c.latency_bucket),
         ):
             columns = _rollup_keys(table, keys)
@@ -234,21 +259,36 @@ class AnalysisStore:
                 else:
                     target.add_bucket(int(row[n]), row[n + 1])
 
-    def _raw_usage(self, connection: Connection, keys: Sequence[str], start: datetime,
-                   end: datetime, filters: dict[str, str], acc: Any) -> None:
+    def _raw_usage(
+        self,
+        connection: Connection,
+        keys: Sequence[str],
+        start: datetime,
+        end: datetime,
+        filters: dict[str, str],
+        acc: Any,
+    ) -> None:
         n = len(keys)
         columns = _raw_keys(_usage, keys, start)
         latency = _usage.c.latency_ms
         as_float = cast(latency, Float)
         query = (
             select(
-                *columns, _usage.c.outcome, latency, func.count(),
-                func.sum(_usage.c.input_tokens), func.sum(_usage.c.output_tokens),
-                func.sum(_usage.c.estimated_cost), func.sum(latency),
+                *columns,
+                _usage.c.outcome,
+                latency,
+                func.count(),
+                func.sum(_usage.c.input_tokens),
+                func.sum(_usage.c.output_tokens),
+                func.sum(_usage.c.estimated_cost),
+                func.sum(latency),
                 func.sum(as_float * as_float),
             )
-            .where(_usage.c.created_at >= start, _usage.c.created_at < end,
-                   *self._conditions(_usage, filters, True))
+            .where(
+                _usage.c.created_at >= start,
+                _usage.c.created_at < end,
+                *self._conditions(_usage, filters, True),
+            )
             .group_by(*columns, _usage.c.outcome, latency)
         )
         for row in connection.execute(query):
@@ -264,9 +304,12 @@ class AnalysisStore:
         if since is not None and until is not None:
             query: Any = (
                 select(_usage.c.variant_id, func.count(distinct(_usage.c.user_id)))
-                .where(_usage.c.experiment_id == experiment_id,
-                       _usage.c.variant_id.is_not(None),
-                       _usage.c.created_at >= since, _usage.c.created_at < until)
+                .where(
+                    _usage.c.experiment_id == experiment_id,
+                    _usage.c.variant_id.is_not(None),
+                    _usage.c.created_at >= since,
+                    _usage.c.created_at < until,
+                )
                 .group_by(_usage.c.variant_id)
             )
         else:
@@ -277,9 +320,7 @@ class AnalysisStore:
             if since is not None:
                 conditions.append(users.last_seen >= since)
             query = (
-                select(users.variant_id, func.count())
-                .where(*conditions)
-                .group_by(users.variant_id)
+                select(users.variant_id, func.count()).where(*conditions).group_by(users.variant_id)
             )
         with self.engine.connect() as connection:
             return {str(k): int(n) for k, n in connection.execute(query)}
@@ -302,9 +343,20 @@ class AnalysisStore:
                 columns = _rollup_keys(table, keys)
                 conditions = [table.c[c] == v for c, v in filters.items()]
                 query = (
-                    select(*columns, *(func.sum(table.c[m]) for m in (
-                        "feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs",
-                        "thumbs_up")))
+                    select(
+                        *columns,
+                        *(
+                            func.sum(table.c[m])
+                            for m in (
+                                "feedbacks",
+                                "scores",
+                                "score_sum",
+                                "score_sq_sum",
+                                "thumbs",
+                                "thumbs_up",
+                            )
+                        ),
+                    )
                     .where(_rollup_range(table, window), *conditions)
                     .group_by(*columns)
                 )
@@ -313,12 +365,20 @@ class AnalysisStore:
                 columns = _raw_keys(_feedback, keys, start)
                 score = cast(_feedback.c.quality_score, Float)
                 query = (
-                    select(*columns, func.count(), func.count(_feedback.c.quality_score),
-                           func.sum(score), func.sum(score * score),
-                           func.count(_feedback.c.thumbs),
-                           func.sum(case((_feedback.c.thumbs == "UP", 1), else_=0)))
-                    .where(_feedback.c.created_at >= start, _feedback.c.created_at < end,
-                           *[_feedback.c[c] == v for c, v in filters.items()])
+                    select(
+                        *columns,
+                        func.count(),
+                        func.count(_feedback.c.quality_score),
+                        func.sum(score),
+                        func.sum(score * score),
+                        func.count(_feedback.c.thumbs),
+                        func.sum(case((_feedback.c.thumbs == "UP", 1), else_=0)),
+                    )
+                    .where(
+                        _feedback.c.created_at >= start,
+                        _feedback.c.created_at < end,
+                        *[_feedback.c[c] == v for c, v in filters.items()],
+                    )
                     .group_by(*columns)
                 )
                 rows.extend(connection.execute(query))

@@ -1,8 +1,8 @@
 """Rollups of usage and feedback, written in the same transaction as the raw rows.
 
 Per hour and per UTC day, and per (context, model, provider, experiment, variant):
-- `usage_rollups` (× outcome): calls, token and cost sums, latency sum and sum of squares;
-- `usage_latency_rollups` (× latency bucket): calls, a histogram for percentiles (kept
+- `usage_rollups` (x outcome): calls, token and cost sums, latency sum and sum of squares;
+- `usage_latency_rollups` (x latency bucket): calls, a histogram for percentiles (kept
   apart from the outcome, because percentiles are over all calls of a group);
 - `feedback_rollups`: feedback count, quality-score count, sum and sum of squares, thumbs;
 - `experiment_users` (experiment, variant, user): first and last call, for assignments
@@ -26,9 +26,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Table, case
-from sqlalchemy.engine import Engine
-
 from modelroute.storage.database import dialect_insert
 from modelroute.storage.tables import (
     ExperimentUser,
@@ -36,6 +33,8 @@ from modelroute.storage.tables import (
     UsageLatencyRollup,
     UsageRollup,
 )
+from sqlalchemy import Connection, Table, case
+from sqlalchemy.engine import Engine
 
 HOUR: Final = 3600
 DAY: Final = 86_400
@@ -104,8 +103,14 @@ class RollupWriter:
         self._usage = _upsert(
             engine,
             usage_rollups,
-            ("calls", "input_tokens", "output_tokens", "cost_usd", "latency_ms_sum",
-             "latency_ms_sq_sum"),
+            (
+                "calls",
+                "input_tokens",
+                "output_tokens",
+                "cost_usd",
+                "latency_ms_sum",
+                "latency_ms_sq_sum",
+            ),
         )
         self._latency = _upsert(engine, latency_rollups, ("calls",))
         self._feedback = _upsert(
@@ -146,8 +151,14 @@ class RollupWriter:
                 key = (*dims, r.outcome)
                 sums = scalars.get(key)
                 if sums is None:
-                    scalars[key] = [1, r.input_tokens, r.output_tokens, r.estimated_cost,
-                                    latency, float(latency) * latency]
+                    scalars[key] = [
+                        1,
+                        r.input_tokens,
+                        r.output_tokens,
+                        r.estimated_cost,
+                        latency,
+                        float(latency) * latency,
+                    ]
                 else:
                     sums[0] += 1
                     sums[1] += r.input_tokens
@@ -168,20 +179,29 @@ class RollupWriter:
             return
         connection.execute(
             self._usage,
-            [dict(zip(_USAGE_COLUMNS, (*key, *sums), strict=True))
-             for key, sums in sorted(scalars.items())],
+            [
+                dict(zip(_USAGE_COLUMNS, (*key, *sums), strict=True))
+                for key, sums in sorted(scalars.items())
+            ],
         )
         connection.execute(
             self._latency,
-            [dict(zip(_LATENCY_COLUMNS, (*key, calls), strict=True))
-             for key, calls in sorted(histogram.items())],
+            [
+                dict(zip(_LATENCY_COLUMNS, (*key, calls), strict=True))
+                for key, calls in sorted(histogram.items())
+            ],
         )
         if users:
             connection.execute(
                 self._users,
                 [
-                    {"experiment_id": e, "variant_id": v, "user_id": u,
-                     "first_seen": first, "last_seen": last}
+                    {
+                        "experiment_id": e,
+                        "variant_id": v,
+                        "user_id": u,
+                        "first_seen": first,
+                        "last_seen": last,
+                    }
                     for (e, v, u), (first, last) in sorted(users.items())
                 ],
             )
@@ -193,8 +213,14 @@ class RollupWriter:
             seconds = epoch_seconds(r.created_at)
             score = r.quality_score
             for period in PERIODS:
-                key = (period, seconds - seconds % period, r.context or "", r.model_id or "",
-                       r.experiment_id or "", r.variant_id or "")
+                key = (
+                    period,
+                    seconds - seconds % period,
+                    r.context or "",
+                    r.model_id or "",
+                    r.experiment_id or "",
+                    r.variant_id or "",
+                )
                 sums = deltas.setdefault(key, [0, 0, 0.0, 0.0, 0, 0])
                 sums[0] += 1
                 if score is not None:
@@ -207,18 +233,36 @@ class RollupWriter:
         if deltas:
             connection.execute(
                 self._feedback,
-                [dict(zip(_FEEDBACK_COLUMNS, (*key, *sums), strict=True))
-                 for key, sums in sorted(deltas.items())],
+                [
+                    dict(zip(_FEEDBACK_COLUMNS, (*key, *sums), strict=True))
+                    for key, sums in sorted(deltas.items())
+                ],
             )
 
 
 _KEY: Final = ("period_seconds", "bucket_start", *DIMENSIONS)
 _USAGE_COLUMNS: Final = (
-    *_KEY, "outcome", "calls", "input_tokens", "output_tokens", "cost_usd", "latency_ms_sum",
+    *_KEY,
+    "outcome",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms_sum",
     "latency_ms_sq_sum",
 )
 _LATENCY_COLUMNS: Final = (*_KEY, "latency_bucket", "calls")
 _FEEDBACK_COLUMNS: Final = (
-    "period_seconds", "bucket_start", "context", "model_id", "experiment_id", "variant_id",
-    "feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up",
+    "period_seconds",
+    "bucket_start",
+    "context",
+    "model_id",
+    "experiment_id",
+    "variant_id",
+    "feedbacks",
+    "scores",
+    "score_sum",
+    "score_sq_sum",
+    "thumbs",
+    "thumbs_up",
 )

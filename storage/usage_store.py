@@ -62,9 +62,9 @@ class UsageStore:
         self._rollups = RollupWriter(engine)
 
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
-        """Insert in ONE transaction, with the rows' rollups. Per record, in order: True if stored now, False if its
-        report_id already existed (in the table, or earlier in this batch). Database errors
-        propagate unchanged; then nothing from the batch is stored."""
+        """Insert in ONE transaction, with the rows' rollups. Per record, in order: True if
+        stored now, False if its report_id already existed (in the table, or earlier in this
+        batch). Database errors propagate unchanged; then nothing from the batch is stored."""
         first_index: dict[str, int] = {}
         for index, record in enumerate(records):
             first_index.setdefault(record.report_id, index)

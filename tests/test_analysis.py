@@ -14,8 +14,8 @@ import pytest
 from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.database import create_engine_for
 from modelroute.storage.etcd import write_changes
-from modelroute.storage.rollups import LATENCY_RELATIVE_ERROR
 from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore
+from modelroute.storage.rollups import LATENCY_RELATIVE_ERROR
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 from tests.conftest import Running, eventually
