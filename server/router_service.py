@@ -44,6 +44,7 @@ from modelroute.server.resolver import (
     resolve,
 )
 from modelroute.server.snapshot import Snapshot
+from modelroute.server.usage.spans import annotate_usage
 from modelroute.server.usage_writer import (
     UsageQueueFullError,
     UsageStoreUnavailableError,
@@ -317,7 +318,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 else:
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
-                _annotate_usage(records)
+                annotate_usage(records)
             if self._quotas is not None:
                 now = self._clock()
                 for record, was_inserted in zip(records, inserted, strict=True):
@@ -654,28 +655,6 @@ def _annotate_decision(
         span.set_attribute("modelroute.fallback_from", decision.fallback_from)
     if request.request_id:
         span.set_attribute("modelroute.request_id", request.request_id)
-
-
-def _annotate_usage(records: Sequence[UsageRecord]) -> None:
-    # One child span per report, with the GenAI semantic-convention attributes, so trace
-    # backends show token usage per call.
-    for record in records:
-        with tracer.start_as_current_span(f"usage {record.model_id}") as child:
-            child.set_attributes(
-                {
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.provider.name": record.provider,
-                    "gen_ai.request.model": record.model_id,
-                    "gen_ai.usage.input_tokens": record.input_tokens,
-                    "gen_ai.usage.output_tokens": record.output_tokens,
-                    "modelroute.context": record.context,
-                    "modelroute.outcome": record.outcome,
-                    "modelroute.report_id": record.report_id,
-                    "modelroute.estimated_cost_usd": record.estimated_cost,
-                }
-            )
-            if record.outcome != "OK":
-                child.set_attribute("error.type", record.outcome)
 
 
 def _record_from(
