@@ -22,18 +22,18 @@ last) whole hour from the raw rows (see `rollup_queries`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.bulk_sql import additive_upsert, time_binder
 from modelroute.storage.tables import (
     ExperimentUser,
     FeedbackRollup,
     UsageLatencyRollup,
     UsageRollup,
 )
-from sqlalchemy import Connection, Table, case
+from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Engine
 
 HOUR: Final = 3600
@@ -88,51 +88,30 @@ def epoch_seconds(moment: datetime) -> int:
     return int(moment.timestamp() // 1)
 
 
-def _upsert(engine: Engine, table: Table, sums: Sequence[str]) -> Any:
-    statement = dialect_insert(engine, table)
-    keys = [c.name for c in table.primary_key.columns]
-    added: dict[str, Any] = {name: table.c[name] + statement.excluded[name] for name in sums}
-    return statement.on_conflict_do_update(index_elements=keys, set_=added)
-
-
 class RollupWriter:
     """Builds and applies the rollup deltas of freshly inserted rows (call it inside the
     transaction that inserted them)."""
 
     def __init__(self, engine: Engine) -> None:
-        self._usage = _upsert(
+        self._usage = additive_upsert(engine, "usage_rollups", (*_KEY, "outcome"), _USAGE_SUMS)
+        self._latency = additive_upsert(
+            engine, "usage_latency_rollups", (*_KEY, "latency_bucket"), ("calls",)
+        )
+        self._feedback = additive_upsert(engine, "feedback_rollups", _FEEDBACK_KEY, _FEEDBACK_SUMS)
+        # First and last call per (experiment, variant, user): keep the earlier / later.
+        self._users = additive_upsert(
             engine,
-            usage_rollups,
-            (
-                "calls",
-                "input_tokens",
-                "output_tokens",
-                "cost_usd",
-                "latency_ms_sum",
-                "latency_ms_sq_sum",
-            ),
+            "experiment_users",
+            ("experiment_id", "variant_id", "user_id"),
+            (),
+            others=("first_seen", "last_seen"),
+            extra_set=[
+                f"{edge} = CASE WHEN excluded.{edge} {op} experiment_users.{edge}"
+                f" THEN excluded.{edge} ELSE experiment_users.{edge} END"
+                for edge, op in (("first_seen", "<"), ("last_seen", ">"))
+            ],
         )
-        self._latency = _upsert(engine, latency_rollups, ("calls",))
-        self._feedback = _upsert(
-            engine,
-            feedback_rollups,
-            ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up"),
-        )
-        users = dialect_insert(engine, experiment_users)
-        table = experiment_users.c
-        self._users = users.on_conflict_do_update(
-            index_elements=["experiment_id", "variant_id", "user_id"],
-            set_={
-                "first_seen": case(
-                    (users.excluded.first_seen < table.first_seen, users.excluded.first_seen),
-                    else_=table.first_seen,
-                ),
-                "last_seen": case(
-                    (users.excluded.last_seen > table.last_seen, users.excluded.last_seen),
-                    else_=table.last_seen,
-                ),
-            },
-        )
+        self._time = time_binder(engine)
 
     def add_usage(self, connection: Connection, records: Iterable[Any]) -> None:
         """`records`: UsageRecord-like objects that were inserted just now."""
@@ -177,33 +156,18 @@ class RollupWriter:
                     seen[1] = max(seen[1], r.created_at)
         if not scalars:
             return
-        connection.execute(
-            self._usage,
-            [
-                dict(zip(_USAGE_COLUMNS, (*key, *sums), strict=True))
-                for key, sums in sorted(scalars.items())
-            ],
+        # Sorted: concurrent transactions take the rows' locks in one order (PostgreSQL).
+        connection.exec_driver_sql(
+            self._usage, [(*key, *sums) for key, sums in sorted(scalars.items())]
         )
-        connection.execute(
-            self._latency,
-            [
-                dict(zip(_LATENCY_COLUMNS, (*key, calls), strict=True))
-                for key, calls in sorted(histogram.items())
-            ],
+        connection.exec_driver_sql(
+            self._latency, [(*key, calls) for key, calls in sorted(histogram.items())]
         )
         if users:
-            connection.execute(
+            bind = self._time
+            connection.exec_driver_sql(
                 self._users,
-                [
-                    {
-                        "experiment_id": e,
-                        "variant_id": v,
-                        "user_id": u,
-                        "first_seen": first,
-                        "last_seen": last,
-                    }
-                    for (e, v, u), (first, last) in sorted(users.items())
-                ],
+                [(*key, bind(first), bind(last)) for key, (first, last) in sorted(users.items())],
             )
 
     def add_feedback(self, connection: Connection, records: Iterable[Any]) -> None:
@@ -231,19 +195,13 @@ class RollupWriter:
                     sums[4] += 1
                     sums[5] += r.thumbs == "UP"
         if deltas:
-            connection.execute(
-                self._feedback,
-                [
-                    dict(zip(_FEEDBACK_COLUMNS, (*key, *sums), strict=True))
-                    for key, sums in sorted(deltas.items())
-                ],
+            connection.exec_driver_sql(
+                self._feedback, [(*key, *sums) for key, sums in sorted(deltas.items())]
             )
 
 
 _KEY: Final = ("period_seconds", "bucket_start", *DIMENSIONS)
-_USAGE_COLUMNS: Final = (
-    *_KEY,
-    "outcome",
+_USAGE_SUMS: Final = (
     "calls",
     "input_tokens",
     "output_tokens",
@@ -251,18 +209,12 @@ _USAGE_COLUMNS: Final = (
     "latency_ms_sum",
     "latency_ms_sq_sum",
 )
-_LATENCY_COLUMNS: Final = (*_KEY, "latency_bucket", "calls")
-_FEEDBACK_COLUMNS: Final = (
+_FEEDBACK_KEY: Final = (
     "period_seconds",
     "bucket_start",
     "context",
     "model_id",
     "experiment_id",
     "variant_id",
-    "feedbacks",
-    "scores",
-    "score_sum",
-    "score_sq_sum",
-    "thumbs",
-    "thumbs_up",
 )
+_FEEDBACK_SUMS: Final = ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up")
