@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from modelroute.storage.bulk_sql import additive_upsert, time_binder
+from modelroute.storage.bulk_sql import BulkAddUpsert, time_binder
 from modelroute.storage.tables import (
     ExperimentUser,
     FeedbackRollup,
@@ -93,15 +93,15 @@ class RollupWriter:
     transaction that inserted them)."""
 
     def __init__(self, engine: Engine) -> None:
-        self._usage = additive_upsert(engine, "usage_rollups", (*_KEY, "outcome"), _USAGE_SUMS)
-        self._latency = additive_upsert(
-            engine, "usage_latency_rollups", (*_KEY, "latency_bucket"), ("calls",)
+        self._usage = BulkAddUpsert(engine, usage_rollups, (*_KEY, "outcome"), _USAGE_SUMS)
+        self._latency = BulkAddUpsert(
+            engine, latency_rollups, (*_KEY, "latency_bucket"), ("calls",)
         )
-        self._feedback = additive_upsert(engine, "feedback_rollups", _FEEDBACK_KEY, _FEEDBACK_SUMS)
+        self._feedback = BulkAddUpsert(engine, feedback_rollups, _FEEDBACK_KEY, _FEEDBACK_SUMS)
         # First and last call per (experiment, variant, user): keep the earlier / later.
-        self._users = additive_upsert(
+        self._users = BulkAddUpsert(
             engine,
-            "experiment_users",
+            experiment_users,
             ("experiment_id", "variant_id", "user_id"),
             (),
             others=("first_seen", "last_seen"),
@@ -157,16 +157,12 @@ class RollupWriter:
         if not scalars:
             return
         # Sorted: concurrent transactions take the rows' locks in one order (PostgreSQL).
-        connection.exec_driver_sql(
-            self._usage, [(*key, *sums) for key, sums in sorted(scalars.items())]
-        )
-        connection.exec_driver_sql(
-            self._latency, [(*key, calls) for key, calls in sorted(histogram.items())]
-        )
+        self._usage.run(connection, [(*key, *sums) for key, sums in sorted(scalars.items())])
+        self._latency.run(connection, [(*key, n) for key, n in sorted(histogram.items())])
         if users:
             bind = self._time
-            connection.exec_driver_sql(
-                self._users,
+            self._users.run(
+                connection,
                 [(*key, bind(first), bind(last)) for key, (first, last) in sorted(users.items())],
             )
 
@@ -195,9 +191,7 @@ class RollupWriter:
                     sums[4] += 1
                     sums[5] += r.thumbs == "UP"
         if deltas:
-            connection.exec_driver_sql(
-                self._feedback, [(*key, *sums) for key, sums in sorted(deltas.items())]
-            )
+            self._feedback.run(connection, [(*key, *sums) for key, sums in sorted(deltas.items())])
 
 
 _KEY: Final = ("period_seconds", "bucket_start", *DIMENSIONS)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from modelroute.storage.bulk_sql import insert_new_returning, time_binder
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.bulk_sql import BulkInsertNew, time_binder
 from modelroute.storage.rollups import RollupWriter
 from modelroute.storage.tables import LlmUsageLog
 from sqlalchemy import Engine, Table, func, select
@@ -57,25 +56,12 @@ def _values(r: UsageRecord, bind: Callable[[datetime], Any]) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-# Rows per INSERT statement: within SQLite's 32,766 and PostgreSQL's 65,535 parameters.
-_ROWS_PER_STATEMENT = 500
-
-
 class UsageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        dialect_insert(engine, _table)  # refuses a database other than SQLite / PostgreSQL
-        self._statements: dict[int, str] = {}
+        self._insert = BulkInsertNew(engine, _table, _FIELDS, "report_id")
         self._time = time_binder(engine)
         self._rollups = RollupWriter(engine)
-
-    def _statement(self, rows: int) -> str:
-        statement = self._statements.get(rows)
-        if statement is None:
-            statement = self._statements[rows] = insert_new_returning(
-                self.engine, "llm_usage_logs", _FIELDS, rows, "report_id"
-            )
-        return statement
 
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
         """Insert in ONE transaction, with the rows' rollups. Per record, in order: True if
@@ -89,13 +75,8 @@ class UsageStore:
             bind = self._time
             rows = [_values(records[index], bind) for index in first_index.values()]
             with self.engine.begin() as connection:
-                # Multi-row INSERTs returning what they stored, all in this one transaction:
-                # one fsync per batch.
-                for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                    chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                    flat = tuple(value for row in chunk for value in row)
-                    result = connection.exec_driver_sql(self._statement(len(chunk)), flat)
-                    inserted.update(result.scalars())
+                # One transaction (one fsync) for the batch and its rollups.
+                inserted = self._insert.run(connection, rows)
                 # Rollups from the rows stored now only: a duplicate adds nothing.
                 self._rollups.add_usage(
                     connection,
