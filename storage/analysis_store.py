@@ -18,6 +18,7 @@ from typing import Any, Final
 from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
+    WEEK,
     bucket_value,
     experiment_users,
     feedback_rollups,
@@ -195,7 +196,7 @@ class AnalysisStore:
         """Accumulators per key tuple (keys from model, context, provider, variant,
         experiment, day); `filters` are equalities on those columns. Rows of an experiment
         without a variant are left out when filtering on an experiment."""
-        window = plan(since, until)
+        window = plan(since, until, DAY if "day" in keys else WEEK)
         accumulators: dict[tuple[str, ...], _Accumulator] = {}
 
         def acc(key: tuple[str, ...]) -> _Accumulator:
@@ -333,7 +334,7 @@ class AnalysisStore:
         filters: dict[str, str] | None = None,
     ) -> dict[tuple[str, ...], FeedbackGroup]:
         """Feedback per key tuple (model, context, variant, experiment, day)."""
-        window = plan(since, until)
+        window = plan(since, until, DAY if "day" in keys else WEEK)
         sums: dict[tuple[str, ...], list[float]] = {}
         filters = dict(filters or {})
         with self.engine.connect() as connection:

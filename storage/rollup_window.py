@@ -1,8 +1,8 @@
 """Which rollup rows and which raw rows answer a time window [since, until) exactly.
 
-Whole UTC days inside the window come from the day rollups, whole hours at either end from
-the hour rollups, and the minutes before the first whole hour (after the last) from the
-raw rows: at most two hours of raw rows, whatever the window's length or the table's size.
+Whole weeks inside the window come from the week rollups, whole days and hours at either
+end from the day and hour rollups, and the minutes before the first whole hour (after the
+last) from the raw rows: at most two hours of raw rows, whatever the window's length.
 An open end (None) is served from rollups entirely.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from modelroute.storage.rollups import DAY, HOUR
+from modelroute.storage.rollups import HOUR, PERIODS
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,28 @@ def _moment(seconds: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
 
 
-def plan(since: datetime | None, until: datetime | None) -> Window:
+def _split(window: Window, levels: tuple[int, ...], low: int | None, high: int | None) -> None:
+    """Cover [low, high) (multiples of levels[0], None = open) with the coarsest rows that
+    fit: the middle from coarser levels, the ends from this one."""
+    level, coarser = levels[0], levels[1:]
+    if not coarser:
+        window.rollups.append((level, low, high))
+        return
+    low_c = _ceil(low, coarser[0]) if low is not None else None
+    high_c = _floor(high, coarser[0]) if high is not None else None
+    if low_c is not None and high_c is not None and low_c >= high_c:
+        window.rollups.append((level, low, high))
+        return
+    if low is not None and low_c is not None and low < low_c:
+        window.rollups.append((level, low, low_c))
+    _split(window, coarser, low_c, high_c)
+    if high is not None and high_c is not None and high_c < high:
+        window.rollups.append((level, high_c, high))
+
+
+def plan(since: datetime | None, until: datetime | None, coarsest: int = PERIODS[-1]) -> Window:
+    """Rollup ranges and raw ranges that together cover [since, until) exactly once, using
+    periods up to `coarsest` (a day for results grouped by day)."""
     since = _utc(since) if since is not None else None
     until = _utc(until) if until is not None else None
     if since is not None and until is not None and since >= until:
@@ -59,14 +80,5 @@ def plan(since: datetime | None, until: datetime | None) -> Window:
         window.raw.append((since, _moment(low_hour)))
     if until is not None and high_hour is not None and _moment(high_hour) < until:
         window.raw.append((_moment(high_hour), until))
-    low_day = _ceil(low_hour, DAY) if low_hour is not None else None
-    high_day = _floor(high_hour, DAY) if high_hour is not None else None
-    if low_day is not None and high_day is not None and low_day >= high_day:
-        window.rollups.append((HOUR, low_hour, high_hour))
-        return window
-    if low_hour is not None and low_day is not None and low_hour < low_day:
-        window.rollups.append((HOUR, low_hour, low_day))
-    window.rollups.append((DAY, low_day, high_day))
-    if high_day is not None and high_hour is not None and high_day < high_hour:
-        window.rollups.append((HOUR, high_day, high_hour))
+    _split(window, tuple(p for p in PERIODS if p <= coarsest), low_hour, high_hour)
     return window

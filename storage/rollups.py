@@ -1,6 +1,6 @@
 """Rollups of usage and feedback, written in the same transaction as the raw rows.
 
-Per hour and per UTC day, and per (context, model, provider, experiment, variant):
+Per hour, UTC day and week, and per (context, model, provider, experiment, variant):
 - `usage_rollups` (x outcome): calls, token and cost sums, latency sum and sum of squares;
 - `usage_latency_rollups` (x latency bucket): calls, a histogram for percentiles (kept
   apart from the outcome, because percentiles are over all calls of a group);
@@ -14,9 +14,9 @@ replicas can write the same rollup row concurrently, and the raw rows and their 
 commit or roll back together. Rows are sorted by key so concurrent transactions on
 PostgreSQL lock rollup rows in one order (no deadlocks).
 
-Two periods keep every summary cheap: whole days come from the day rows, the hours at
-either end of a window from the hour rows, and the minutes before the first (after the
-last) whole hour from the raw rows (see `rollup_queries`).
+Three periods keep every summary cheap: whole weeks come from the week rows, whole days at
+either end from the day rows, whole hours from the hour rows, and the minutes before the
+first (after the last) whole hour from the raw rows (see `rollup_window`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from sqlalchemy.engine import Engine
 
 HOUR: Final = 3600
 DAY: Final = 86_400
-PERIODS: Final = (HOUR, DAY)
+WEEK: Final = 7 * DAY  # counted from the Unix epoch (weeks start on Thursdays, UTC)
+PERIODS: Final = (HOUR, DAY, WEEK)
 
 usage_rollups: Table = UsageRollup.__table__  # type: ignore[attr-defined]
 latency_rollups: Table = UsageLatencyRollup.__table__  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ rollups as live writing."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import defaultdict
@@ -20,7 +21,8 @@ from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.arm_stats import arm_stats
 from modelroute.storage.database import MIGRATIONS_DIR, create_engine_for, upgrade
 from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore
-from modelroute.storage.rollups import LATENCY_RELATIVE_ERROR
+from modelroute.storage.rollup_window import plan
+from modelroute.storage.rollups import DAY, HOUR, LATENCY_RELATIVE_ERROR, WEEK
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 from sqlalchemy import Engine, text
 
@@ -29,6 +31,13 @@ MODELS = [("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("claude-3-sonnet", "
 CONTEXTS = ["rag.answer", "reranker", "premium.answer"]
 OUTCOMES = ["OK"] * 8 + ["TIMEOUT", "RATE_LIMITED"]
 ROLLUP_TABLES = ("usage_rollups", "usage_latency_rollups", "feedback_rollups", "experiment_users")
+
+
+def moment(rng: random.Random) -> datetime:
+    """Mostly three days, some over the month before (several weeks), at any microsecond."""
+    if rng.random() < 0.85:
+        return T0 + timedelta(seconds=rng.uniform(0, 3 * 86_400))
+    return T0 - timedelta(seconds=rng.uniform(0, 30 * 86_400))
 
 
 def seeded_records(count: int, seed: int = 3) -> list[UsageRecord]:
@@ -63,8 +72,7 @@ def seeded_records(count: int, seed: int = 3) -> list[UsageRecord]:
                 reason=None,
                 config_revision=1,
                 trace_id=None,
-                # Three days, at any second and microsecond.
-                created_at=T0 + timedelta(seconds=rng.uniform(0, 3 * 86_400)),
+                created_at=moment(rng),
             )
         )
     return records
@@ -87,7 +95,7 @@ def seeded_feedback(count: int, seed: int = 5) -> list[FeedbackRecord]:
                 variant_id=rng.choice(["a", "b"]) if in_experiment else None,
                 model_id=model,
                 context=CONTEXTS[rng.randrange(3)],
-                created_at=T0 + timedelta(seconds=rng.uniform(0, 3 * 86_400)),
+                created_at=moment(rng),
             )
         )
     return found
@@ -153,6 +161,9 @@ WINDOWS = [
     (T0 + timedelta(hours=30, minutes=5), T0 + timedelta(hours=31, minutes=50)),  # two partials
     (T0 + timedelta(hours=40, seconds=1), None),
     (None, T0 + timedelta(hours=20, minutes=59, seconds=59, microseconds=999_999)),
+    # Weeks in the middle, days and hours and minutes at both ends.
+    (T0 - timedelta(days=25, hours=3, minutes=7), T0 + timedelta(days=2, minutes=30)),
+    (T0 - timedelta(days=19, seconds=1), None),
 ]
 
 
@@ -317,3 +328,28 @@ def test_backfill_builds_the_same_rollups_as_live_writing(
     assert names == {2500}
     upgrade(database_url)  # recreates and backfills from the raw rows
     assert rollup_contents(engine) == live
+
+
+def test_window_plan_tiles_the_window_with_the_coarsest_rows() -> None:
+    rng = random.Random(11)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(500):
+        since = base + timedelta(seconds=rng.uniform(0, 60 * 86_400))
+        until = since + timedelta(
+            seconds=rng.choice([30, 4000, 90_000, 40 * 86_400]) * rng.random()
+        )
+        window = plan(since, until)
+        pieces = [(a.timestamp(), b.timestamp()) for a, b in window.raw]
+        for period, start, end in window.rollups:
+            assert start is not None and end is not None
+            assert start % period == 0 and end % period == 0 and start < end
+            pieces.append((float(start), float(end)))
+        pieces.sort()
+        assert pieces[0][0] == since.timestamp() and pieces[-1][1] == until.timestamp()
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))  # no gap
+        assert sum((b - a).total_seconds() for a, b in window.raw) <= 2 * 3600  # the two ends
+    long = plan(base + timedelta(hours=5, minutes=1), base + timedelta(days=40, hours=1))
+    assert {period for period, _, _ in long.rollups} == {HOUR, DAY, WEEK}
+    # Results by day never read week rows; an open window reads only the coarsest rows.
+    assert {p for p, _, _ in plan(base, base + timedelta(days=40), coarsest=DAY).rollups} == {DAY}
+    assert plan(None, None).rollups == [(WEEK, None, None)] and not plan(None, None).raw

@@ -1,4 +1,4 @@
-"""Rollup tables (usage, latency histogram, feedback per hour and day; experiment users),
+"""Rollup tables (usage, latency histogram, feedback per hour, day and week; experiment users),
 backfilled from the raw rows already stored.
 
 Self-contained like the other revisions: the latency buckets are rebuilt here with the same
@@ -142,8 +142,13 @@ def _backfill() -> None:
             count(thumbs), sum(CASE WHEN thumbs = 'UP' THEN 1 ELSE 0 END)
         FROM llm_feedback GROUP BY {hour}, {feedback_dims}"""
     )
-    # Days from hours: the same sums, 24 times fewer rows to read.
-    day = "(bucket_start / 86400) * 86400"
+    # Days from hours, weeks (from the epoch) from days: the same sums, fewer rows to read.
+    for coarse, fine in ((86_400, 3600), (7 * 86_400, 86_400)):
+        _roll_up(coarse, fine)
+
+
+def _roll_up(coarse: int, fine: int) -> None:
+    start = f"(bucket_start / {coarse}) * {coarse}"
     for table, key, sums in (
         ("usage_rollups", "outcome", ("calls", "input_tokens", "output_tokens", "cost_usd",
                                       "latency_ms_sum", "latency_ms_sq_sum")),
@@ -157,9 +162,12 @@ def _backfill() -> None:
             keys += f", {key}"
         op.execute(
             f"""INSERT INTO {table} (period_seconds, bucket_start, {keys}, {", ".join(sums)})
-            SELECT 86400, {day}, {keys}, {", ".join(f"sum({s})" for s in sums)}
-            FROM {table} WHERE period_seconds = 3600 GROUP BY {day}, {keys}"""
+            SELECT {coarse}, {start}, {keys}, {", ".join(f"sum({s})" for s in sums)}
+            FROM {table} WHERE period_seconds = {fine} GROUP BY {start}, {keys}"""
         )
+
+
+def _experiment_users() -> None:
     op.execute(
         """INSERT INTO experiment_users (experiment_id, variant_id, user_id, first_seen,
             last_seen)
@@ -173,6 +181,7 @@ def _backfill() -> None:
 def upgrade() -> None:
     _create_tables()
     _backfill()
+    _experiment_users()
 
 
 def downgrade() -> None:
