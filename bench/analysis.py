@@ -41,6 +41,7 @@ MODELS = [
 ]
 CONTEXTS = ["rag.answer", "premium.answer", "reranker", "template_gates", "example_miner"]
 END = datetime(2026, 11, 25, tzinfo=UTC)
+RAG = "rag.answer"
 DAYS = 30
 CHUNK = 1_000_000
 GOAL_MS = 100.0
@@ -163,9 +164,9 @@ def cases(engine: Engine) -> list[tuple[str, Callable[[], object]]]:
         ("usage by provider, all time", lambda: store.usage("provider", None, None)),
         ("usage by day, all time", lambda: store.usage("day", None, None)),
         ("usage by model, last 7 days", lambda: store.usage("model", week, END)),
-        ("usage by model, 24 h not on hour bounds", lambda: store.usage("model", day_start, day_end)),
+        ("usage by model, 24 h off hour bounds", lambda: store.usage("model", day_start, day_end)),
         ("experiment results (users, feedback, tests)", results),
-        ("arm stats of one context, last 7 days", lambda: arm_stats(store, week, END, context="rag.answer")),
+        ("arm stats, one context, last 7 days", lambda: arm_stats(store, week, END, context=RAG)),
     ]  # fmt: skip
 
 
@@ -210,7 +211,8 @@ def main() -> None:
                 Path(tmp, f"u{rows}.db").unlink(missing_ok=True)
     small, large = min(results), max(results)
     print(
-        f"\nsummary: {large:,} rows vs {small:,} rows (goal <= {GOAL_MS:.0f} ms and <= {GOAL_RATIO}x)"
+        f"\nsummary: {large:,} rows vs {small:,} rows"
+        f" (goal <= {GOAL_MS:.0f} ms and <= {GOAL_RATIO}x)"
     )
     for name, seconds in results[large].items():
         ratio = seconds / results[small][name]
