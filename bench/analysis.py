@@ -25,8 +25,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from modelroute.server.analysis import experiment_results
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.snapshot import SnapshotBuilder
+from modelroute.server.usage.analysis import experiment_results
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.arm_stats import arm_stats
 from modelroute.storage.database import MIGRATIONS_DIR, create_engine_for, normalise_url, upgrade

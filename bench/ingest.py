@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 
 import grpc
+from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP
-from modelroute.server.config_apply import load_config_file
 from modelroute.storage.database import create_engine_for
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes

@@ -26,13 +26,13 @@ from modelroute.storage.rollups import (
     latency_rollups,
     usage_rollups,
 )
-from modelroute.storage.tables import LlmFeedback, LlmUsageLog
+from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
 from sqlalchemy import Float, Table, and_, case, cast, distinct, false, func, literal, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-_usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
-_feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
+_usage: Table = table_of(LlmUsageLog)
+_feedback: Table = table_of(LlmFeedback)
 GROUPS: Final = ("model", "context", "provider", "day")
 PERCENTILES: Final = (50, 95, 99)
 # group_by -> column name in every table ("day" is derived from the time).

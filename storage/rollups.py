@@ -32,6 +32,7 @@ from modelroute.storage.tables import (
     FeedbackRollup,
     UsageLatencyRollup,
     UsageRollup,
+    table_of,
 )
 from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Engine
@@ -41,10 +42,10 @@ DAY: Final = 86_400
 WEEK: Final = 7 * DAY  # counted from the Unix epoch (weeks start on Thursdays, UTC)
 PERIODS: Final = (HOUR, DAY, WEEK)
 
-usage_rollups: Table = UsageRollup.__table__  # type: ignore[attr-defined]
-latency_rollups: Table = UsageLatencyRollup.__table__  # type: ignore[attr-defined]
-feedback_rollups: Table = FeedbackRollup.__table__  # type: ignore[attr-defined]
-experiment_users: Table = ExperimentUser.__table__  # type: ignore[attr-defined]
+usage_rollups: Table = table_of(UsageRollup)
+latency_rollups: Table = table_of(UsageLatencyRollup)
+feedback_rollups: Table = table_of(FeedbackRollup)
+experiment_users: Table = table_of(ExperimentUser)
 
 DIMENSIONS: Final = ("context", "model_id", "provider", "experiment_id", "variant_id")
 

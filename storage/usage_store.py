@@ -10,10 +10,10 @@ from typing import Any
 
 from modelroute.storage.bulk_sql import BulkInsertNew, time_binder
 from modelroute.storage.rollups import RollupWriter
-from modelroute.storage.tables import LlmUsageLog
+from modelroute.storage.tables import LlmUsageLog, table_of
 from sqlalchemy import Engine, Table, func, select
 
-_table: Table = LlmUsageLog.__table__
+_table: Table = table_of(LlmUsageLog)
 
 
 @dataclass(frozen=True, slots=True)

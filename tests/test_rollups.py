@@ -236,7 +236,7 @@ def check_experiment_summaries(
         f for f in feedback if f.experiment_id == "e1" and in_window(f.created_at, since, until)
     ]
     found = store.feedback_by_variant("e1", since, until)
-    assert sorted(found) == sorted({f.variant_id for f in chosen})
+    assert sorted(found) == sorted({f.variant_id or "" for f in chosen})
     for variant, fb in found.items():
         members = [f for f in chosen if f.variant_id == variant]
         scores = [f.quality_score for f in members if f.quality_score is not None]
