@@ -109,7 +109,7 @@ def stored_ids(url: str, tag: str) -> set[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--senders", type=int, default=32, help="concurrent callers (SDKs)")
     parser.add_argument("--batch", type=int, default=100, help="reports per ReportUsage call")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--profile", metavar="SVG", help="py-spy record the server into SVG")
