@@ -19,15 +19,28 @@ from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
     WEEK,
+    bucket_case_sql,
     bucket_value,
     experiment_users,
     feedback_rollups,
-    latency_bucket,
     latency_rollups,
     usage_rollups,
 )
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
-from sqlalchemy import Float, Table, and_, case, cast, distinct, false, func, literal, or_, select
+from sqlalchemy import (
+    Float,
+    Table,
+    and_,
+    case,
+    cast,
+    distinct,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -273,11 +286,13 @@ class AnalysisStore:
         columns = _raw_keys(_usage, keys, start)
         latency = _usage.c.latency_ms
         as_float = cast(latency, Float)
+        # Bucketed in SQL: a few hundred groups leave the database, not one per latency.
+        bucket: ColumnElement[int] = literal_column(bucket_case_sql("latency_ms")).label("bucket")
         query = (
             select(
                 *columns,
                 _usage.c.outcome,
-                latency,
+                bucket,
                 func.count(),
                 func.sum(_usage.c.input_tokens),
                 func.sum(_usage.c.output_tokens),
@@ -290,12 +305,12 @@ class AnalysisStore:
                 _usage.c.created_at < end,
                 *self._conditions(_usage, filters, True),
             )
-            .group_by(*columns, _usage.c.outcome, latency)
+            .group_by(*columns, _usage.c.outcome, bucket)
         )
         for row in connection.execute(query):
             target = acc(_key_of(row, keys))
             target.add(str(row[n]), *row[n + 2 :])
-            target.add_bucket(latency_bucket(int(row[n + 1])), row[n + 2])
+            target.add_bucket(int(row[n + 1]), row[n + 2])
 
     def _experiment_users(
         self, experiment_id: str, since: datetime | None, until: datetime | None

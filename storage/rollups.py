@@ -74,6 +74,22 @@ def latency_bucket(latency_ms: int) -> int:
     return min(bisect.bisect_left(BUCKET_UPPERS, latency_ms), len(BUCKET_UPPERS) - 1)
 
 
+def bucket_case_sql(column: str) -> str:
+    """latency_bucket() as SQL (both dialects): a balanced tree of CASEs, a few comparisons
+    per row. Migration 0003 carries its own copy (migrations import no application code)."""
+
+    def tree(first: int, last: int) -> str:
+        if first == last:
+            return str(first)
+        middle = (first + last) // 2
+        return (
+            f"CASE WHEN {column} <= {BUCKET_UPPERS[middle]} THEN {tree(first, middle)}"
+            f" ELSE {tree(middle + 1, last)} END"
+        )
+
+    return tree(0, len(BUCKET_UPPERS) - 1)
+
+
 def bucket_value(index: int) -> float:
     """The latency a bucket stands for: its only value, or the midpoint of its range."""
     upper = BUCKET_UPPERS[index]

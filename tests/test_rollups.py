@@ -22,7 +22,15 @@ from modelroute.storage.arm_stats import arm_stats
 from modelroute.storage.database import MIGRATIONS_DIR, create_engine_for, upgrade
 from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore
 from modelroute.storage.rollup_window import plan
-from modelroute.storage.rollups import DAY, HOUR, LATENCY_RELATIVE_ERROR, WEEK
+from modelroute.storage.rollups import (
+    DAY,
+    HOUR,
+    LATENCY_RELATIVE_ERROR,
+    WEEK,
+    bucket_case_sql,
+    bucket_value,
+    latency_bucket,
+)
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 from sqlalchemy import Engine, text
 
@@ -353,3 +361,18 @@ def test_window_plan_tiles_the_window_with_the_coarsest_rows() -> None:
     # Results by day never read week rows; an open window reads only the coarsest rows.
     assert {p for p, _, _ in plan(base, base + timedelta(days=40), coarsest=DAY).rollups} == {DAY}
     assert plan(None, None).rollups == [(WEEK, None, None)] and not plan(None, None).raw
+
+
+def test_latency_buckets_in_sql_match_python(engine: Engine) -> None:
+    rng = random.Random(2)
+    values = [*range(0, 3000), *(rng.randrange(86_400_001) for _ in range(3000)), 86_400_000]
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TEMPORARY TABLE latencies (v BIGINT)"))
+        connection.execute(
+            text("INSERT INTO latencies (v) VALUES (:v)"), [{"v": v} for v in values]
+        )
+        rows = connection.execute(text(f"SELECT v, {bucket_case_sql('v')} FROM latencies"))
+        in_sql = {int(v): int(bucket) for v, bucket in rows}
+    assert in_sql == {v: latency_bucket(v) for v in values}
+    for v in values:  # and the stated error holds for every value
+        assert abs(bucket_value(latency_bucket(v)) - v) <= LATENCY_RELATIVE_ERROR * v
