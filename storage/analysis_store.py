@@ -84,7 +84,7 @@ class FeedbackGroup:
     feedbacks: int = 0
 
 
-class _Accumulator:
+class UsageAccumulator:
     """Folds rollup (or raw) rows of one group into a UsageGroup."""
 
     def __init__(self, key: str) -> None:
@@ -205,17 +205,19 @@ class AnalysisStore:
         since: datetime | None,
         until: datetime | None,
         filters: dict[str, str] | None = None,
-    ) -> dict[tuple[str, ...], _Accumulator]:
+    ) -> dict[tuple[str, ...], UsageAccumulator]:
         """Accumulators per key tuple (keys from model, context, provider, variant,
         experiment, day); `filters` are equalities on those columns. Rows of an experiment
         without a variant are left out when filtering on an experiment."""
         window = plan(since, until, DAY if "day" in keys else WEEK)
-        accumulators: dict[tuple[str, ...], _Accumulator] = {}
+        accumulators: dict[tuple[str, ...], UsageAccumulator] = {}
 
-        def acc(key: tuple[str, ...]) -> _Accumulator:
+        def acc(key: tuple[str, ...]) -> UsageAccumulator:
             found = accumulators.get(key)
             if found is None:
-                found = accumulators[key] = _Accumulator(key[0] if len(key) == 1 else "/".join(key))
+                found = accumulators[key] = UsageAccumulator(
+                    key[0] if len(key) == 1 else "/".join(key)
+                )
             return found
 
         filters = dict(filters or {})
