@@ -52,6 +52,7 @@ from modelroute.storage.etcd import (
     read_prefix,
 )
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
+from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
@@ -180,6 +181,7 @@ class ModelrouteServer:
             "tls": etcd_tls,
         }
         self.etcd = connect(endpoints, **credentials)
+        self.runtime_store = EtcdRuntimeStore(self.etcd, options.etcd_prefix)
         if options.seed or (options.seed is None and self.embedded_etcd is not None):
             await self._seed_if_empty()
 
@@ -198,7 +200,7 @@ class ModelrouteServer:
             on_rejection=self._rejection_alert,
             last_good_file=options.last_good_file or options.data_dir / "last-good-config.json",
         )
-        self._quota_publisher = QuotaPublisher(self.quotas, self.etcd, options.etcd_prefix)
+        self._quota_publisher = QuotaPublisher(self.quotas, self.runtime_store)
         self.health = health.aio.HealthServicer()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -219,8 +221,7 @@ class ModelrouteServer:
             tokens=self.decision_keys.tokens,
             preferences=self.preferences,
             feedback=FeedbackStore(self.engine),
-            etcd=self.etcd,
-            etcd_prefix=options.etcd_prefix,
+            runtime_store=self.runtime_store,
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
         admin_service = AdminService(
@@ -252,7 +253,7 @@ class ModelrouteServer:
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
         self._tasks.append(
             asyncio.create_task(
-                self.decision_keys.ensure_in_etcd(self.etcd, options.etcd_prefix),
+                self.decision_keys.ensure_in_etcd(self.runtime_store),
                 name="decision-key",
             )
         )
@@ -320,8 +321,8 @@ class ModelrouteServer:
         )
 
     async def _start_cooldown(self, subject: str, duration: timedelta, reason: str) -> None:
-        assert self.etcd is not None and self.alerts is not None
-        until = await start_cooldown(self.etcd, self.options.etcd_prefix, subject, duration, reason)
+        assert self.alerts is not None
+        until = await start_cooldown(self.runtime_store, subject, duration, reason)
         # One alert per subject per 10 minutes: a flapping provider must not page in a loop.
         window = int(until.timestamp() // 600)
         self.alerts.raise_alert(

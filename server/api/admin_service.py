@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TypeVar
 
-import aetcd
 import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.api.config_apply import apply_to_etcd
 from modelroute.server.api.errors import (
     ServiceError,
-    database_unavailable,
     invalid_argument,
+    store_unavailable,
     unimplemented,
 )
 from modelroute.server.api.router_service import model_list
@@ -27,9 +26,9 @@ from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.analysis import experiment_results as compare_variants
 from modelroute.server.usage.analysis import usage_row
 from modelroute.storage.analysis_store import AnalysisStore
-from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
+from modelroute.storage.errors import StoreUnavailableError
+from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2
-from sqlalchemy.exc import SQLAlchemyError
 
 
 def _timestamp(value: object) -> timestamp_pb2.Timestamp:
@@ -82,7 +81,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self,
         config: ConfigManager,
         source: EtcdConfigSource,
-        etcd: aetcd.Client,
+        etcd: EtcdClient,
         *,
         quotas: QuotaTracker | None = None,
         alerts: AlertSink | None = None,
@@ -218,10 +217,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         except EtcdConflictError as exc:
             raise ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)) from None
-        except (ConnectionError, aetcd.exceptions.ClientError) as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE", f"etcd unreachable: {exc}"
-            ) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         if not plan.ok:
             raise invalid_argument([(r.key, r.error) for r in plan.rejections])
         return admin_pb2.ApplyConfigResponse(
@@ -238,8 +235,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         store = self._require_analysis()
         try:
             groups = await asyncio.to_thread(store.usage, group_by, since, until)
-        except SQLAlchemyError as exc:
-            raise database_unavailable(exc) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return admin_pb2.GetUsageSummaryResponse(rows=[usage_row(g) for g in groups])
 
     async def experiment_results(
@@ -271,8 +268,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             feedback = await asyncio.to_thread(
                 store.feedback_by_variant, experiment.experiment_id, since, until
             )
-        except SQLAlchemyError as exc:
-            raise database_unavailable(exc) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
 
     def _require_analysis(self) -> AnalysisStore:
@@ -291,13 +288,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.ListAlertsResponse()
         try:
             records = await asyncio.to_thread(self._alerts.recent, limit, since)
-        except SQLAlchemyError as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-                f"alerts cannot be read: database unavailable ({type(exc).__name__})",
-                retry_after=timedelta(seconds=1),
-            ) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return admin_pb2.ListAlertsResponse(
             alerts=[
                 admin_pb2.Alert(

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aetcd
 import yaml
 from modelroute.server.core.config_values import (
     KIND_MESSAGES,
@@ -23,7 +22,7 @@ from modelroute.server.core.config_values import (
     SINGLETON_KINDS,
 )
 from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
-from modelroute.storage.etcd import read_prefix, write_changes
+from modelroute.storage.etcd import EtcdClient, read_prefix, write_changes
 
 # Directories whose concurrent modification makes a planned change stale.
 GUARDED_DIRS = tuple(k if k in SINGLETON_KINDS else f"{k}/" for k in KIND_MESSAGES)
@@ -126,7 +125,7 @@ def validate_standalone(values: Mapping[str, bytes]) -> list[Rejection]:
 
 
 async def apply_to_etcd(
-    client: aetcd.Client,
+    client: EtcdClient,
     prefix: str,
     changes: Mapping[str, bytes | None],
     *,

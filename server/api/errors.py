@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from modelroute.storage.errors import StoreUnavailableError
 
 ERROR_DOMAIN: Final = "modelroute.dev"
 DEFAULT_LOCALE: Final = "en"
@@ -148,11 +149,19 @@ def not_found(reason: str, message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message)
 
 
-def database_unavailable(exc: Exception) -> ServiceError:
+def store_unavailable(exc: StoreUnavailableError) -> ServiceError:
+    """UNAVAILABLE (retry in a second) for a store that cannot be reached."""
+    if exc.backend == "etcd":
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            "ETCD_UNAVAILABLE",
+            f"etcd unreachable: {exc.detail}",
+            retry_after=timedelta(seconds=1),
+        )
     return ServiceError(
         grpc.StatusCode.UNAVAILABLE,
         "DATABASE_UNAVAILABLE",
-        f"the database is unavailable ({type(exc).__name__}); nothing was stored, retry",
+        f"the database is unavailable ({exc.detail}); nothing was read or stored, retry",
         retry_after=timedelta(seconds=1),
     )
 

@@ -12,15 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import aetcd
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from modelroute.server.api.errors import (
     ServiceError,
-    database_unavailable,
     invalid_argument,
     not_found,
     not_ready,
+    store_unavailable,
     unimplemented,
 )
 from modelroute.server.core.config_values import ID_PATTERN
@@ -49,13 +48,14 @@ from modelroute.server.usage.usage_writer import (
     UsageStoreUnavailableError,
     UsageWriter,
 )
+from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore, StoredPreference
+from modelroute.storage.runtime_store import RuntimeStore
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy.exc import DBAPIError
 
 tracer = trace.get_tracer("modelroute.router")
 log = logging.getLogger("modelroute.router")
@@ -139,15 +139,13 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         tokens: DecisionTokens | None = None,
         preferences: PreferenceCache | None = None,
         feedback: FeedbackStore | None = None,
-        etcd: aetcd.Client | None = None,
-        etcd_prefix: str = "",
+        runtime_store: RuntimeStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
         self._preferences = preferences
         self._feedback = feedback
-        self._etcd = etcd
-        self._etcd_prefix = etcd_prefix
+        self._runtime_store = runtime_store
         self._tokens = tokens or DecisionTokens(new_key())
         self._usage = usage
         self._runtime = runtime
@@ -241,7 +239,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             return None
         try:
             return await self._preferences.preferred_model(request.user.id, request.context)
-        except DBAPIError as exc:
+        except StoreUnavailableError as exc:
             # A preference is a nicety: never fail a resolve over it.
             log.warning("preference lookup failed, resolving without it: %s", exc)
             return None
@@ -419,8 +417,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             record = _feedback_from(request, self._tokens, self._clock())
             try:
                 feedback_id = await asyncio.to_thread(self._feedback.insert, record)
-            except DBAPIError as exc:
-                raise database_unavailable(exc) from None
+            except StoreUnavailableError as exc:
+                raise store_unavailable(exc) from None
         except ServiceError as error:
             await error.abort(context)
         return router_pb2.SubmitFeedbackResponse(feedback_id=str(feedback_id))
@@ -437,8 +435,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 raise invalid_argument(violations)
             try:
                 stored = (await preferences.for_user(request.user_id)).get(request.context)
-            except DBAPIError as exc:
-                raise database_unavailable(exc) from None
+            except StoreUnavailableError as exc:
+                raise store_unavailable(exc) from None
             if stored is None:
                 scope = f"context {request.context!r}" if request.context else "all contexts"
                 raise not_found("PREFERENCE_NOT_FOUND", f"the user has no preference for {scope}")
@@ -466,9 +464,9 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 request.user.id, request.context, request.model_id, self._clock()
             )
             try:
-                await preferences.set(stored, self._etcd, self._etcd_prefix)
-            except DBAPIError as exc:
-                raise database_unavailable(exc) from None
+                await preferences.set(stored, self._runtime_store)
+            except StoreUnavailableError as exc:
+                raise store_unavailable(exc) from None
         except ServiceError as error:
             await error.abort(context)
         return router_pb2.SetUserPreferenceResponse(preference=_preference_message(stored))

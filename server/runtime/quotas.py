@@ -46,14 +46,14 @@ from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Final
 
-import aetcd
 from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
 from modelroute.server.core.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
-from modelroute.storage.etcd import ConfigUpdate, prefix_range_end
+from modelroute.server.runtime.keys import USAGE_DIR
+from modelroute.storage.runtime_store import RuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.quotas")
 
-USAGE_DIR: Final = "runtime/usage/"
 PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
 PUBLISH_TIMEOUT: Final = 2.0  # seconds before a publication counts as failed
 MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
@@ -226,11 +226,16 @@ class QuotaTracker:
         snapshot: Callable[[], Snapshot | None],
         *,
         on_alert: Callable[[QuotaAlert], None] = lambda alert: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.replica_id = replica_id
         self._snapshot = snapshot
         self._on_alert = on_alert
-        now = datetime.now(UTC)
+        # Wall clock for windows and heartbeats; monotonic clock for demand rates.
+        self.clock = clock
+        self._monotonic = monotonic
+        now = clock()
         self.mine = Counts(minute_window(now), day_window(now))
         # What the others have seen, with the reservations in force (published, so the
         # others already leave room for them).
@@ -250,7 +255,7 @@ class QuotaTracker:
         self._sync_waiters: asyncio.Future[bool] | None = None
         # Demand (admission attempts, granted or not) drives the size of new reservations.
         self._demand = 0
-        self._demand_mark = (0, time.monotonic())
+        self._demand_mark = (0, monotonic())
 
     # --- totals -------------------------------------------------------------------------
 
@@ -486,7 +491,7 @@ class QuotaTracker:
                 peers_changed = True
         self.seen_revision = max(self.seen_revision, update.revision)
         if peers_changed:
-            self.check_all_thresholds(datetime.now(UTC))
+            self.check_all_thresholds(self.clock())
 
     def check_all_thresholds(self, now: datetime) -> None:
         """Totals grew through the others' counts: raise what they crossed (deduplicated;
@@ -553,9 +558,9 @@ class QuotaTracker:
             return counts
         live = self.live_replicas(now)
         demand, since = self._demand_mark
-        elapsed = max(time.monotonic() - since, 0.001)
+        elapsed = max(self._monotonic() - since, 0.001)
         wanted = max(1, math.ceil(2 * PUBLISH_INTERVAL * (self._demand - demand) / elapsed))
-        self._demand_mark = (self._demand, time.monotonic())
+        self._demand_mark = (self._demand, self._monotonic())
         for provider, spec in snapshot.providers.items():
             for metric in REQUEST_LIMITS:
                 limit = provider_limit(spec, metric)
@@ -599,12 +604,11 @@ class QuotaPublisher:
     once when an admission needs a new share. The key is bound to a lease that outlives
     the day window, so a replica that stops still counts for the rest of the day."""
 
-    def __init__(self, tracker: QuotaTracker, etcd: aetcd.Client, prefix: str) -> None:
+    def __init__(self, tracker: QuotaTracker, store: RuntimeStore) -> None:
         self._tracker = tracker
-        self._etcd = etcd
-        self._directory = f"{prefix}{USAGE_DIR}".encode()
-        self._key = self._directory + tracker.replica_id.encode()
-        self._lease: aetcd.Lease | None = None
+        self._store = store
+        self._key = f"{USAGE_DIR}{tracker.replica_id}"
+        self._lease: int | None = None
         self._lease_day = -1
 
     async def run(self) -> None:
@@ -639,33 +643,30 @@ class QuotaPublisher:
         from; then the directory is read directly and the publication recomputed. So
         every reservation leaves room for all others as they stand (no stale views)."""
         tracker = self._tracker
-        etcd = self._etcd
-        tx = etcd.transactions
-        directory = self._directory
+        store = self._store
         for _ in range(MAX_PUBLISH_ATTEMPTS):
-            now = datetime.now(UTC)
+            now = tracker.clock()
             day = day_window(now)
             if self._lease is None or self._lease_day != day:
                 # Lives until the end of tomorrow: day counts must outlast this replica.
                 ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds())
-                self._lease = await etcd.lease(ttl + 86_400)
+                self._lease = await store.grant_lease(ttl + 86_400)
                 self._lease_day = day
             counts = tracker.publication(now)
-            seen = tracker.seen_revision
-            unchanged = [  # every key of the directory but this replica's own
-                tx.mod(directory, range_end=self._key) < seen + 1,
-                tx.mod(self._key + b"\0", range_end=prefix_range_end(directory)) < seen + 1,
-            ]
-            put = tx.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
-            succeeded, _ = await etcd.transaction(compare=unchanged, success=[put], failure=[])
-            if succeeded:
+            if await store.put_if_others_unchanged(
+                self._key,
+                counts.to_json(tracker.replica_id, now),
+                directory=USAGE_DIR,
+                since_revision=tracker.seen_revision,
+                lease=self._lease,
+            ):
                 tracker.mark_published(counts)
                 return
-            result = await etcd.get_prefix(directory)
+            read = await store.read_dir(USAGE_DIR)
             stored = {
-                kv.key[len(directory) :].decode(): (kv.value, kv.mod_revision) for kv in result.kvs
+                name: (entry.value, entry.mod_revision) for name, entry in read.entries.items()
             }
-            tracker.refresh_peers(stored, result.header.revision)
+            tracker.refresh_peers(stored, read.revision)
         raise RuntimeError("usage counts not published: other replicas kept publishing")
 
     async def withdraw(self) -> None:
