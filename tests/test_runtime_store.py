@@ -20,7 +20,9 @@ import pytest
 from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
 from modelroute.server.runtime.keys import COOLDOWN_DIR, DECISION_KEY, USAGE_DIR
-from modelroute.server.runtime.quotas import Admission, QuotaPublisher, QuotaTracker
+from modelroute.server.runtime.quota_counts import Admission
+from modelroute.server.runtime.quota_publisher import QuotaPublisher
+from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.runtime_state import RuntimeState, clear_cooldown, start_cooldown
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.memory_runtime_store import InMemoryRuntimeStore
