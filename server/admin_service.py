@@ -15,6 +15,8 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.alerts import AlertSink
 from modelroute.server.analysis import experiment_results as compare_variants
 from modelroute.server.analysis import usage_row
+from modelroute.server.api.config_history import ConfigHistory, conflict
+from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.errors import (
@@ -25,6 +27,7 @@ from modelroute.server.errors import (
 )
 from modelroute.server.quotas import QuotaTracker
 from modelroute.server.router_service import model_list
+from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime_state import RuntimeState
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
@@ -88,7 +91,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         alerts: AlertSink | None = None,
         runtime: RuntimeState | None = None,
         analysis: AnalysisStore | None = None,
+        history: ConfigHistory | None = None,
+        impact: ImpactPreview | None = None,
     ) -> None:
+        self.history = history
+        self.impact = impact
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -133,6 +140,42 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.ListAlertsResponse:
         return await _answer(self.list_alerts(request), context)
+
+    async def ListConfigChanges(
+        self,
+        request: admin_pb2.ListConfigChangesRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.ListConfigChangesResponse:
+        return await _answer(self._require_history().list_changes(request), context)
+
+    async def GetConfigAt(
+        self,
+        request: admin_pb2.GetConfigAtRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.GetConfigAtResponse:
+        return await _answer(self._require_history().config_at(request), context)
+
+    async def RollbackConfig(
+        self,
+        request: admin_pb2.RollbackConfigRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.RollbackConfigResponse:
+        return await _answer(self._require_history().rollback(request), context)
+
+    async def PreviewConfigChange(
+        self,
+        request: admin_pb2.PreviewConfigChangeRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.PreviewConfigChangeResponse:
+        if self.impact is None:
+            await unimplemented("impact preview", "no database configured").abort(context)
+        assert self.impact is not None
+        return await _answer(self.impact.preview(request), context)
+
+    def _require_history(self) -> ConfigHistory:
+        if self.history is None:
+            raise unimplemented("config history", "no database configured")
+        return self.history
 
     # --- operations (shared by gRPC and the admin HTTP API; raise ServiceError) ----------
 
@@ -208,6 +251,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             changes[change.key] = None if change.delete else change.value_json.encode()
         if not changes:
             raise invalid_argument([("changes", "at least one change is required")])
+        if len(request.note) > MAX_NOTE_CHARS:
+            raise invalid_argument([("note", f"at most {MAX_NOTE_CHARS} characters")])
         try:
             plan, revision = await apply_to_etcd(
                 self._etcd,
@@ -215,9 +260,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 changes,
                 expected_revision=request.expected_revision,
                 dry_run=request.dry_run,
+                actor=CURRENT_ACTOR.get(),
+                note=request.note,
             )
-        except EtcdConflictError as exc:
-            raise ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)) from None
+        except EtcdConflictError:
+            raise conflict(request.expected_revision) from None
         except (ConnectionError, aetcd.exceptions.ClientError) as exc:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE", f"etcd unreachable: {exc}"

@@ -23,6 +23,8 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
+from modelroute.server.api.config_history import ConfigHistory
+from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.auth import AdminTokens, AuthInterceptor
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
@@ -32,8 +34,14 @@ from modelroute.server.metrics import ServerMetrics, Sources
 from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
 from modelroute.server.router_service import ModelRouterService
+from modelroute.server.runtime.history_recorder import HistoryRecorder
 from modelroute.server.runtime_state import RuntimeState, start_cooldown
-from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
+from modelroute.server.snapshot import (
+    DEFAULT_HISTORY_DAYS,
+    Rejection,
+    Snapshot,
+    env_overrides_from,
+)
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.tls import TlsFiles, server_credentials
 from modelroute.server.usage_writer import UsageWriter
@@ -51,6 +59,7 @@ from modelroute.storage.etcd import (
     parse_endpoints,
     read_prefix,
 )
+from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
@@ -191,6 +200,9 @@ class ModelrouteServer:
         self.runtime = RuntimeState(self.quotas)
         self.decision_keys = DecisionKeyManager.starting(options.data_dir / "decision-key")
         self.preferences = PreferenceCache(PreferenceStore(self.engine))
+        self.history_recorder = HistoryRecorder(
+            HistoryStore(self.engine), history_days=self._history_days
+        )
         self.config = ConfigManager(
             self.config_source,
             env_overrides_from(),
@@ -231,6 +243,10 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            history=ConfigHistory(
+                self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
+            ),
+            impact=ImpactPreview(self.engine, self.etcd, options.etcd_prefix),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
@@ -247,6 +263,10 @@ class ModelrouteServer:
         await self._start_admin_http(admin_service, router_service)
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
+        self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
+        self._tasks.append(
+            asyncio.create_task(self.history_recorder.prune_periodically(), name="history-prune")
+        )
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
@@ -337,9 +357,14 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _history_days(self) -> int:
+        snapshot = self.config.current
+        return snapshot.settings.history_days if snapshot else DEFAULT_HISTORY_DAYS
 
     def _decision_context(self, decision_id: str) -> str | None:
         """The context a decision id was issued for (None if it cannot be read)."""
@@ -404,7 +429,13 @@ class ModelrouteServer:
             return
         values = load_config_file(self.options.bootstrap)
         try:
-            plan, revision = await apply_to_etcd(self.etcd, prefix, dict(values))
+            plan, revision = await apply_to_etcd(
+                self.etcd,
+                prefix,
+                dict(values),
+                actor="bootstrap",
+                note=f"seeded from {self.options.bootstrap.name}",
+            )
         except EtcdConflictError:
             return  # another replica seeded first
         if not plan.ok:

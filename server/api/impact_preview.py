@@ -1,0 +1,176 @@
+"""PreviewConfigChange / `config apply --impact`: what a proposed change would do to the
+traffic recorded in a window. Reads etcd and the database, writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import aetcd
+from google.protobuf import timestamp_pb2
+from modelroute.admin.v1 import admin_pb2
+from modelroute.server.api.config_history import etcd_unavailable
+from modelroute.server.config_apply import plan
+from modelroute.server.config_values import RUNTIME_KIND
+from modelroute.server.core.impact import ContextImpact, UsageGroup, replay
+from modelroute.server.errors import database_unavailable, invalid_argument
+from modelroute.server.snapshot import Snapshot, SnapshotBuilder
+from modelroute.storage.etcd import read_prefix
+from modelroute.storage.tables import LlmUsageLog, UserModelPreference
+from sqlalchemy import Engine, Table, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+DEFAULT_WINDOW: Final = timedelta(hours=24)
+MAX_WINDOW: Final = timedelta(days=90)
+_usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
+_preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
+CAVEATS: Final = (
+    "runtime state is not replayed: cooldowns, provider quotas and budgets are taken as "
+    "not in force",
+    "calls without a user id are replayed as such: experiments bucketed by user skip them",
+    "request ids are not recorded: experiments bucketed by request are replayed as if the "
+    "call were outside them",
+    "user preferences are the ones stored now; env MODEL_<CONTEXT> pins are not applied",
+)
+
+
+def key_changes(changes: list[admin_pb2.KeyChange]) -> dict[str, bytes | None]:
+    """ApplyConfig-style changes → relative key → value (None: delete); INVALID_ARGUMENT
+    for keys outside the config."""
+    out: dict[str, bytes | None] = {}
+    for index, change in enumerate(changes):
+        if not change.key or change.key.startswith(("/", RUNTIME_KIND + "/")):
+            raise invalid_argument(
+                [(f"changes[{index}].key", "a key relative to the prefix, e.g. models/gpt-4o")]
+            )
+        out[change.key] = None if change.delete else change.value_json.encode()
+    if not out:
+        raise invalid_argument([("changes", "at least one change is required")])
+    return out
+
+
+def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGroup]:
+    user = func.coalesce(_usage.c.user_id, "")
+    tier = func.coalesce(_usage.c.tier, "")
+    query = (
+        select(
+            _usage.c.context,
+            user,
+            tier,
+            func.count(),
+            func.sum(_usage.c.input_tokens),
+            func.sum(_usage.c.output_tokens),
+        )
+        .where(_usage.c.created_at >= start, _usage.c.created_at < end)
+        .group_by(_usage.c.context, user, tier)
+    )
+    with engine.connect() as connection:
+        return [
+            UsageGroup(str(c), str(u), str(t), int(n), int(i or 0), int(o or 0))
+            for c, u, t, n, i, o in connection.execute(query)
+        ]
+
+
+def all_preferences(engine: Engine) -> dict[str, dict[str, str]]:
+    query = select(_preferences.c.user_id, _preferences.c.context, _preferences.c.model_id)
+    out: dict[str, dict[str, str]] = {}
+    with engine.connect() as connection:
+        for user_id, context, model_id in connection.execute(query):
+            out.setdefault(str(user_id), {})[str(context)] = str(model_id)
+    return out
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def context_message(impact: ContextImpact, days: float) -> admin_pb2.ContextImpact:
+    return admin_pb2.ContextImpact(
+        context=impact.context,
+        calls=impact.calls,
+        changed_calls=impact.changed_calls,
+        changed_share=impact.changed_share,
+        moves=[
+            admin_pb2.ModelMove(from_model=a, to_model=b, calls=n)
+            for (a, b), n in sorted(impact.moves.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        variant_moves=[
+            admin_pb2.VariantMove(from_variant=a, to_variant=b, users=len(users))
+            for (a, b), users in sorted(
+                impact.variant_moves.items(), key=lambda item: (-len(item[1]), item[0])
+            )
+        ],
+        cost_per_day_before_usd=impact.cost_before_usd / days,
+        cost_per_day_after_usd=impact.cost_after_usd / days,
+        unreachable_models=impact.unreachable,
+        calls_without_user=impact.calls_without_user,
+    )
+
+
+class ImpactPreview:
+    def __init__(
+        self,
+        engine: Engine,
+        etcd: aetcd.Client,
+        prefix: str,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._etcd = etcd
+        self._prefix = prefix
+        self._clock = clock
+
+    async def preview(
+        self, request: admin_pb2.PreviewConfigChangeRequest
+    ) -> admin_pb2.PreviewConfigChangeResponse:
+        changes = key_changes(list(request.changes))
+        window = (
+            timedelta(seconds=request.window_seconds) if request.window_seconds else DEFAULT_WINDOW
+        )
+        if not timedelta(0) < window <= MAX_WINDOW:
+            raise invalid_argument([("window_seconds", "between 1 second and 90 days")])
+        try:
+            base_revision, stored = await read_prefix(self._etcd, self._prefix)
+        except (ConnectionError, aetcd.exceptions.ClientError) as exc:
+            raise etcd_unavailable(exc) from None
+        current = {k: v.value for k, v in stored.items() if not k.startswith(RUNTIME_KIND + "/")}
+        proposed = plan(current, base_revision, changes)
+        if not proposed.ok:
+            raise invalid_argument([(r.key, r.error) for r in proposed.rejections])
+        end = self._clock()
+        start = end - window
+        before, after = snapshots(current, proposed.changes, base_revision, end)
+        try:
+            groups = await asyncio.to_thread(usage_groups, self._engine, start, end)
+            preferences = await asyncio.to_thread(all_preferences, self._engine)
+        except SQLAlchemyError as exc:
+            raise database_unavailable(exc) from None
+        impacts = await asyncio.to_thread(replay, groups, before, after, end, preferences)
+        days = window / timedelta(days=1)
+        ordered = sorted(impacts.values(), key=lambda i: (-i.changed_calls, i.context))
+        return admin_pb2.PreviewConfigChangeResponse(
+            contexts=[context_message(i, days) for i in ordered],
+            calls_replayed=sum(i.calls for i in ordered),
+            window_start=_timestamp(start),
+            window_end=_timestamp(end),
+            base_revision=base_revision,
+            diff=proposed.diff,
+            caveats=list(CAVEATS),
+        )
+
+
+def snapshots(
+    current: Mapping[str, bytes],
+    changes: Mapping[str, bytes | None],
+    base_revision: int,
+    now: datetime,
+) -> tuple[Snapshot, Snapshot]:
+    builder = SnapshotBuilder()
+    before, _ = builder.apply(base_revision, current, now, full_state=True)
+    after, _ = builder.apply(base_revision + 1, changes, now)
+    return before, after
