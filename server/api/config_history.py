@@ -43,7 +43,7 @@ CONFLICT_MESSAGE = "the configuration changed since you loaded it"
 def conflict(base_revision: int) -> ServiceError:
     """ABORTED: a guarded write found the configuration changed after `base_revision`
     (0: the revision the server read itself)."""
-    since = f" (revision {base_revision})" if base_revision else ""
+    since = f" (it changed after revision {base_revision})" if base_revision else ""
     return ServiceError(
         grpc.StatusCode.ABORTED,
         "CONFIG_CONFLICT",
