@@ -28,8 +28,14 @@ from modelroute.storage.database import create_engine_for, upgrade
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
 from sqlalchemy import insert, text
 
-from bench.analysis import CONTEXTS, MODELS
-
+MODELS = [
+    ("gemini-3-flash-preview", "google"),
+    ("gemini-3-pro-preview", "google"),
+    ("gpt-4o", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("claude-3-sonnet", "anthropic"),
+]
+CONTEXTS = ["rag.answer", "premium.answer", "reranker", "template_gates", "example_miner"]
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "config" / "bootstrap.yaml"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 EXPERIMENT = {
@@ -74,7 +80,7 @@ def fill(url: str, rows: int) -> None:
                         "latency_ms": 100,
                         "estimated_cost": 0.0,
                         "config_revision": 1,
-                        "created_at": NOW - timedelta(seconds=rng.randrange(86_000)),
+                        "created_at": NOW - timedelta(seconds=rng.randrange(1, 86_000)),
                     }
                 )
             connection.execute(insert(table), batch)
@@ -93,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--naive-sample", type=int, default=50_000)
+    parser.add_argument("--keep", type=Path, help="SQLite file to fill once and reuse")
     args = parser.parse_args()
     current = dict(load_config_file(BOOTSTRAP))
     current["experiments/e1"] = json.dumps(EXPERIMENT).encode()
@@ -104,11 +111,14 @@ def main() -> None:
     )
     assert not rejected, rejected
     with tempfile.TemporaryDirectory() as tmp:
-        url = os.environ.get("MODELROUTE_BENCH_DATABASE_URL") or f"sqlite:///{Path(tmp) / 'u.db'}"
+        database = args.keep or Path(tmp) / "u.db"
+        url = os.environ.get("MODELROUTE_BENCH_DATABASE_URL") or f"sqlite:///{database}"
+        reuse = args.keep is not None and args.keep.exists()
         upgrade(url)
-        started = time.perf_counter()
-        fill(url, args.rows)
-        print(f"filled {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
+        if not reuse:
+            started = time.perf_counter()
+            fill(url, args.rows)
+            print(f"filled {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
         engine = create_engine_for(url)
 
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
 from modelroute.server.api.config_history import ConfigHistory
 from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.operator_http import add_operator_routes
 from modelroute.server.auth import AdminTokens, AuthInterceptor
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
@@ -316,6 +317,16 @@ class ModelrouteServer:
             metrics=self.metrics.render,
             snapshot=self._current,
         )
+        add_operator_routes(
+            app,
+            admin_service,
+            identify=self._operator_name,
+            etcd=self.etcd,
+            prefix=self.options.etcd_prefix,
+            snapshot=self._current,
+            preferences=self.preferences,
+            clock=lambda: datetime.now(UTC),
+        )
         admin_http = AdminHttpServer(
             app,
             self.options.host,
@@ -361,6 +372,13 @@ class ModelrouteServer:
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _operator_name(self, token: str | None) -> str | None:
+        """The admin HTTP caller's token name (None: refused)."""
+        verify = self.options.admin_verify_token
+        if verify is not None:  # a custom check (tests, embedding) names no one
+            return "operator" if verify(token) else None
+        return self.admin_tokens.name_of(token)
 
     def _history_days(self) -> int:
         snapshot = self.config.current

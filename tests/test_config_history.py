@@ -56,7 +56,9 @@ async def test_apply_and_etcd_writes_recorded_once_with_actor_and_note(
     first, second = two
     applied = await first.admin.ApplyConfig(
         admin_pb2.ApplyConfigRequest(
-            changes=[admin_pb2.KeyChange(key="overrides/rag.answer", value_json=override("gpt-4o"))],
+            changes=[
+                admin_pb2.KeyChange(key="overrides/rag.answer", value_json=override("gpt-4o"))
+            ],
             note="incident 42",
         ),
         metadata=ALICE,

@@ -19,7 +19,7 @@ from modelroute.server.errors import database_unavailable, invalid_argument
 from modelroute.server.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)
@@ -52,25 +52,30 @@ def key_changes(changes: list[admin_pb2.KeyChange]) -> dict[str, bytes | None]:
 
 
 def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGroup]:
-    user = func.coalesce(_usage.c.user_id, "")
-    tier = func.coalesce(_usage.c.tier, "")
-    query = (
-        select(
-            _usage.c.context,
-            user,
-            tier,
-            func.count(),
-            func.sum(_usage.c.input_tokens),
-            func.sum(_usage.c.output_tokens),
-        )
-        .where(_usage.c.created_at >= start, _usage.c.created_at < end)
-        .group_by(_usage.c.context, user, tier)
-    )
+    """The window's rows summed per (context, user, tier). Grouped here rather than with SQL
+    GROUP BY: hashing streamed rows is several times faster than SQLite's sort-based
+    grouping of a million rows (and does not depend on an index)."""
+    query = select(
+        _usage.c.context,
+        _usage.c.user_id,
+        _usage.c.tier,
+        _usage.c.input_tokens,
+        _usage.c.output_tokens,
+    ).where(_usage.c.created_at >= start, _usage.c.created_at < end)
+    sums: dict[tuple[str, str, str], list[int]] = {}
     with engine.connect() as connection:
-        return [
-            UsageGroup(str(c), str(u), str(t), int(n), int(i or 0), int(o or 0))
-            for c, u, t, n, i, o in connection.execute(query)
-        ]
+        result = connection.execution_options(stream_results=True).execute(query)
+        for partition in result.partitions(50_000):
+            for context, user, tier, tokens_in, tokens_out in partition:
+                key = (context, user or "", tier or "")
+                found = sums.get(key)
+                if found is None:
+                    sums[key] = [1, tokens_in, tokens_out]
+                else:
+                    found[0] += 1
+                    found[1] += tokens_in
+                    found[2] += tokens_out
+    return [UsageGroup(c, u, t, n, i, o) for (c, u, t), (n, i, o) in sums.items()]
 
 
 def all_preferences(engine: Engine) -> dict[str, dict[str, str]]:
