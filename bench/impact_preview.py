@@ -1,5 +1,5 @@
 """Impact preview (`config apply --impact`, PreviewConfigChange) over 1,000,000 recorded
-usage rows, all inside the replayed window (SQLite file; PostgreSQL with
+usage rows (appended in time order, as the usage writer does), all inside the replayed window (SQLite file; PostgreSQL with
 MODELROUTE_BENCH_DATABASE_URL). Goal: <= 10 s.
 
 Printed beside it, measured in the same run: the baseline full-table aggregate
@@ -80,7 +80,9 @@ def fill(url: str, rows: int) -> None:
                         "latency_ms": 100,
                         "estimated_cost": 0.0,
                         "config_revision": 1,
-                        "created_at": NOW - timedelta(seconds=rng.randrange(1, 86_000)),
+                        # Rows arrive in time order (the usage writer appends as reports
+                        # come in), spread over the last ~24 h.
+                        "created_at": NOW - timedelta(seconds=86_000 * (1 - n / rows) + 1),
                     }
                 )
             connection.execute(insert(table), batch)

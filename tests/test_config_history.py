@@ -251,3 +251,40 @@ def test_retention_prunes_superseded_rows_and_moves_the_oldest_revision(
     # The state at the oldest kept revision is still complete.
     assert store.state_at(12) == {"contexts/a": '{"model": "m2"}', "contexts/b": '{"model": "m1"}'}
     assert store.state_at(25)["contexts/a"] == '{"model": "m3"}'
+
+
+def test_token_names_from_name_colon_token_lines(tmp_path) -> None:
+    from modelroute.server.auth import AdminTokens
+
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# operators\nbob:bob-token\nbare-token\n")
+    tokens = AdminTokens(["alice:alice-token"], token_file=token_file)
+    assert tokens.name_of("alice-token") == "alice"
+    assert tokens.name_of("bob-token") == "bob"
+    assert tokens.name_of("bare-token") == "operator"
+    assert tokens.name_of("alice:alice-token") is None  # the name is not part of the secret
+    assert tokens.name_of("nope") is None and not tokens.verify("nope")
+    assert AdminTokens().name_of(None) == "operator"  # admin left open
+
+
+async def test_rollback_bad_input(
+    two: tuple[Running, Running], etcd: aetcd.Client, prefix: str
+) -> None:
+    first, _ = two
+    head, _ = await read_prefix(etcd, prefix)
+    cases = [
+        (admin_pb2.RollbackConfigRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (admin_pb2.RollbackConfigRequest(revision=1), grpc.StatusCode.NOT_FOUND),
+        (admin_pb2.RollbackConfigRequest(revision=head + 1000), grpc.StatusCode.NOT_FOUND),
+        (
+            admin_pb2.RollbackConfigRequest(revision=head, note="x" * 3000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await first.admin.RollbackConfig(request, metadata=ALICE)
+        assert info.value.code() == code, request
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await first.admin.ListConfigChanges(admin_pb2.ListConfigChangesRequest(), metadata=[])
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -64,17 +64,15 @@ def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGr
     ).where(_usage.c.created_at >= start, _usage.c.created_at < end)
     sums: dict[tuple[str, str, str], list[int]] = {}
     with engine.connect() as connection:
-        result = connection.execution_options(stream_results=True).execute(query)
-        for partition in result.partitions(50_000):
-            for context, user, tier, tokens_in, tokens_out in partition:
-                key = (context, user or "", tier or "")
-                found = sums.get(key)
-                if found is None:
-                    sums[key] = [1, tokens_in, tokens_out]
-                else:
-                    found[0] += 1
-                    found[1] += tokens_in
-                    found[2] += tokens_out
+        for context, user, tier, tokens_in, tokens_out in connection.execute(query):
+            key = (context, user or "", tier or "")
+            found = sums.get(key)
+            if found is None:
+                sums[key] = [1, tokens_in, tokens_out]
+            else:
+                found[0] += 1
+                found[1] += tokens_in
+                found[2] += tokens_out
     return [UsageGroup(c, u, t, n, i, o) for (c, u, t), (n, i, o) in sums.items()]
 
 
