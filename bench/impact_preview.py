@@ -1,6 +1,6 @@
 """Impact preview (`config apply --impact`, PreviewConfigChange) over 1,000,000 recorded
-usage rows (appended in time order, as the usage writer does), all inside the replayed window (SQLite file; PostgreSQL with
-MODELROUTE_BENCH_DATABASE_URL). Goal: <= 10 s.
+usage rows (appended in time order, as the usage writer does), all inside the replayed
+window (SQLite file; PostgreSQL with MODELROUTE_BENCH_DATABASE_URL). Goal: <= 10 s.
 
 Printed beside it, measured in the same run: the baseline full-table aggregate
 (`SELECT count(*), sum(input_tokens)`, the cheapest query that reads every row) and a naive

@@ -59,7 +59,7 @@ async def seeded(
     engine = create_engine_for(database_url)
     rng = random.Random(12)
     now = datetime.now(UTC)
-    rows = []
+    rows: list[dict[str, object]] = []
     for index in range(3000):
         user = "" if index % 17 == 0 else f"user-{rng.randrange(400)}"
         rows.append(
@@ -83,8 +83,8 @@ async def seeded(
     with engine.begin() as connection:
         connection.execute(insert(LlmUsageLog.__table__), rows)  # type: ignore[attr-defined]
     preferences = PreferenceStore(engine)
-    for user in range(0, 400, 7):
-        preferences.set(StoredPreference(f"user-{user}", "", "gpt-4o", now))
+    for number in range(0, 400, 7):
+        preferences.set(StoredPreference(f"user-{number}", "", "gpt-4o", now))
     engine.dispose()
     return server
 
