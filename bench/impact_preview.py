@@ -19,11 +19,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.api.impact_preview import all_preferences, usage_groups
-from modelroute.server.config_apply import load_config_file
 from modelroute.server.core.impact import replay
-from modelroute.server.resolver import ResolveInput
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.resolver import ResolveInput
+from modelroute.server.core.snapshot import SnapshotBuilder
 from modelroute.storage.database import create_engine_for, upgrade
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
 from sqlalchemy import insert, text

@@ -254,7 +254,7 @@ def test_retention_prunes_superseded_rows_and_moves_the_oldest_revision(
 
 
 def test_token_names_from_name_colon_token_lines(tmp_path) -> None:
-    from modelroute.server.auth import AdminTokens
+    from modelroute.server.api.auth import AdminTokens
 
     token_file = tmp_path / "tokens"
     token_file.write_text("# operators\nbob:bob-token\nbare-token\n")

@@ -13,8 +13,8 @@ import aetcd
 import grpc
 import pytest
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.resolver import NoModelAvailableError, ResolveInput, resolve
-from modelroute.server.snapshot import Snapshot, SnapshotBuilder
+from modelroute.server.core.resolver import NoModelAvailableError, ResolveInput, resolve
+from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.database import create_engine_for
 from modelroute.storage.etcd import read_prefix, write_changes
 from modelroute.storage.preference_store import PreferenceStore, StoredPreference

@@ -19,9 +19,10 @@ import aetcd
 import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.config_apply import plan
-from modelroute.server.config_values import RUNTIME_KIND
-from modelroute.server.errors import ServiceError, database_unavailable, invalid_argument
+from modelroute.server.api.config_apply import plan
+from modelroute.server.api.errors import ServiceError, database_unavailable, invalid_argument
+from modelroute.server.core.config_values import RUNTIME_KIND
+from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
 from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS, with_change_meta
 from modelroute.server.runtime.history_recorder import (
     DECISION_DIRS,
@@ -30,7 +31,6 @@ from modelroute.server.runtime.history_recorder import (
     redact,
     secret_fingerprint,
 )
-from modelroute.server.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
 from modelroute.storage.etcd import EtcdConflictError, read_prefix, write_changes
 from modelroute.storage.history_store import ChangeRecord, HistoryStore
 from sqlalchemy.exc import SQLAlchemyError

@@ -11,12 +11,12 @@ from typing import Final
 import aetcd
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
+from modelroute.server.api.config_apply import plan
 from modelroute.server.api.config_history import etcd_unavailable
-from modelroute.server.config_apply import plan
-from modelroute.server.config_values import RUNTIME_KIND
+from modelroute.server.api.errors import database_unavailable, invalid_argument
+from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.server.core.impact import ContextImpact, UsageGroup, replay
-from modelroute.server.errors import database_unavailable, invalid_argument
-from modelroute.server.snapshot import Snapshot, SnapshotBuilder
+from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
 from sqlalchemy import Engine, Table, select

@@ -21,15 +21,19 @@ from fastapi.security import HTTPAuthorizationCredentials
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.admin_http import API_PREFIX, BEARER
-from modelroute.server.admin_service import AdminService
-from modelroute.server.errors import database_unavailable, invalid_argument, not_found
-from modelroute.server.preferences import PreferenceCache
-from modelroute.server.router_service import TIER_PATTERN, _check_choosable, _preference_violations
+from modelroute.server.api.admin_http import API_PREFIX, BEARER
+from modelroute.server.api.admin_service import AdminService
+from modelroute.server.api.errors import database_unavailable, invalid_argument, not_found
+from modelroute.server.api.router_service import (
+    TIER_PATTERN,
+    _check_choosable,
+    _preference_violations,
+)
+from modelroute.server.core.snapshot import Snapshot
 from modelroute.server.runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
 from modelroute.server.runtime.history_recorder import is_decision_key, redact
-from modelroute.server.runtime_state import clear_cooldown
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.runtime.preferences import PreferenceCache
+from modelroute.server.runtime.runtime_state import clear_cooldown
 from modelroute.storage.etcd import read_prefix
 from modelroute.storage.preference_store import StoredPreference
 from pydantic import BaseModel, Field

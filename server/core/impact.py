@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from modelroute.server.resolver import (
+from modelroute.server.core.resolver import (
     NoModelAvailableError,
     ResolveInput,
     assign_variant,
     resolve,
 )
-from modelroute.server.snapshot import ExperimentSpec, Snapshot
+from modelroute.server.core.snapshot import ExperimentSpec, Snapshot
 
 NO_MODEL: Final = "(none)"
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from modelroute.server.config_values import KIND_MESSAGES, SINGLETON_KINDS
+from modelroute.server.core.config_values import KIND_MESSAGES, SINGLETON_KINDS
+from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS
 from modelroute.server.runtime.change_meta import ACTOR_ETCD, META_KEY, parse_meta
-from modelroute.server.snapshot import DEFAULT_HISTORY_DAYS
 from modelroute.storage.etcd import ConfigUpdate
 from modelroute.storage.history_store import START_MARKER, ChangeRecord, HistoryStore
 from sqlalchemy.exc import SQLAlchemyError

@@ -29,9 +29,9 @@ from typing import Any, Final
 
 import grpc
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.errors import ServiceError
+from modelroute.server.api.errors import ServiceError
+from modelroute.server.core.snapshot import ClientSpec, Snapshot
 from modelroute.server.runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
-from modelroute.server.snapshot import ClientSpec, Snapshot
 from modelroute.v1 import router_pb2
 
 log = logging.getLogger("modelroute.auth")

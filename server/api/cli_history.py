@@ -1,6 +1,8 @@
 """`modelroute config history | show --at | diff | rollback` and `config apply --impact`:
 the CLI side of config history and impact preview (all through AdminService, which reads
-the history from the database and checks the admin token)."""
+the history from the database and checks the admin token). It lives beside the other
+edges until the CLI becomes the `server/cli/` package; it imports nothing but the contract
+and the error details."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import grpc
 import typer
 from google.protobuf import json_format, timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.errors import decode_details
+from modelroute.server.api.errors import decode_details
 
 ServerOpt = Annotated[
     str, typer.Option(envvar="MODELROUTE_SERVER", help="modelroute gRPC address (host:port).")
