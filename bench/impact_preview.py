@@ -21,7 +21,7 @@ from pathlib import Path
 
 from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.api.impact_preview import all_preferences, usage_groups
-from modelroute.server.core.impact import replay
+from modelroute.server.core.impact import replay, user_independent
 from modelroute.server.core.resolver import ResolveInput
 from modelroute.server.core.snapshot import SnapshotBuilder
 from modelroute.storage.database import create_engine_for, upgrade
@@ -131,7 +131,7 @@ def main() -> None:
 
         start = NOW - timedelta(hours=24)
         started = time.perf_counter()
-        groups = usage_groups(engine, start, NOW)
+        groups = usage_groups(engine, start, NOW, user_independent(before, after))
         preferences = all_preferences(engine)
         read = time.perf_counter() - started
         impacts = replay(groups, before, after, NOW, preferences)

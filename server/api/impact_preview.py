@@ -15,7 +15,13 @@ from modelroute.server.api.config_apply import plan
 from modelroute.server.api.config_history import etcd_unavailable
 from modelroute.server.api.errors import database_unavailable, invalid_argument
 from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.server.core.impact import ContextImpact, UsageGroup, replay
+from modelroute.server.core.impact import (
+    ANY_USER,
+    ContextImpact,
+    UsageGroup,
+    replay,
+    user_independent,
+)
 from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
@@ -51,10 +57,16 @@ def key_changes(changes: list[admin_pb2.KeyChange]) -> dict[str, bytes | None]:
     return out
 
 
-def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGroup]:
-    """The window's rows summed per (context, user, tier). Grouped here rather than with SQL
-    GROUP BY: hashing streamed rows is several times faster than SQLite's sort-based
-    grouping of a million rows (and does not depend on an index)."""
+def usage_groups(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    independent: Callable[[str], bool] = lambda _context: False,
+) -> list[UsageGroup]:
+    """The window's rows summed per (context, user, tier); for contexts whose decisions do
+    not depend on the user (`independent`), per (context, with/without user, tier).
+    Grouped here rather than with SQL GROUP BY: hashing streamed rows is faster than
+    SQLite's sort-based grouping of a million rows, and needs no extra index."""
     query = select(
         _usage.c.context,
         _usage.c.user_id,
@@ -62,10 +74,14 @@ def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGr
         _usage.c.input_tokens,
         _usage.c.output_tokens,
     ).where(_usage.c.created_at >= start, _usage.c.created_at < end)
-    sums: dict[tuple[str, str, str], list[int]] = {}
+    merged: dict[str, bool] = {}
+    sums: dict[tuple[str, str | None, str | None], list[int]] = {}
     with engine.connect() as connection:
         for context, user, tier, tokens_in, tokens_out in connection.execute(query):
-            key = (context, user or "", tier or "")
+            merge = merged.get(context)
+            if merge is None:
+                merge = merged[context] = independent(context)
+            key = (context, (ANY_USER if user else None) if merge else user, tier)
             found = sums.get(key)
             if found is None:
                 sums[key] = [1, tokens_in, tokens_out]
@@ -73,7 +89,7 @@ def usage_groups(engine: Engine, start: datetime, end: datetime) -> list[UsageGr
                 found[0] += 1
                 found[1] += tokens_in
                 found[2] += tokens_out
-    return [UsageGroup(c, u, t, n, i, o) for (c, u, t), (n, i, o) in sums.items()]
+    return [UsageGroup(c, u or "", t or "", n, i, o) for (c, u, t), (n, i, o) in sums.items()]
 
 
 def all_preferences(engine: Engine) -> dict[str, dict[str, str]]:
@@ -149,7 +165,9 @@ class ImpactPreview:
         start = end - window
         before, after = snapshots(current, proposed.changes, base_revision, end)
         try:
-            groups = await asyncio.to_thread(usage_groups, self._engine, start, end)
+            groups = await asyncio.to_thread(
+                usage_groups, self._engine, start, end, user_independent(before, after)
+            )
             preferences = await asyncio.to_thread(all_preferences, self._engine)
         except SQLAlchemyError as exc:
             raise database_unavailable(exc) from None

@@ -11,7 +11,7 @@ grows with the number of distinct situations, not with the number of rows.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -25,6 +25,24 @@ from modelroute.server.core.resolver import (
 from modelroute.server.core.snapshot import ExperimentSpec, Snapshot
 
 NO_MODEL: Final = "(none)"
+# The user id of a group that merges the users of a context whose decisions do not depend
+# on who calls (see `user_independent`); "" still means "calls without a user id".
+ANY_USER: Final = "(any user)"
+
+
+def user_independent(before: Snapshot, after: Snapshot) -> Callable[[str], bool]:
+    """Whether a context's decisions are the same for every user under both snapshots: no
+    experiment on it and users may not choose its model (so no preference applies). Its
+    calls can then be grouped by (context, tier) alone."""
+
+    def independent(context: str) -> bool:
+        for snapshot in (before, after):
+            spec = snapshot.contexts.get(context)
+            if context in snapshot.experiments_by_context or (spec and spec.user_selectable):
+                return False
+        return True
+
+    return independent
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +155,7 @@ def replay(
         impact = impacts.get(group.context)
         if impact is None:
             impact = impacts[group.context] = ContextImpact(group.context)
-        user_prefs = prefs.get(group.user_id) if group.user_id else None
+        user_prefs = prefs.get(group.user_id) if group.user_id not in ("", ANY_USER) else None
         preferred = (user_prefs.get(group.context) or user_prefs.get("")) if user_prefs else None
         old = resolvers[0].outcome(group, preferred)
         new = resolvers[1].outcome(group, preferred)
@@ -153,6 +171,6 @@ def replay(
         if old.model != new.model:
             impact.changed_calls += group.calls
             impact.moves[(old.model, new.model)] += group.calls
-        if old.variant != new.variant and group.user_id:
+        if old.variant != new.variant and group.user_id not in ("", ANY_USER):
             impact.variant_moves[(old.variant, new.variant)].add(group.user_id)
     return impacts
