@@ -222,6 +222,12 @@ async def test_get_config_at_and_retention_not_found(
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert f"the oldest kept is {new.oldest_revision}" in (info.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await first.admin.GetConfigAt(
+            admin_pb2.GetConfigAtRequest(revision=changed + 10_000), metadata=ALICE
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "does not exist yet" in (info.value.details() or "")
 
 
 def test_retention_prunes_superseded_rows_and_moves_the_oldest_revision(
@@ -288,3 +294,37 @@ async def test_rollback_bad_input(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await first.admin.ListConfigChanges(admin_pb2.ListConfigChangesRequest(), metadata=[])
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_http_history_and_guarded_apply_record_the_token_name(
+    seed: int, start_server: Callable[..., Awaitable[Running]], etcd: aetcd.Client, prefix: str
+) -> None:
+    import httpx
+
+    server = await start_server(admin_port=0, admin_tokens=TOKENS)
+    base = f"http://127.0.0.1:{server.server.admin_port}/api/admin"
+    headers = {"Authorization": "Bearer alice-secret"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
+        assert (await http.get("/config/history", headers={"Authorization": ""})).status_code == 401
+        loaded = (await http.get("/config/current")).json()["revision"]
+        body = {
+            "changes": [{"key": "overrides/reranker", "value": {"model": "gpt-4o"}}],
+            "expected_revision": loaded,
+            "note": "from the API",
+        }
+        applied = await http.post("/config/apply", json=body)
+        assert applied.status_code == 200, applied.text
+        other = [{"key": "overrides/reranker", "value": {"model": "gpt-4o-mini"}}]
+        stale = await http.post("/config/apply", json=body | {"changes": other})
+        assert stale.status_code == 409
+        assert "changed since you loaded it" in stale.json()["error"]["message"]
+
+        async def listed() -> dict:
+            reply = await http.get("/config/history", params={"key_prefix": "overrides/"})
+            changes = reply.json()["changes"]
+            assert len(changes) == 1
+            return changes[0]
+
+        change = await eventually(listed)
+    assert (change["actor"], change["note"]) == ("alice", "from the API")
+    assert json.loads(change["value_after_json"])["model"] == "gpt-4o"

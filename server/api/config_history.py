@@ -23,7 +23,12 @@ from modelroute.server.api.config_apply import plan
 from modelroute.server.api.errors import ServiceError, database_unavailable, invalid_argument
 from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
-from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS, with_change_meta
+from modelroute.server.runtime.change_meta import (
+    CURRENT_ACTOR,
+    MAX_NOTE_CHARS,
+    META_KEY,
+    with_change_meta,
+)
 from modelroute.server.runtime.history_recorder import (
     DECISION_DIRS,
     REDACTED_PREFIX,
@@ -149,6 +154,20 @@ class ConfigHistory:
             )
         return oldest
 
+    async def _require_exists(self, revision: int) -> None:
+        try:
+            # Any read tells etcd's current revision; this one returns at most one key.
+            probe = (self._prefix + META_KEY).encode()
+            head = (await self._etcd.get_prefix(probe)).header.revision
+        except (ConnectionError, aetcd.exceptions.ClientError) as exc:
+            raise etcd_unavailable(exc) from None
+        if revision > head:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND,
+                "REVISION_NOT_IN_HISTORY",
+                f"revision {revision} does not exist yet (etcd is at {head})",
+            )
+
     async def list_changes(
         self, request: admin_pb2.ListConfigChangesRequest
     ) -> admin_pb2.ListConfigChangesResponse:
@@ -178,6 +197,8 @@ class ConfigHistory:
             raise invalid_argument([("revision", "must be >= 0 (0: the newest)")])
         revision = request.revision or await self._db(self.store.latest_revision)
         oldest = await self._require_kept(revision)
+        if request.revision:
+            await self._require_exists(request.revision)
         values = await self._db(self.store.state_at, revision)
         return admin_pb2.GetConfigAtResponse(
             revision=revision, values_json=values, oldest_revision=oldest

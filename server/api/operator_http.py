@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import aetcd
@@ -137,11 +137,14 @@ def add_operator_routes(
         key_prefix: str = "",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         up_to_revision: Annotated[int, Query(ge=0)] = 0,
+        since: datetime | None = None,
     ) -> dict[str, Any]:
         """Recorded changes, newest first (ListConfigChanges)."""
         request = admin_pb2.ListConfigChangesRequest(
             key_prefix=key_prefix, limit=limit, up_to_revision=up_to_revision
         )
+        if since is not None:
+            request.since.FromDatetime(since if since.tzinfo else since.replace(tzinfo=UTC))
         return _json(await history().list_changes(request))
 
     @route("GET", "/config/at", "config history")
