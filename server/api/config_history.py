@@ -227,6 +227,10 @@ class ConfigHistory:
         changes: dict[str, bytes | None] = {}
         unrestorable: list[str] = []
         for key in sorted({k for k in current if is_decision_key(k)} | set(target)):
+            if key in stored and stored[key].mod_revision <= request.revision:
+                # Unchanged since REV: its value at REV is the one etcd holds (true even
+                # if the history has not recorded that write yet).
+                continue
             have, want = current.get(key), target.get(key)
             if want is None:
                 if have is not None:
