@@ -150,6 +150,20 @@ async def test_etcdctl_and_cli_writes_recorded_once_then_rollback_on_both_replic
     assert "--- overrides/rag.answer (new)" in diffed.stdout
     assert "--- contexts/reranker (changed)" in diffed.stdout
 
+    shown_at = await asyncio.to_thread(
+        cli, "config", "show", "--at", str(good), server=second.address, etcd=etcd_endpoint,
+        prefix=prefix,
+    )  # fmt: skip
+    values_at_good = json.loads(shown_at.stdout)["values"]
+    assert "overrides/rag.answer" not in values_at_good
+    assert values_at_good["contexts/reranker"]["model"] != "gpt-4o"
+    impact = await asyncio.to_thread(
+        cli, "config", "apply", "-f", str(change), "--impact", "--window", "1h",
+        server=second.address, etcd=etcd_endpoint, prefix=prefix,
+    )  # fmt: skip
+    assert impact.returncode == 0, impact.stderr
+    assert "nothing written" in impact.stdout and "Not replayed:" in impact.stdout
+
     started = time.perf_counter()
     rolled = await asyncio.to_thread(
         cli, "config", "rollback", str(good), "--note", "back to known good",
