@@ -328,3 +328,50 @@ async def test_http_history_and_guarded_apply_record_the_token_name(
         change = await eventually(listed)
     assert (change["actor"], change["note"]) == ("alice", "from the API")
     assert json.loads(change["value_after_json"])["model"] == "gpt-4o"
+
+
+async def test_http_support_desk_preference_and_cooldown_clear(
+    seed: int, start_server: Callable[..., Awaitable[Running]], etcd: aetcd.Client, prefix: str
+) -> None:
+    import httpx
+    from modelroute.server.runtime.runtime_state import start_cooldown
+
+    server = await start_server(admin_port=0, admin_tokens=TOKENS)
+    base = f"http://127.0.0.1:{server.server.admin_port}/api/admin"
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": "Bearer alice-secret"}, timeout=10
+    ) as http:
+        # Within the tier rules only: gpt-4o is for premium users.
+        refused = await http.put(
+            "/users/u7/preferences", json={"model_id": "gpt-4o", "tier": "free"}
+        )
+        assert refused.status_code == 409 and "allowed" in refused.json()["error"]["message"]
+        accepted = await http.put(
+            "/users/u7/preferences",
+            json={"model_id": "gpt-4o", "tier": "premium", "context": "rag.answer"},
+        )
+        assert accepted.status_code == 200, accepted.text
+        looked_up = (await http.get("/users/u7/preferences")).json()["preferences"]
+        assert looked_up == [
+            {
+                "context": "rag.answer",
+                "model_id": "gpt-4o",
+                "updated_at": looked_up[0]["updated_at"],
+            }
+        ]
+
+        async def served() -> None:
+            reply = await server.router.ResolveModel(
+                router_pb2.ResolveModelRequest(
+                    context="rag.answer", user=types_pb2.User(id="u7", tier="premium")
+                )
+            )
+            assert reply.model_id == "gpt-4o"
+
+        await eventually(served)
+
+        await start_cooldown(etcd, prefix, "models/gpt-4o-mini", timedelta(minutes=5), "test")
+        cleared = await http.post("/cooldowns/clear", json={"subject": "gpt-4o-mini"})
+        assert cleared.status_code == 200 and cleared.json() == {"cleared": "models/gpt-4o-mini"}
+        again = await http.post("/cooldowns/clear", json={"subject": "gpt-4o-mini"})
+        assert again.status_code == 404
