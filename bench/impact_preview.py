@@ -20,11 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from modelroute.server.api.config_apply import load_config_file
-from modelroute.server.api.impact_preview import all_preferences, usage_groups
+from modelroute.server.api.impact_preview import usage_groups
 from modelroute.server.core.impact import replay, user_independent
 from modelroute.server.core.resolver import ResolveInput
 from modelroute.server.core.snapshot import SnapshotBuilder
 from modelroute.storage.database import create_engine_for, upgrade
+from modelroute.storage.replay_store import all_preferences
 from modelroute.storage.tables import LlmUsageLog, UserModelPreference
 from sqlalchemy import insert, text
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelroute.storage.database import dialect_insert
-from modelroute.storage.tables import ConfigChange
+from modelroute.storage.tables import ConfigChange, table_of
 from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.engine import Engine
 
-_table: Table = ConfigChange.__table__  # type: ignore[attr-defined]
+_table: Table = table_of(ConfigChange)
 START_MARKER = ""  # key of the row marking where recording started
 
 

@@ -24,14 +24,12 @@ from modelroute.server.core.impact import (
 )
 from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix
-from modelroute.storage.tables import LlmUsageLog, UserModelPreference
-from sqlalchemy import Engine, Table, select
+from modelroute.storage.replay_store import all_preferences, window_usage
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)
 MAX_WINDOW: Final = timedelta(days=90)
-_usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
-_preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
 CAVEATS: Final = (
     "runtime state is not replayed: cooldowns, provider quotas and budgets are taken as "
     "not in force",
@@ -63,42 +61,8 @@ def usage_groups(
     end: datetime,
     independent: Callable[[str], bool] = lambda _context: False,
 ) -> list[UsageGroup]:
-    """The window's rows summed per (context, user, tier); for contexts whose decisions do
-    not depend on the user (`independent`), per (context, with/without user, tier).
-    Grouped here rather than with SQL GROUP BY: hashing streamed rows is faster than
-    SQLite's sort-based grouping of a million rows, and needs no extra index."""
-    query = select(
-        _usage.c.context,
-        _usage.c.user_id,
-        _usage.c.tier,
-        _usage.c.input_tokens,
-        _usage.c.output_tokens,
-    ).where(_usage.c.created_at >= start, _usage.c.created_at < end)
-    merged: dict[str, bool] = {}
-    sums: dict[tuple[str, str | None, str | None], list[int]] = {}
-    with engine.connect() as connection:
-        for context, user, tier, tokens_in, tokens_out in connection.execute(query):
-            merge = merged.get(context)
-            if merge is None:
-                merge = merged[context] = independent(context)
-            key = (context, (ANY_USER if user else None) if merge else user, tier)
-            found = sums.get(key)
-            if found is None:
-                sums[key] = [1, tokens_in, tokens_out]
-            else:
-                found[0] += 1
-                found[1] += tokens_in
-                found[2] += tokens_out
-    return [UsageGroup(c, u or "", t or "", n, i, o) for (c, u, t), (n, i, o) in sums.items()]
-
-
-def all_preferences(engine: Engine) -> dict[str, dict[str, str]]:
-    query = select(_preferences.c.user_id, _preferences.c.context, _preferences.c.model_id)
-    out: dict[str, dict[str, str]] = {}
-    with engine.connect() as connection:
-        for user_id, context, model_id in connection.execute(query):
-            out.setdefault(str(user_id), {})[str(context)] = str(model_id)
-    return out
+    """The window's usage per (context, user, tier); users merged where `independent`."""
+    return [UsageGroup(*sums) for sums in window_usage(engine, start, end, independent, ANY_USER)]
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
