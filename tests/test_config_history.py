@@ -375,3 +375,30 @@ async def test_http_support_desk_preference_and_cooldown_clear(
         assert cleared.status_code == 200 and cleared.json() == {"cleared": "models/gpt-4o-mini"}
         again = await http.post("/cooldowns/clear", json={"subject": "gpt-4o-mini"})
         assert again.status_code == 404
+
+
+async def test_changes_made_while_no_replica_watched_are_recorded_at_start(
+    seed: int, start_server: Callable[..., Awaitable[Running]], etcd: aetcd.Client, prefix: str
+) -> None:
+    first = await start_server(admin_tokens=TOKENS)
+    await first.server.history_recorder.wait_idle()
+    await first.close()  # no replica watches now
+    changed = await write_changes(
+        etcd, prefix, {"overrides/reranker": override("gpt-4o").encode()}, 0, []
+    )
+    deleted = await write_changes(etcd, prefix, {"contexts/rule_miner": None}, 0, [])
+    await etcd.compact(deleted)  # etcd forgets the events themselves
+    second = await start_server(admin_tokens=TOKENS)
+
+    async def recorded() -> list:
+        rows = [c for c in await history(second) if c.revision >= changed]
+        assert len(rows) == 2
+        return rows
+
+    rows = await eventually(recorded)
+    by_key = {r.key: r for r in rows}
+    assert by_key["overrides/reranker"].revision == changed
+    assert by_key["overrides/reranker"].actor == "etcd"
+    assert "no replica was watching" in by_key["overrides/reranker"].note
+    assert not by_key["contexts/rule_miner"].HasField("value_after_json")
+    assert json.loads(by_key["contexts/rule_miner"].value_before_json)["model"]
