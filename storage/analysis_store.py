@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from modelroute.storage.database import database_call
 from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
@@ -178,6 +179,7 @@ class AnalysisStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @database_call
     def usage(
         self,
         group_by: str,
@@ -199,6 +201,7 @@ class AnalysisStore:
         ]
         return sorted(groups, key=lambda g: g.key)
 
+    @database_call
     def usage_by(
         self,
         keys: Sequence[str],
@@ -343,6 +346,7 @@ class AnalysisStore:
         with self.engine.connect() as connection:
             return {str(k): int(n) for k, n in connection.execute(query)}
 
+    @database_call
     def feedback_by(
         self,
         keys: Sequence[str],
@@ -421,6 +425,7 @@ class AnalysisStore:
             )
         return found
 
+    @database_call
     def feedback_by_variant(
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, FeedbackGroup]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.database import database_call, dialect_insert
 from modelroute.storage.rollups import RollupWriter
 from modelroute.storage.tables import LlmFeedback, UserModelPreference, table_of
 from sqlalchemy import Table, insert, select
@@ -50,6 +50,7 @@ class PreferenceStore:
             set_={"model_id": upsert.excluded.model_id, "updated_at": upsert.excluded.updated_at},
         )
 
+    @database_call
     def for_user(self, user_id: str) -> dict[str, StoredPreference]:
         """All of a user's preferences by context (one query: the cache holds users)."""
         query = select(
@@ -61,6 +62,7 @@ class PreferenceStore:
         with self.engine.connect() as connection:
             return {row[1]: StoredPreference(*row) for row in connection.execute(query)}
 
+    @database_call
     def set(self, preference: StoredPreference) -> None:
         row = {
             "user_id": preference.user_id,
@@ -77,6 +79,7 @@ class FeedbackStore:
         self.engine = engine
         self._rollups = RollupWriter(engine)
 
+    @database_call
     def insert(self, record: FeedbackRecord) -> int:
         row = {
             "decision_id": record.decision_id,

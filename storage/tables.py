@@ -150,7 +150,7 @@ class Alert(SQLModel, table=True):
     created_at: datetime = _created_at(index=True)
 
 
-# --- rollups (written by modelroute.storage.rollups, read by rollup_queries) ---------------
+# --- rollups (written by modelroute.storage.rollups, read by analysis_store) ----------------
 # Composite primary keys are the rollup keys (additive upserts conflict on them); on SQLite
 # the tables are WITHOUT ROWID, so rows are stored in key order and a period's time range
 # is one contiguous read. "" (not NULL) stands for "no experiment / variant": NULLs never
@@ -237,3 +237,26 @@ class ExperimentUser(SQLModel, table=True):
     user_id: str = _key_text(256)
     first_seen: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     last_seen: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class ConfigChange(SQLModel, table=True):
+    """One decision-shaping key changed at one etcd revision (`config_changes`).
+
+    `value_before` / `value_after` are the raw JSON values (NULL: the key did not exist /
+    was deleted), with the secrets of `clients/` values redacted. The row with key ""
+    marks where recording started: the state before it is not known."""
+
+    __tablename__ = "config_changes"
+    __table_args__ = (
+        UniqueConstraint("revision", "key", name="uq_config_changes_revision_key"),
+        Index("ix_config_changes_key_revision", "key", "revision"),
+    )
+
+    id: int | None = _big_id()
+    revision: int = Field(sa_column=Column(BigInteger, nullable=False))
+    changed_at: datetime = _created_at(index=True)
+    key: str = Field(max_length=256)
+    value_before: str | None = _text(nullable=True)
+    value_after: str | None = _text(nullable=True)
+    actor: str = Field(max_length=128)
+    note: str | None = _text(nullable=True)

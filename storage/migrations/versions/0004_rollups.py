@@ -6,15 +6,15 @@ rule as modelroute.storage.rollups (tests/test_rollups.py checks both give the s
 The backfill is plain INSERT ... SELECT, so it runs inside the database, not row by row
 through Python.
 
-Revision ID: 0003_rollups
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_rollups"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
