@@ -133,38 +133,38 @@ class RollupWriter:
 
     def add_usage(self, connection: Connection, records: Iterable[Any]) -> None:
         """`records`: UsageRecord-like objects that were inserted just now."""
-        scalars: dict[tuple[Any, ...], list[Any]] = {}
-        histogram: dict[tuple[Any, ...], int] = {}
+        # Per hour first (one dict update per record), then days and weeks from the hours:
+        # a batch spans an hour or two, so that second step has few entries to fold.
+        hourly: dict[tuple[Any, ...], list[Any]] = {}
+        hourly_buckets: dict[tuple[Any, ...], int] = {}
         users: dict[tuple[str, str, str], list[datetime]] = {}
         for r in records:
             seconds = epoch_seconds(r.created_at)
             experiment = r.experiment_id or ""
             variant = r.variant_id or ""
             latency = r.latency_ms
-            bucket = latency_bucket(latency)
-            for period in PERIODS:
-                start = seconds - seconds % period
-                dims = (period, start, r.context, r.model_id, r.provider, experiment, variant)
-                key = (*dims, r.outcome)
-                sums = scalars.get(key)
-                if sums is None:
-                    scalars[key] = [
-                        1,
-                        r.input_tokens,
-                        r.output_tokens,
-                        r.estimated_cost,
-                        latency,
-                        float(latency) * latency,
-                    ]
-                else:
-                    sums[0] += 1
-                    sums[1] += r.input_tokens
-                    sums[2] += r.output_tokens
-                    sums[3] += r.estimated_cost
-                    sums[4] += latency
-                    sums[5] += float(latency) * latency
-                hkey = (*dims, bucket)
-                histogram[hkey] = histogram.get(hkey, 0) + 1
+            dims = (
+                seconds - seconds % HOUR,
+                r.context,
+                r.model_id,
+                r.provider,
+                experiment,
+                variant,
+            )
+            key = (*dims, r.outcome)
+            sums = hourly.get(key)
+            if sums is None:
+                hourly[key] = [1, r.input_tokens, r.output_tokens, r.estimated_cost, latency,
+                               float(latency) * latency]  # fmt: skip
+            else:
+                sums[0] += 1
+                sums[1] += r.input_tokens
+                sums[2] += r.output_tokens
+                sums[3] += r.estimated_cost
+                sums[4] += latency
+                sums[5] += float(latency) * latency
+            bucket_key = (*dims, latency_bucket(latency))
+            hourly_buckets[bucket_key] = hourly_buckets.get(bucket_key, 0) + 1
             if experiment and variant and r.user_id:
                 seen = users.get((experiment, variant, r.user_id))
                 if seen is None:
@@ -172,6 +172,20 @@ class RollupWriter:
                 else:
                     seen[0] = min(seen[0], r.created_at)
                     seen[1] = max(seen[1], r.created_at)
+        scalars: dict[tuple[Any, ...], list[Any]] = {}
+        histogram: dict[tuple[Any, ...], int] = {}
+        for period in PERIODS:
+            for (hour, *rest), sums in hourly.items():
+                key = (period, hour - hour % period, *rest)
+                total = scalars.get(key)
+                if total is None:
+                    scalars[key] = list(sums)
+                else:
+                    for index, value in enumerate(sums):
+                        total[index] += value
+            for (hour, *rest), calls in hourly_buckets.items():
+                key = (period, hour - hour % period, *rest)
+                histogram[key] = histogram.get(key, 0) + calls
         if not scalars:
             return
         # Sorted: concurrent transactions take the rows' locks in one order (PostgreSQL).
