@@ -8,6 +8,7 @@ INVALID_ARGUMENT status with a BadRequest detail.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from typing import Final
@@ -44,9 +45,15 @@ USER_ID_RULE: Final = f"at most {USER_ID_MAX} characters"
 REQUIRED: Final = "required"
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_context(context: str) -> bool:
+    # Cached: every usage report names one of a few contexts (ingestion's hot path).
+    return CONTEXT_PATTERN.match(context) is not None
+
+
 def context_violation(field: str, context: str) -> Violation | None:
     """A context name: 1-128 characters of letters, digits and `. _ : / -`."""
-    return None if CONTEXT_PATTERN.match(context) else (field, CONTEXT_RULE)
+    return None if _is_context(context) else (field, CONTEXT_RULE)
 
 
 def tier_violation(field: str, tier: str) -> Violation | None:
@@ -102,6 +109,9 @@ def validate_reports(request: router_pb2.ReportUsageRequest) -> list[Violation]:
     return []
 
 
+_OUTCOMES: Final = frozenset(types_pb2.Outcome.values())  # values() builds a list per call
+
+
 def report_violation(report: router_pb2.UsageReport) -> Violation | None:
     """The first thing wrong with one usage report (it is rejected alone), or None."""
     if not 1 <= len(report.report_id) <= REPORT_ID_MAX:
@@ -117,7 +127,7 @@ def report_violation(report: router_pb2.UsageReport) -> Violation | None:
     ):
         if not 0 <= value <= limit:
             return (name, f"{value} is outside 0..{limit:,}")
-    if not report.outcome or report.outcome not in types_pb2.Outcome.values():
+    if not report.outcome or report.outcome not in _OUTCOMES:
         return ("outcome", "required (OK, RATE_LIMITED, QUOTA_EXCEEDED, ...)")
     # Column limits matter: on PostgreSQL one over-long value fails the whole group commit.
     return user_id_violation("user.id", report.user.id) or tier_violation(
