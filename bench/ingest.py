@@ -35,6 +35,7 @@ from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analysis import database_for
 from run import NO_LIMITS, ROOT, start_process, wait_serving
 
 GOAL = 10_000
@@ -131,7 +132,8 @@ async def main() -> None:
             client, prefix, dict(load_config_file(DEFAULT_BOOTSTRAP)) | NO_LIMITS, 0, []
         )
         await client.close()
-        url = os.environ.get("MODELROUTE_BENCH_DATABASE_URL") or f"sqlite:///{Path(tmp) / 'u.db'}"
+        # PostgreSQL: a fresh database on that server (dropped afterwards), like analysis.py.
+        url, drop = database_for(os.environ.get("MODELROUTE_BENCH_DATABASE_URL"), Path(tmp), 0)
         server, port = start_process(
             [
                 sys.executable,
@@ -187,6 +189,7 @@ async def main() -> None:
             if profiler is not None:
                 profiler.wait(60)
         stored = stored_ids(url, tag)
+        drop()
     sink_cpu = cpu_seconds(sink.pid)
     sink.terminate()
     sink_out, _ = sink.communicate(timeout=30)
