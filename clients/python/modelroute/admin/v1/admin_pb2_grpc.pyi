@@ -74,6 +74,16 @@ class AdminServiceStub:
     - UNAVAILABLE: etcd is unreachable.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
     """
+    GetRolloutStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutStatusRequest, _admin_pb2.GetRolloutStatusResponse]
+    """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+    calls per arm, each guardrail's estimate with its always-valid interval, and the
+    controller's decisions over time.
+
+    Errors:
+    - NOT_FOUND: `rollout_id` names no configured rollout.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    - UNIMPLEMENTED: not available in this server version.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -118,6 +128,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     - ABORTED: the prefix changed since `expected_revision` (re-read and retry).
     - UNAVAILABLE: etcd is unreachable.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    GetRolloutStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutStatusRequest, _admin_pb2.GetRolloutStatusResponse]  # type: ignore[assignment]
+    """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+    calls per arm, each guardrail's estimate with its always-valid interval, and the
+    controller's decisions over time.
+
+    Errors:
+    - NOT_FOUND: `rollout_id` names no configured rollout.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    - UNIMPLEMENTED: not available in this server version.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -190,6 +210,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         - ABORTED: the prefix changed since `expected_revision` (re-read and retry).
         - UNAVAILABLE: etcd is unreachable.
         - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRolloutStatus(
+        self,
+        request: _admin_pb2.GetRolloutStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetRolloutStatusResponse, _abc.Awaitable[_admin_pb2.GetRolloutStatusResponse]]:
+        """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+        calls per arm, each guardrail's estimate with its always-valid interval, and the
+        controller's decisions over time.
+
+        Errors:
+        - NOT_FOUND: `rollout_id` names no configured rollout.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        - UNIMPLEMENTED: not available in this server version.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -51,6 +51,15 @@ type AdminServiceClient interface {
 	// - UNAVAILABLE: etcd is unreachable.
 	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error)
+	// GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+	// calls per arm, each guardrail's estimate with its always-valid interval, and the
+	// controller's decisions over time.
+	//
+	// Errors:
+	// - NOT_FOUND: `rollout_id` names no configured rollout.
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	// - UNIMPLEMENTED: not available in this server version.
+	GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -106,6 +115,15 @@ func (c *adminServiceClient) ApplyConfig(ctx context.Context, in *ApplyConfigReq
 	return out, nil
 }
 
+func (c *adminServiceClient) GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error) {
+	out := new(GetRolloutStatusResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/GetRolloutStatus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -144,6 +162,15 @@ type AdminServiceServer interface {
 	// - UNAVAILABLE: etcd is unreachable.
 	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error)
+	// GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+	// calls per arm, each guardrail's estimate with its always-valid interval, and the
+	// controller's decisions over time.
+	//
+	// Errors:
+	// - NOT_FOUND: `rollout_id` names no configured rollout.
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	// - UNIMPLEMENTED: not available in this server version.
+	GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -165,6 +192,9 @@ func (UnimplementedAdminServiceServer) ListAlerts(context.Context, *ListAlertsRe
 }
 func (UnimplementedAdminServiceServer) ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ApplyConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetRolloutStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -269,6 +299,24 @@ func _AdminService_ApplyConfig_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetRolloutStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRolloutStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/GetRolloutStatus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRolloutStatus(ctx, req.(*GetRolloutStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "modelroute.admin.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -292,6 +340,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyConfig",
 			Handler:    _AdminService_ApplyConfig_Handler,
+		},
+		{
+			MethodName: "GetRolloutStatus",
+			Handler:    _AdminService_GetRolloutStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
