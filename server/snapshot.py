@@ -20,6 +20,13 @@ from typing import Final
 
 from google.protobuf.message import Message
 from modelroute.config.v1 import config_pb2
+from modelroute.server.config_values import (
+    RUNTIME_KIND,
+    ConfigKey,
+    ConfigValueError,
+    parse_key,
+    parse_value,
+)
 from modelroute.server.core.rollout_spec import (
     PROGRESS_DIR,
     RolloutProgress,
@@ -27,13 +34,6 @@ from modelroute.server.core.rollout_spec import (
     exclusive_context_conflict,
     parse_progress,
     rollout_spec,
-)
-from modelroute.server.config_values import (
-    RUNTIME_KIND,
-    ConfigKey,
-    ConfigValueError,
-    parse_key,
-    parse_value,
 )
 
 log = logging.getLogger("modelroute.config")

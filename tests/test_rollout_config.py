@@ -52,7 +52,7 @@ def test_valid_rollout_is_accepted_with_its_steps_and_guardrails() -> None:
     snapshot, _ = builder.apply(6, {}, NOW)
     spec = snapshot.rollouts["r1"]
     assert [s.percent for s in spec.steps] == [1, 10, 100]
-    assert [g.label for g in spec.guardrails][0] == "max_increase=0.02"
+    assert spec.guardrails[0].label == "max_increase=0.02"
     assert (spec.state, spec.percent) == ("PENDING", 1)
     assert snapshot.rollouts_by_context["chat"] is spec
 
