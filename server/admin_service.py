@@ -15,6 +15,7 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.alerts import AlertSink
 from modelroute.server.analysis import experiment_results as compare_variants
 from modelroute.server.analysis import usage_row
+from modelroute.server.api.rollout_status import rollout_status
 from modelroute.server.config_apply import apply_to_etcd
 from modelroute.server.config_manager import ConfigManager
 from modelroute.server.errors import (
@@ -26,6 +27,7 @@ from modelroute.server.errors import (
 from modelroute.server.quotas import QuotaTracker
 from modelroute.server.router_service import model_list
 from modelroute.server.runtime_state import RuntimeState
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2
@@ -88,7 +90,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         alerts: AlertSink | None = None,
         runtime: RuntimeState | None = None,
         analysis: AnalysisStore | None = None,
+        rollout_metrics: RolloutMetricsReader | None = None,
     ) -> None:
+        self._rollout_metrics = rollout_metrics
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -126,6 +130,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.GetExperimentResultsResponse:
         return await _answer(self.experiment_results(request), context)
+
+    async def GetRolloutStatus(
+        self,
+        request: admin_pb2.GetRolloutStatusRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> admin_pb2.GetRolloutStatusResponse:
+        status = rollout_status(self._config.current, self._rollout_metrics, request.rollout_id)
+        return await _answer(status, context)
 
     async def ListAlerts(
         self,

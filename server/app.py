@@ -32,10 +32,12 @@ from modelroute.server.metrics import ServerMetrics, Sources
 from modelroute.server.preferences import PreferenceCache
 from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
 from modelroute.server.router_service import ModelRouterService
+from modelroute.server.runtime.rollout_controller import RolloutController
 from modelroute.server.runtime_state import RuntimeState, start_cooldown
 from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
 from modelroute.server.telemetry import configure_tracing, shutdown_tracing
 from modelroute.server.tls import TlsFiles, server_credentials
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.server.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
@@ -140,6 +142,7 @@ class ModelrouteServer:
         self.admin_http: AdminHttpServer | None = None
         self.admin_port = 0
         self.metrics: ServerMetrics | None = None
+        self.rollout_controller: RolloutController | None = None
 
     async def start(self) -> None:
         options = self.options
@@ -231,6 +234,7 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            rollout_metrics=RolloutMetricsReader(self.engine),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
@@ -250,6 +254,15 @@ class ModelrouteServer:
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
+        self.rollout_controller = RolloutController(
+            self.etcd,
+            options.etcd_prefix,
+            self._current,
+            RolloutMetricsReader(self.engine),
+            self.alerts,
+            self.replica_id,
+        )
+        self._tasks.append(asyncio.create_task(self.rollout_controller.run(), name="rollouts"))
         self._tasks.append(
             asyncio.create_task(
                 self.decision_keys.ensure_in_etcd(self.etcd, options.etcd_prefix),

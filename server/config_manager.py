@@ -33,7 +33,12 @@ _reload_counter = meter.create_counter(
 )
 # Runtime keys that change every second (per-replica usage counters): they feed runtime
 # state only and must not produce a new snapshot (WatchConfig clients would drop caches).
-QUIET_RUNTIME_DIRS: Final = ("runtime/usage/", "runtime/preferences/", "runtime/decision-key")
+QUIET_RUNTIME_DIRS: Final = (
+    "runtime/usage/",
+    "runtime/preferences/",
+    "runtime/decision-key",
+    "runtime/rollout-controller/",
+)
 LAST_GOOD_FORMAT: Final = 1
 
 
