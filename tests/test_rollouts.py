@@ -25,11 +25,12 @@ from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from tests.conftest import Running, ServerProcess, eventually
 from tests.test_quotas import WebhookReceiver
 
+SETTINGS: dict[str, object] = {"default_model": "base", "rollout_check_seconds": 1}
 CONFIG: dict[str, object] = {
     "models/base": {"provider": "p1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1},
     "models/cand": {"provider": "p2", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1},
     "contexts/chat": {"model": "base"},
-    "settings": {"default_model": "base", "rollout_check_seconds": 1},
+    "settings": SETTINGS,
 }
 ERROR_GUARDRAIL = {"metric": "ERROR_RATE", "max_increase": 0.02}
 
@@ -101,7 +102,7 @@ async def test_candidate_with_ten_points_more_errors_is_rolled_back_before_its_n
     start_server: Callable[..., Awaitable[Running]],
     webhook: WebhookReceiver,
 ) -> None:
-    settings = dict(CONFIG["settings"], alert_webhook_url=webhook.url)  # type: ignore[arg-type]
+    settings = {**SETTINGS, "alert_webhook_url": webhook.url}
     await put(etcd, prefix, {**CONFIG, "settings": settings})
     replica_a, replica_b = await start_server(), await start_server()
     await put(
