@@ -19,10 +19,11 @@ import grpc
 import pytest
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.runtime.rollout_controller import LEADER_KEY
-from modelroute.storage.etcd import write_changes
+from modelroute.storage.etcd import read_prefix, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
 from tests.conftest import Running, ServerProcess, eventually
+from tests.test_cli import run_cli
 from tests.test_quotas import WebhookReceiver
 
 SETTINGS: dict[str, object] = {"default_model": "base", "rollout_check_seconds": 1}
@@ -181,8 +182,11 @@ def _checked_more_than(a: Running, b: Running, checks: int) -> None:
     assert total > checks
 
 
-async def test_healthy_candidate_ramps_to_100_percent(
-    etcd: aetcd.Client, prefix: str, start_server: Callable[..., Awaitable[Running]]
+async def test_healthy_candidate_ramps_to_100_percent_and_is_promoted(
+    etcd: aetcd.Client,
+    etcd_endpoint: str,
+    prefix: str,
+    start_server: Callable[..., Awaitable[Running]],
 ) -> None:
     await put(etcd, prefix, CONFIG)
     replica = await start_server()
@@ -229,6 +233,39 @@ async def test_healthy_candidate_ramps_to_100_percent(
     completed_alerts = [a for a in alerts.alerts if a.kind == "rollout_completed"]
     assert len(completed_alerts) == 1
     assert "modelroute rollout promote good" in completed_alerts[0].message
+
+    shown = await run_cli(
+        "rollout", "status", "good", "--server", replica.address, etcd=etcd_endpoint, prefix=prefix
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "COMPLETED, step 3/3, candidate share 100%" in shown.stdout
+    assert "ERROR_RATE max_increase=0.02" in shown.stdout and "always-valid" in shown.stdout
+    # One command makes the candidate the context's model and retires the rollout.
+    promoted = await run_cli("rollout", "promote", "good", etcd=etcd_endpoint, prefix=prefix)
+    assert promoted.returncode == 0, promoted.stderr
+
+    async def promoted_served() -> None:
+        decision = await replica.router.ResolveModel(
+            router_pb2.ResolveModelRequest(context="chat", user=types_pb2.User(id="after"))
+        )
+        assert (decision.model_id, decision.reason) == ("cand", types_pb2.REASON_CONTEXT_DEFAULT)
+        assert decision.fallback_model_ids == ["base"]
+
+    await eventually(promoted_served)
+    _, stored = await read_prefix(etcd, prefix)
+    assert "rollouts/good" not in stored
+
+
+async def test_promote_refuses_a_rollout_that_has_not_finished(
+    etcd: aetcd.Client, etcd_endpoint: str, prefix: str
+) -> None:
+    rollout = {"context": "chat", "candidate": "cand", "steps": [{"percent": 5}], "enabled": True}
+    await put(etcd, prefix, {**CONFIG, "rollouts/early": rollout})
+    refused = await run_cli("rollout", "promote", "early", etcd=etcd_endpoint, prefix=prefix)
+    assert refused.returncode == 1
+    assert "PENDING, not COMPLETED" in refused.stderr
+    _, stored = await read_prefix(etcd, prefix)
+    assert json.loads(stored["contexts/chat"].value)["model"] == "base"  # nothing written
 
 
 @pytest.mark.slow
