@@ -196,12 +196,16 @@ def _guardrail_spec(g: config_pb2.Guardrail) -> GuardrailSpec:
 def exclusive_context_conflict(
     key: str, message: object, others: Mapping[str, object], now: datetime
 ) -> str | None:
-    """A context takes at most one enabled rollout or unfinished experiment (DESIGN.md):
-    the error for `key` (written later) if another key already holds its context."""
+    """A context with an enabled rollout takes no other rollout and no unfinished
+    experiment (DESIGN.md; experiments among themselves may share a context): the error
+    for `key` (written later) if another key already holds its context."""
     context = _claimed_context(message, now)
     if context is None:
         return None
+    is_rollout = isinstance(message, config_pb2.Rollout)
     for other_key, other in sorted(others.items()):
+        if not is_rollout and not isinstance(other, config_pb2.Rollout):
+            continue
         if other_key != key and _claimed_context(other, now) == context:
             kind = "rollout" if other_key.startswith("rollouts/") else "experiment"
             return (

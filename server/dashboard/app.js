@@ -168,12 +168,14 @@ async function renderExperiments() {
     const rows = results.variants.map((v, i) => {
       const usage = v.usage || { calls: 0, latency_p95_ms: 0, cost_usd: 0 };
       const marker = i === 0 ? el("span", {}, "control")
-        : v.significant ? el("span", { class: "sig", "data-testid": `significant-${exp.experiment_id}-${v.variant_id}`, title: "significant at 5% vs control" }, "★ significant")
-        : el("span", {}, "n.s.");
-      return el("tr", { "data-testid": `variant-${exp.experiment_id}-${v.variant_id}`, "data-calls": usage.calls, "data-significant": String(v.significant) },
+        // The always-valid (sequential) test: safe to look at on every refresh.
+        : v.significant_sequential ? el("span", { class: "sig", "data-testid": `significant-${exp.experiment_id}-${v.variant_id}`, title: "significant at 5% vs control (always-valid sequential test: stays valid however often you look)" }, "★ significant")
+        : el("span", { title: v.significant ? "fixed-horizon p < 5%, but not yet significant under continuous monitoring" : "" }, "n.s.");
+      return el("tr", { "data-testid": `variant-${exp.experiment_id}-${v.variant_id}`, "data-calls": usage.calls, "data-significant": String(Boolean(v.significant_sequential)) },
         el("td", {}, v.variant_id), el("td", {}, v.model_id), el("td", { class: "num" }, `${v.weight}%`),
         el("td", { class: "num" }, int(usage.calls)), el("td", { class: "num" }, pct(v.error_rate)),
         el("td", { class: "num" }, i ? v.error_rate_p_value.toFixed(3) : "–"),
+        el("td", { class: "num", "data-testid": `seq-p-${exp.experiment_id}-${v.variant_id}` }, i ? (v.error_rate_sequential_p_value ?? 1).toFixed(3) : "–"),
         el("td", { class: "num" }, usage.latency_p95_ms.toFixed(0)),
         el("td", { class: "num" }, v.mean_quality_score ? v.mean_quality_score.toFixed(2) : "–"), el("td", {}, marker));
     });
@@ -182,7 +184,7 @@ async function renderExperiments() {
       : "";
     return el("div", { class: "experiment" }, title, srm, table(
       ["variant", "model", { label: "weight", num: 1 }, { label: "calls", num: 1 }, { label: "errors", num: 1 },
-        { label: "p (err)", num: 1 }, { label: "p95 ms", num: 1 }, { label: "quality", num: 1 }, ""],
+        { label: "p (err, one look)", num: 1 }, { label: "p (err, always-valid)", num: 1 }, { label: "p95 ms", num: 1 }, { label: "quality", num: 1 }, ""],
       rows, { class: "compact" }));
   }));
   box.replaceChildren(...blocks);
