@@ -32,6 +32,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.admin_service import AdminService
+from modelroute.server.api.rollout_http import RolloutList
 from modelroute.server.errors import ServiceError
 from modelroute.server.snapshot import Snapshot
 from pydantic import BaseModel, Field
@@ -501,6 +502,11 @@ def create_admin_app(
             to_time=_timestamp("to", to),
         )
         return _to_model(ExperimentResults, await admin.experiment_results(request))
+
+    @admin_get("/rollouts", RolloutList, "rollouts")
+    async def rollouts() -> RolloutList:
+        """Guarded rollouts: step, share, calls per arm, guardrails, controller decisions."""
+        return _to_model(RolloutList, await admin.rollout_status(""))
 
     @admin_get("/config/status", ConfigStatus, "config")
     async def config_status() -> ConfigStatus:

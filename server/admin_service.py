@@ -136,8 +136,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetRolloutStatusRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> admin_pb2.GetRolloutStatusResponse:
-        status = rollout_status(self._config.current, self._rollout_metrics, request.rollout_id)
-        return await _answer(status, context)
+        return await _answer(self.rollout_status(request.rollout_id), context)
 
     async def ListAlerts(
         self,
@@ -286,6 +285,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except SQLAlchemyError as exc:
             raise database_unavailable(exc) from None
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
+
+    async def rollout_status(self, rollout_id: str) -> admin_pb2.GetRolloutStatusResponse:
+        return await rollout_status(self._config.current, self._rollout_metrics, rollout_id)
 
     def _require_analysis(self) -> AnalysisStore:
         if self._analysis is None:

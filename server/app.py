@@ -350,6 +350,8 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        if self.rollout_controller is not None:
+            self.rollout_controller.notice(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current

@@ -197,6 +197,41 @@ function gauge(label, used, limit, text, testid) {
   return el("div", { class: "gauge", "data-testid": testid, "data-ratio": ratio.toFixed(4) }, el("span", {}, label), bar, el("span", {}, text));
 }
 
+function bound(value) {
+  return Math.abs(value) >= 1e300 ? (value < 0 ? "−∞" : "+∞") : value.toPrecision(3);
+}
+
+async function renderRollouts() {
+  const { rollouts } = await api("/api/admin/rollouts");
+  const box = $("rollouts");
+  if (!rollouts.length) {
+    box.replaceChildren(empty("No rollouts configured — put one under rollouts/<id> in etcd " +
+      "(see DESIGN.md, “Rollouts”) to ramp a model up behind guardrails.", "rollouts-empty"));
+    return;
+  }
+  box.replaceChildren(...rollouts.map((r) => {
+    const title = el("div", { class: "title" }, `${r.rollout_id} `,
+      el("span", { class: "badge" }, r.context), " ",
+      el("span", { class: "badge" }, `${r.baseline_model} → ${r.candidate}`), " ",
+      el("span", { class: `badge state-${r.state.toLowerCase()}`, "data-testid": `rollout-state-${r.rollout_id}` }, r.state));
+    const summary = el("div", { "data-testid": `rollout-share-${r.rollout_id}`, "data-percent": r.percent },
+      `step ${r.step + 1}/${r.steps} · candidate share ${r.percent}% · calls: candidate ${int(r.candidate_calls)}, baseline ${int(r.baseline_calls)}`);
+    const guardrails = r.guardrails.length ? table(
+      ["guardrail", { label: "candidate", num: 1 }, { label: "baseline", num: 1 }, { label: "excess", num: 1 }, "always-valid 95% interval", ""],
+      r.guardrails.map((g) => el("tr", { "data-testid": `guardrail-${r.rollout_id}-${g.metric}`, "data-breached": String(g.breached) },
+        el("td", {}, `${g.metric} ${g.bound}`), el("td", { class: "num" }, g.candidate_value.toPrecision(3)),
+        el("td", { class: "num" }, g.baseline_value.toPrecision(3)), el("td", { class: "num" }, g.estimate.toPrecision(3)),
+        el("td", {}, `[${bound(g.interval_low)}, ${bound(g.interval_high)}]`),
+        el("td", { class: g.breached ? "sev-critical" : "" }, g.breached ? "breached" : "ok"))), { class: "compact" })
+      : empty("No guardrails.", `guardrails-empty-${r.rollout_id}`);
+    const decisions = table(["when", "action", { label: "share", num: 1 }, "why"], r.decisions.map((d) =>
+      el("tr", { "data-testid": "rollout-decision", "data-action": d.action },
+        el("td", {}, when(d.time)), el("td", {}, d.action), el("td", { class: "num" }, `${d.percent}%`),
+        el("td", { class: "msg" }, d.detail))), { class: "compact" });
+    return el("div", { class: "experiment", "data-testid": `rollout-${r.rollout_id}` }, title, summary, guardrails, decisions);
+  }));
+}
+
 async function renderStatus() {
   const status = await api("/api/admin/config/status");
   $("revision").textContent = status.config_revision;
@@ -250,7 +285,7 @@ function showBanner(text) {
 }
 
 async function refresh() {
-  const sections = { usage: renderUsage, experiments: renderExperiments, status: renderStatus, cooldowns: renderCooldowns, alerts: renderAlerts };
+  const sections = { usage: renderUsage, experiments: renderExperiments, rollouts: renderRollouts, status: renderStatus, cooldowns: renderCooldowns, alerts: renderAlerts };
   const results = await Promise.allSettled(Object.values(sections).map((render) => render()));
   const failures = results.map((r, i) => [Object.keys(sections)[i], r]).filter(([, r]) => r.status === "rejected");
   if (failures.some(([, r]) => r.reason.status === 401)) {

@@ -18,6 +18,7 @@ with actor `rollout-controller`. Every replica serves the new share from the wat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -44,6 +45,7 @@ from modelroute.server.usage.rollout_metrics import (
     RolloutMetricsReader,
     RolloutWindow,
 )
+from modelroute.storage.etcd import ConfigUpdate
 
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"
@@ -195,6 +197,7 @@ class RolloutController:
         )
         self._clock = clock
         self.checks = 0
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         await self.election.run(self._lead)
@@ -209,7 +212,16 @@ class RolloutController:
             except Exception:  # a failed check must not end leadership
                 log.exception("rollout check failed; retrying at the next interval")
             interval = snapshot.settings.rollout_check_seconds if snapshot else 1
-            await asyncio.sleep(max(0.05, float(interval)))
+            # Wait for the interval, but check at once when an operator adds, edits or
+            # restarts a rollout (no minute-long wait for a new rollout to start).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, float(interval)))
+            self._wake.clear()
+
+    def notice(self, update: ConfigUpdate) -> None:
+        """Called for every watched etcd update (before it is applied, same task)."""
+        if any(key.startswith(("rollouts/", PROGRESS_DIR)) for key in update.changes):
+            self._wake.set()
 
     async def check_once(self) -> list[tuple[str, Decision]]:
         """Check every active rollout once (the leader's loop calls this)."""
