@@ -15,14 +15,20 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
 
-from modelroute.storage.analysis_store import _latency_bucket
+from modelroute.server.core.rollout_spec import CANDIDATE_ARM
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog
-from sqlalchemy import Float, Table, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Table, and_, case, cast, func, or_, select, text
 from sqlalchemy.engine import Engine
 
 _usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
 _feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
+
+
+# Written as a literal, not a bound parameter: only then can SQLite (and PostgreSQL, for
+# generic plans) prove that the partial index `... WHERE reason = 'ROLLOUT'` applies.
+ROLLOUT_ROWS: Final = text("llm_usage_logs.reason = 'ROLLOUT'")
 
 
 @dataclass
@@ -69,6 +75,18 @@ class RolloutWindow:
 RolloutArms = dict[str, dict[str, ArmStats]]  # rollout id -> arm -> stats
 
 
+def latency_bucket(latency_ms: int) -> int:
+    """The analysis store's latency buckets (exact below 1 s, then 3 significant digits),
+    applied here so that the database groups by the raw, indexed latency."""
+    if latency_ms < 1_000:
+        return latency_ms
+    if latency_ms < 10_000:
+        return latency_ms // 10 * 10
+    if latency_ms < 100_000:
+        return latency_ms // 100 * 100
+    return latency_ms // 1_000 * 1_000
+
+
 class RolloutMetricsReader:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -78,34 +96,47 @@ class RolloutMetricsReader:
         if not windows:
             return {}
         rollout = _usage.c.experiment_id
+        # Grouped in the order of the partial covering index `ix_llm_usage_logs_rollout_arms`
+        # (migration 0003): the database walks it without a sort or a table access. The
+        # per-rollout time window is a filter on the index entries.
         usage_where = or_(
             *(
                 and_(rollout == w.rollout_id, _usage.c.created_at >= w.since)
                 for w in windows.values()
             )
         )
-        step_case = case(
-            *(
-                (and_(rollout == w.rollout_id, _usage.c.created_at >= w.step_since), 1)
-                for w in windows.values()
-            ),
-            else_=0,
-        )
         cost = cast(_usage.c.estimated_cost, Float)
-        bucket = _latency_bucket(_usage.c.latency_ms).label("bucket")
         histogram = (
             select(
                 rollout,
                 _usage.c.variant_id,
-                bucket,
                 _usage.c.outcome,
+                _usage.c.latency_ms,
                 func.count(),
                 func.sum(cost),
                 func.sum(cost * cost),
-                func.sum(step_case),
             )
-            .where(and_(usage_where, _usage.c.reason == "ROLLOUT"))
-            .group_by(rollout, _usage.c.variant_id, bucket, _usage.c.outcome)
+            .where(and_(ROLLOUT_ROWS, rollout.in_(list(windows)), usage_where))
+            .group_by(rollout, _usage.c.variant_id, _usage.c.outcome, _usage.c.latency_ms)
+        )
+        # Candidate calls in the current step: a second, narrow walk of the same index.
+        step_where = or_(
+            *(
+                and_(rollout == w.rollout_id, _usage.c.created_at >= w.step_since)
+                for w in windows.values()
+            )
+        )
+        step_calls = (
+            select(rollout, func.count())
+            .where(
+                and_(
+                    ROLLOUT_ROWS,
+                    rollout.in_(list(windows)),
+                    _usage.c.variant_id == CANDIDATE_ARM,
+                    step_where,
+                )
+            )
+            .group_by(rollout)
         )
         feedback_where = or_(
             *(
@@ -128,26 +159,19 @@ class RolloutMetricsReader:
             .group_by(_feedback.c.experiment_id, _feedback.c.variant_id)
         )
         with self.engine.connect() as connection:
-            for (
-                rid,
-                arm,
-                value,
-                outcome,
-                count,
-                cost_sum,
-                cost_sq,
-                step_calls,
-            ) in connection.execute(histogram):
+            rows = connection.execute(histogram)
+            for rid, arm, outcome, latency, count, cost_sum, cost_sq in rows:
                 stats = found[str(rid)][str(arm)]
                 stats.calls += int(count)
                 if outcome != "OK":
                     stats.errors += int(count)
                 stats.cost_sum += float(cost_sum or 0.0)
                 stats.cost_sq_sum += float(cost_sq or 0.0)
-                stats.latency_histogram[int(value)] = stats.latency_histogram.get(
-                    int(value), 0
-                ) + int(count)
-                stats.calls_since_step += int(step_calls or 0)
+                bucket = latency_bucket(int(latency))
+                histogram_counts = stats.latency_histogram
+                histogram_counts[bucket] = histogram_counts.get(bucket, 0) + int(count)
+            for rid, count in connection.execute(step_calls):
+                found[str(rid)][CANDIDATE_ARM].calls_since_step = int(count)
             for rid, arm, scores, total, squares, thumbs, up in connection.execute(feedback):
                 if arm is None:
                     continue
