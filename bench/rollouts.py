@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, RolloutProgress
-from modelroute.server.runtime.rollout_controller import decide, window_of
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.snapshot import SnapshotBuilder
+from modelroute.server.usage.rollout_controller import decide, window_of
 from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.storage.database import create_engine_for, upgrade
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog

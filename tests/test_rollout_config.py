@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from modelroute.server.core.resolver import Reason, ResolveInput, bucket_of, resolve
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, RolloutProgress
-from modelroute.server.resolver import Reason, ResolveInput, bucket_of, resolve
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.snapshot import SnapshotBuilder
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BASE: dict[str, object] = {

@@ -7,8 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, RolloutProgress, RolloutSpec
-from modelroute.server.runtime.rollout_controller import decide
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.snapshot import SnapshotBuilder
+from modelroute.server.usage.rollout_controller import decide
 from modelroute.server.usage.rollout_metrics import ArmStats, latency_bucket
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -42,9 +42,8 @@ def spec_with(
     return snapshot.rollouts["r"]
 
 
-RUNNING = RolloutProgress(
-    "RUNNING", 0, 5, NOW - timedelta(hours=1), NOW - timedelta(hours=1), "chat|cand"
-)
+STEP_START = NOW - timedelta(hours=1)
+RUNNING = RolloutProgress("RUNNING", 0, 5, STEP_START, STEP_START, "chat|cand")
 
 
 def arm(
@@ -94,7 +93,7 @@ def test_healthy_arms_advance_only_when_both_minimums_are_met() -> None:
     # Too few candidate calls in the step, or too little time: hold.
     few = {"candidate": arm(50, seed=1), "baseline": arm(8000, seed=2)}
     assert decide(spec, few, NOW).progress is None
-    assert decide(spec, healthy, RUNNING.step_started_at + timedelta(seconds=599)).progress is None
+    assert decide(spec, healthy, STEP_START + timedelta(seconds=599)).progress is None
 
 
 def test_slow_candidate_breaches_the_p95_guardrail_and_pause_holds_the_share() -> None:

@@ -18,7 +18,7 @@ import aetcd
 import grpc
 import pytest
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.runtime.rollout_controller import LEADER_KEY
+from modelroute.server.usage.rollout_controller import LEADER_KEY
 from modelroute.storage.etcd import read_prefix, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
+from modelroute.server.api.errors import database_unavailable, not_found
 from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM, RolloutSpec
-from modelroute.server.errors import database_unavailable, not_found
-from modelroute.server.runtime.rollout_controller import judge, window_of
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.usage.rollout_controller import judge, window_of
 from modelroute.server.usage.rollout_metrics import ArmStats, RolloutMetricsReader
 from sqlalchemy.exc import SQLAlchemyError
 

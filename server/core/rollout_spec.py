@@ -7,7 +7,7 @@ key so that operators never race the controller on one value, and deleting or re
 the rollout key never loses the controller's record. Both arrive through the same watch, so
 every replica serves the share the controller last wrote. Pure: no I/O, no clock.
 
-Progress value (JSON, written only by the controller, see `rollout_controller.py`):
+Progress value (JSON, written only by the controller, see `usage/rollout_controller.py`):
 `{"state": "RUNNING"|"PAUSED"|"ROLLED_BACK"|"COMPLETED", "step": 0, "percent": 1,
   "started_at": RFC 3339, "step_started_at": RFC 3339, "target": "<context>|<candidate>",
   "decisions": [{"time", "action", "step", "percent", "detail"}, ...],

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import aetcd
-from modelroute.server.alerts import AlertSink
 from modelroute.server.core.rollout_spec import (
     BASELINE_ARM,
     CANDIDATE_ARM,
@@ -36,8 +35,8 @@ from modelroute.server.core.rollout_spec import (
     RolloutSpec,
     parse_progress,
 )
-from modelroute.server.runtime.leader import DEFAULT_TTL, LeaderElection
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.guardrails import GuardrailVerdict, evaluate
 from modelroute.server.usage.rollout_metrics import (
     ArmStats,
@@ -46,6 +45,7 @@ from modelroute.server.usage.rollout_metrics import (
     RolloutWindow,
 )
 from modelroute.storage.etcd import ConfigUpdate
+from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
 
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"

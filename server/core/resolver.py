@@ -15,7 +15,7 @@ from typing import Final, Protocol
 
 import mmh3
 from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM
-from modelroute.server.snapshot import (
+from modelroute.server.core.snapshot import (
     ContextSpec,
     ExperimentSpec,
     ModelSpec,

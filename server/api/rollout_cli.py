@@ -16,7 +16,7 @@ import grpc
 import typer
 from google.protobuf import json_format
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.config_apply import apply_to_etcd
+from modelroute.server.api.config_apply import apply_to_etcd
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, parse_progress
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
