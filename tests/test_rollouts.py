@@ -352,3 +352,16 @@ async def _status_state(
     status = await status_of(admin, "ha")
     assert status.state == state, (status.state, status.percent)
     return status
+
+
+async def test_status_of_an_unknown_rollout_is_not_found_naming_the_known_ones(
+    etcd: aetcd.Client, prefix: str, start_server: Callable[..., Awaitable[Running]]
+) -> None:
+    rollout = {"context": "chat", "candidate": "cand", "steps": [{"percent": 5}], "enabled": True}
+    await put(etcd, prefix, {**CONFIG, "rollouts/known": rollout})
+    replica = await start_server()
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await status_of(replica.admin, "nope")
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no rollout 'nope'" in str(failure.value.details())
+    assert "known" in str(failure.value.details())
