@@ -166,3 +166,12 @@ def test_progress_for_another_candidate_does_not_apply() -> None:
     }
     snapshot, _ = builder.apply(10, values, NOW)
     assert (snapshot.rollouts["r1"].state, snapshot.rollouts["r1"].percent) == ("PENDING", 1)
+
+
+def test_a_check_interval_below_one_second_is_rejected() -> None:
+    builder, errors = builder_with(BASE)
+    assert errors == []
+    settings = {"default_model": "base", "rollout_check_seconds": 0}
+    snapshot, rejections = builder.apply(6, {"settings": j(settings)}, NOW)
+    assert len(rejections) == 1 and "rollout_check_seconds" in rejections[0].error
+    assert snapshot.settings.rollout_check_seconds == 60  # the default stays in force
