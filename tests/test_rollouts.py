@@ -138,6 +138,10 @@ async def test_candidate_with_ten_points_more_errors_is_rolled_back_before_its_n
     breached = [g for g in status.guardrails if g.breached]
     assert [g.metric for g in breached] == ["ERROR_RATE"] and breached[0].interval_low > 0
     assert "ERROR_RATE" in status.decisions[-1].detail
+    # The controller's write says who made it, for the config history.
+    _, stored = await read_prefix(etcd, prefix)
+    assert json.loads(stored["runtime/rollouts/bad"].value)["actor"] == "rollout-controller"
+    assert json.loads(stored["runtime/change-meta"].value)["actor"] == "rollout-controller"
 
     # Every replica serves the baseline only, from now on.
     for replica in (replica_a, replica_b):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -50,6 +51,8 @@ from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"
 LEADER_KEY: Final = "runtime/rollout-controller/leader"
+# The config history's "who and why" key (its format: {"actor", "note", "at"}).
+CHANGE_META_KEY: Final = "runtime/change-meta"
 ACTIVE_STATES: Final = frozenset({"PENDING", "RUNNING"})
 
 
@@ -168,9 +171,14 @@ async def write_progress(
     compare = [tx.mod(key) == expected_mod_revision]
     if fence is not None:
         compare.append(fence(tx))
-    succeeded, _ = await etcd.transaction(
-        compare=compare, success=[tx.put(key, progress.to_json(ACTOR, note))], failure=[]
-    )
+    # The config history's companion key (actor + note of this revision), written in the
+    # same transaction, as every write through modelroute does (issue 12, section 1).
+    meta = json.dumps({"actor": ACTOR, "note": note, "at": datetime.now(UTC).isoformat()})
+    success = [
+        tx.put(key, progress.to_json(ACTOR, note)),
+        tx.put(f"{prefix}{CHANGE_META_KEY}".encode(), meta.encode()),
+    ]
+    succeeded, _ = await etcd.transaction(compare=compare, success=success, failure=[])
     return bool(succeeded)
 
 
