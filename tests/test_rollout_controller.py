@@ -134,3 +134,26 @@ def test_finished_or_rolled_back_rollouts_are_left_alone() -> None:
     for state in ("ROLLED_BACK", "PAUSED", "COMPLETED"):
         progress = RolloutProgress(state, 1, 100, NOW, NOW, "chat|cand")
         assert decide(spec_with([], progress=progress), {}, NOW).progress is None
+
+
+def test_a_candidate_exactly_at_its_bound_is_stopped_at_most_5_percent_of_the_time() -> None:
+    """300 simulated rollouts, each checked 20 times (the worst case: the candidate's
+    error rate is exactly baseline + max_increase), judged as the controller judges."""
+    spec = spec_with([{"metric": "ERROR_RATE", "max_increase": 0.02}], progress=RUNNING)
+    rng = random.Random(12)
+    stopped = 0
+    for _ in range(300):
+        candidate, baseline = ArmStats(), ArmStats()
+        for _check in range(20):
+            for _call in range(20):
+                candidate.calls += 1
+                candidate.errors += rng.random() < 0.07
+            for _call in range(180):
+                baseline.calls += 1
+                baseline.errors += rng.random() < 0.05
+            verdict = decide(spec, {"candidate": candidate, "baseline": baseline}, NOW)
+            if any(v.breached for v in verdict.verdicts):
+                stopped += 1
+                break
+    print(f"\nstopped at the bound: {stopped / 300:.1%} of 300 rollouts x 20 checks")
+    assert stopped / 300 <= 0.05

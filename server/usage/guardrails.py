@@ -1,9 +1,11 @@
 """Judging a rollout's guardrails: candidate against baseline, with the always-valid test.
 
 Each guardrail becomes one tested quantity θ that is positive exactly when the candidate is
-worse than the bound tolerates; the guardrail is breached when the always-valid 95%
-interval of θ lies above 0. Because the interval stays valid at every controller check,
-checking every few seconds does not make a healthy candidate fail more often.
+worse than the bound tolerates; the guardrail is breached when the always-valid interval
+of θ lies above 0. The controller gives each of a rollout's k guardrails the level 5%/k
+(Bonferroni), so a candidate within every bound is stopped with probability at most 5%
+over the whole rollout, however many checks it sees: because the interval stays valid at
+every check, checking every few seconds does not make a healthy candidate fail more often.
 
 - ERROR_RATE, COST_PER_CALL: θ = candidate - baseline - max_increase, or
   θ = candidate - (1 + max_relative_increase) x baseline (difference of means).
@@ -23,7 +25,7 @@ from typing import Final
 
 from modelroute.server.core.rollout_spec import GuardrailSpec
 from modelroute.server.usage.rollout_metrics import ArmStats
-from modelroute.server.usage.sequential import Moments, SequentialResult, compare
+from modelroute.server.usage.sequential import DEFAULT_ALPHA, Moments, SequentialResult, compare
 
 P95: Final = 0.95
 # A known constant (the 5% of the p95 test) as an arm with no uncertainty.
@@ -57,10 +59,15 @@ def _fmt(value: float) -> str:
     return f"{value:+.4g}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
 
 
-def evaluate(guardrail: GuardrailSpec, candidate: ArmStats, baseline: ArmStats) -> GuardrailVerdict:
+def evaluate(
+    guardrail: GuardrailSpec,
+    candidate: ArmStats,
+    baseline: ArmStats,
+    alpha: float = DEFAULT_ALPHA,
+) -> GuardrailVerdict:
     metric = guardrail.metric
     if metric == "P95_LATENCY_MS":
-        return _p95(guardrail, candidate, baseline)
+        return _p95(guardrail, candidate, baseline, alpha)
     if metric == "ERROR_RATE":
         cand = Moments.proportion(candidate.calls, candidate.errors)
         base = Moments.proportion(baseline.calls, baseline.errors)
@@ -82,19 +89,21 @@ def evaluate(guardrail: GuardrailSpec, candidate: ArmStats, baseline: ArmStats) 
     else:
         raise ValueError(f"unknown guardrail metric {metric}")
     if guardrail.bound_kind == "max_decrease":
-        result = compare(base, cand, shift=guardrail.bound)
+        result = compare(base, cand, shift=guardrail.bound, alpha=alpha)
         description = f"baseline - candidate - {guardrail.bound:g} (breach when above 0)"
     elif guardrail.bound_kind == "max_relative_increase":
         factor = 1 + guardrail.bound
-        result = compare(cand, base, control_factor=factor)
+        result = compare(cand, base, control_factor=factor, alpha=alpha)
         description = f"candidate - {factor:g} x baseline (breach when above 0)"
     else:
-        result = compare(cand, base, shift=guardrail.bound)
+        result = compare(cand, base, shift=guardrail.bound, alpha=alpha)
         description = f"candidate - baseline - {guardrail.bound:g} (breach when above 0)"
     return GuardrailVerdict(guardrail, cand.mean, base.mean, result, *samples, description)
 
 
-def _p95(guardrail: GuardrailSpec, candidate: ArmStats, baseline: ArmStats) -> GuardrailVerdict:
+def _p95(
+    guardrail: GuardrailSpec, candidate: ArmStats, baseline: ArmStats, alpha: float
+) -> GuardrailVerdict:
     baseline_p95 = baseline.latency_quantile(P95)
     if guardrail.bound_kind == "max_relative_increase":
         threshold = baseline_p95 * (1 + guardrail.bound)
@@ -105,7 +114,7 @@ def _p95(guardrail: GuardrailSpec, candidate: ArmStats, baseline: ArmStats) -> G
         result = compare(Moments(0, 0.0, 0.0), _EXACT_ZERO)  # no baseline yet: no verdict
     else:
         slower = Moments.proportion(candidate.calls, candidate.calls_slower_than(threshold))
-        result = compare(slower, _EXACT_ZERO, shift=1 - P95)
+        result = compare(slower, _EXACT_ZERO, shift=1 - P95, alpha=alpha)
     return GuardrailVerdict(
         guardrail,
         candidate.latency_quantile(P95),

@@ -45,6 +45,7 @@ from modelroute.server.usage.rollout_metrics import (
     RolloutMetricsReader,
     RolloutWindow,
 )
+from modelroute.server.usage.sequential import DEFAULT_ALPHA
 from modelroute.storage.etcd import ConfigUpdate
 from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
 
@@ -73,7 +74,10 @@ class Decision:
 def judge(spec: RolloutSpec, arms: Mapping[str, ArmStats]) -> tuple[GuardrailVerdict, ...]:
     candidate = arms.get(CANDIDATE_ARM, ArmStats())
     baseline = arms.get(BASELINE_ARM, ArmStats())
-    return tuple(evaluate(g, candidate, baseline) for g in spec.guardrails)
+    # Bonferroni over the guardrails: at most 5% chance of stopping a candidate that stays
+    # within every bound, over the whole rollout (each test is valid at every check).
+    alpha = DEFAULT_ALPHA / max(1, len(spec.guardrails))
+    return tuple(evaluate(g, candidate, baseline, alpha) for g in spec.guardrails)
 
 
 def decide(spec: RolloutSpec, arms: Mapping[str, ArmStats], now: datetime) -> Decision:
