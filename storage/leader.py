@@ -33,10 +33,6 @@ class LeaderElection:
         self.ttl = ttl
         self.is_leader = False
 
-    def holds_key(self, tx: object) -> object:
-        """A transaction comparison that holds only while this replica leads (fencing)."""
-        return tx.value(self.key) == self.identity.encode()  # type: ignore[attr-defined]
-
     async def run(self, lead: LeaderWork) -> None:
         """Campaign forever; run `lead()` while leader, cancel it when leadership ends."""
         retry = self.ttl / 3

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.errors import database_unavailable, not_found
+from modelroute.server.api.errors import not_found, store_unavailable
 from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM, RolloutSpec
 from modelroute.server.core.snapshot import Snapshot
 from modelroute.server.usage.rollout_controller import judge, window_of
 from modelroute.server.usage.rollout_metrics import ArmStats, RolloutMetricsReader
-from sqlalchemy.exc import SQLAlchemyError
+from modelroute.storage.errors import StoreUnavailableError
 
 
 def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -52,8 +52,8 @@ async def rollout_status(
         windows = {rid: window_of(spec, now) for rid, spec in started.items()}
         try:
             arms = await asyncio.to_thread(reader.read, windows)
-        except SQLAlchemyError as exc:
-            raise database_unavailable(exc) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
     response = admin_pb2.GetRolloutStatusResponse()
     if snapshot is None:
         return response

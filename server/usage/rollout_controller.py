@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import aetcd
 from modelroute.server.core.rollout_spec import (
     BASELINE_ARM,
     CANDIDATE_ARM,
@@ -47,7 +46,8 @@ from modelroute.server.usage.rollout_metrics import (
 )
 from modelroute.server.usage.sequential import DEFAULT_ALPHA
 from modelroute.storage.etcd import ConfigUpdate
-from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
+from modelroute.storage.leader import DEFAULT_TTL
+from modelroute.storage.rollout_store import EtcdRolloutStore
 
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"
@@ -158,39 +158,33 @@ def window_of(spec: RolloutSpec, now: datetime) -> RolloutWindow:
 
 
 async def write_progress(
-    etcd: aetcd.Client,
-    prefix: str,
+    store: EtcdRolloutStore,
     rollout_id: str,
     progress: RolloutProgress,
     *,
     expected_mod_revision: int,
-    fence: Callable[[object], object] | None = None,
+    leader: str | None = None,
     note: str = "",
 ) -> bool:
     """The controller's one guarded etcd write: succeeds only if the progress key is still
-    at `expected_mod_revision` (0: absent) and, with `fence`, this replica still leads.
-    Recorded with actor `rollout-controller` (in the value; the config history reads it)."""
-    key = f"{prefix}{PROGRESS_DIR}{rollout_id}".encode()
-    tx = etcd.transactions
-    compare = [tx.mod(key) == expected_mod_revision]
-    if fence is not None:
-        compare.append(fence(tx))
-    # The config history's companion key (actor + note of this revision), written in the
-    # same transaction, as every write through modelroute does (issue 12, section 1).
+    at `expected_mod_revision` (0: absent) and, with `leader`, that replica still holds the
+    leader key. Recorded with actor `rollout-controller`: in the value, and in the config
+    history's companion key written in the same transaction (as every write through
+    modelroute does, issue 12 section 1)."""
     meta = json.dumps({"actor": ACTOR, "note": note, "at": datetime.now(UTC).isoformat()})
-    success = [
-        tx.put(key, progress.to_json(ACTOR, note)),
-        tx.put(f"{prefix}{CHANGE_META_KEY}".encode(), meta.encode()),
-    ]
-    succeeded, _ = await etcd.transaction(compare=compare, success=success, failure=[])
-    return bool(succeeded)
+    return await store.put_guarded(
+        PROGRESS_DIR + rollout_id,
+        progress.to_json(ACTOR, note),
+        expected_mod_revision=expected_mod_revision,
+        fence=(LEADER_KEY, leader) if leader is not None else None,
+        also={CHANGE_META_KEY: meta.encode()},
+    )
 
 
 class RolloutController:
     def __init__(
         self,
-        etcd: aetcd.Client,
-        prefix: str,
+        store: EtcdRolloutStore,
         current: Callable[[], Snapshot | None],
         reader: RolloutMetricsReader,
         alerts: AlertSink | None,
@@ -199,14 +193,12 @@ class RolloutController:
         leader_ttl: int = DEFAULT_TTL,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.etcd = etcd
-        self.prefix = prefix
+        self.store = store
+        self.replica_id = replica_id
         self._current = current
         self.reader = reader
         self.alerts = alerts
-        self.election = LeaderElection(
-            etcd, f"{prefix}{LEADER_KEY}".encode(), replica_id, ttl=leader_ttl
-        )
+        self.election = store.election(LEADER_KEY, replica_id, leader_ttl)
         self._clock = clock
         self.checks = 0
         self._wake = asyncio.Event()
@@ -247,11 +239,11 @@ class RolloutController:
                 continue
             # The decision is based on what etcd holds now (the watch may lag our own
             # last write), and the write is guarded on exactly that.
-            stored = await self.etcd.get(f"{self.prefix}{PROGRESS_DIR}{spec.rollout_id}".encode())
-            progress = parse_progress(stored.value) if stored is not None else None
-            fresh = replace(spec, progress=progress or RolloutProgress())
+            raw, mod_revision = await self.store.get(PROGRESS_DIR + spec.rollout_id)
+            progress = parse_progress(raw) if raw is not None else RolloutProgress()
+            fresh = replace(spec, progress=progress)
             if fresh.current_progress.state in ACTIVE_STATES:
-                specs[spec.rollout_id] = (fresh, stored.mod_revision if stored else 0)
+                specs[spec.rollout_id] = (fresh, mod_revision)
         windows = {rid: window_of(spec, now) for rid, (spec, _) in specs.items()}
         arms: RolloutArms = await asyncio.to_thread(self.reader.read, windows) if windows else {}
         decisions = []
@@ -262,12 +254,11 @@ class RolloutController:
                 continue
             last = decision.progress.decisions[-1]
             written = await write_progress(
-                self.etcd,
-                self.prefix,
+                self.store,
                 rid,
                 decision.progress,
                 expected_mod_revision=mod_revision,
-                fence=self.election.holds_key,
+                leader=self.replica_id,
                 note=f"{last.action}: {last.detail}",
             )
             if not written:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Final
 
 from modelroute.server.core.rollout_spec import CANDIDATE_ARM
+from modelroute.storage.database import database_call
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog
 from sqlalchemy import Float, Table, and_, case, cast, func, or_, select, text
 from sqlalchemy.engine import Engine
@@ -91,7 +92,9 @@ class RolloutMetricsReader:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @database_call
     def read(self, windows: Mapping[str, RolloutWindow]) -> RolloutArms:
+        """Raises StoreUnavailableError when the database fails."""
         found: RolloutArms = {rid: defaultdict(ArmStats) for rid in windows}
         if not windows:
             return {}
