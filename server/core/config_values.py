@@ -215,6 +215,8 @@ def _validate_settings(key: ConfigKey, m: Message) -> None:
         _require_id("default_fallbacks", model)
     if m.HasField("rollout_check_seconds") and m.rollout_check_seconds < 1:
         raise ConfigValueError("field 'rollout_check_seconds' must be at least 1 (default 60)")
+    if m.HasField("history_days") and m.history_days == 0:
+        raise ConfigValueError("field 'history_days' must be at least 1 (absent: 90)")
     if m.alert_webhook_url and not re.match(r"^https?://", m.alert_webhook_url):
         raise ConfigValueError("field 'alert_webhook_url' must be an http(s) URL")
 

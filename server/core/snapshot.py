@@ -40,6 +40,7 @@ log = logging.getLogger("modelroute.config")
 DEFAULT_WARN_RATIO: Final = 0.8
 DEFAULT_DECISION_CACHE_SECONDS: Final = 5
 DEFAULT_ROLLOUT_CHECK_SECONDS: Final = 60
+DEFAULT_HISTORY_DAYS: Final = 90
 _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
 
 
@@ -133,6 +134,7 @@ class SettingsSpec:
     alert_webhook_url: str = ""
     decision_cache_seconds: int = DEFAULT_DECISION_CACHE_SECONDS
     rollout_check_seconds: int = DEFAULT_ROLLOUT_CHECK_SECONDS
+    history_days: int = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +475,9 @@ class SnapshotBuilder:
                     rollout_check_seconds=m.rollout_check_seconds
                     if m.HasField("rollout_check_seconds")
                     else DEFAULT_ROLLOUT_CHECK_SECONDS,
+                    history_days=m.history_days
+                    if m.HasField("history_days")
+                    else DEFAULT_HISTORY_DAYS,
                 )
         by_context: dict[str, list[ExperimentSpec]] = {}
         for experiment in sorted(experiments.values(), key=lambda e: e.experiment_id):

@@ -20,12 +20,21 @@ USAGE_DIR: Final = f"{RUNTIME_DIR}usage/"
 PREFERENCES_DIR: Final = f"{RUNTIME_DIR}preferences/"
 # The decision-id signing key (hex), created by the first replica to start.
 DECISION_KEY: Final = f"{RUNTIME_DIR}decision-key"
+# Actor and note of the latest change written through modelroute (runtime/change_meta.py),
+# written in the same transaction as the change it describes.
+CHANGE_META_KEY: Final = f"{RUNTIME_DIR}change-meta"
 
 # Keys that change every second or carry no config: they feed runtime state only and must
 # not produce a new snapshot (WatchConfig clients would drop their caches).
 # The rollout controller's leader key (`usage/rollout_controller.py` LEADER_KEY) too.
 ROLLOUT_CONTROLLER_DIR: Final = f"{RUNTIME_DIR}rollout-controller/"
-QUIET_RUNTIME_KEYS: Final = (USAGE_DIR, PREFERENCES_DIR, DECISION_KEY, ROLLOUT_CONTROLLER_DIR)
+QUIET_RUNTIME_KEYS: Final = (
+    USAGE_DIR,
+    PREFERENCES_DIR,
+    DECISION_KEY,
+    CHANGE_META_KEY,
+    ROLLOUT_CONTROLLER_DIR,
+)
 
 
 def cooldown_key(subject: str) -> str:

@@ -100,7 +100,7 @@ class RolloutMetricsReader:
             return {}
         rollout = _usage.c.experiment_id
         # Grouped in the order of the partial covering index `ix_llm_usage_logs_rollout_arms`
-        # (migration 0003): the database walks it without a sort or a table access. The
+        # (migration 0004): the database walks it without a sort or a table access. The
         # per-rollout time window is a filter on the index entries.
         usage_where = or_(
             *(

@@ -432,6 +432,7 @@ class Settings(_message.Message):
     ALERT_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     DECISION_CACHE_SECONDS_FIELD_NUMBER: _builtins.int
     ROLLOUT_CHECK_SECONDS_FIELD_NUMBER: _builtins.int
+    HISTORY_DAYS_FIELD_NUMBER: _builtins.int
     default_model: _builtins.str
     """Model used for contexts without their own entry (and as the last resort)."""
     alert_webhook_url: _builtins.str
@@ -442,7 +443,11 @@ class Settings(_message.Message):
     """
     rollout_check_seconds: _builtins.int
     """Seconds between two checks of every rollout by the rollout controller. Default 60 when
-    absent. (Field 6: 5 is left to `history_days`.)
+    absent.
+    """
+    history_days: _builtins.int
+    """Days of config history (`config_changes`) kept; older revisions can no longer be
+    shown or rolled back to. Default 90 when absent.
     """
     @_builtins.property
     def default_fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -456,17 +461,22 @@ class Settings(_message.Message):
         alert_webhook_url: _builtins.str = ...,
         decision_cache_seconds: _builtins.int | None = ...,
         rollout_check_seconds: _builtins.int | None = ...,
+        history_days: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_rollout_check_seconds", b"_rollout_check_seconds", "decision_cache_seconds", b"decision_cache_seconds", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "_rollout_check_seconds", b"_rollout_check_seconds", "decision_cache_seconds", b"decision_cache_seconds", "history_days", b"history_days", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_rollout_check_seconds", b"_rollout_check_seconds", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "_rollout_check_seconds", b"_rollout_check_seconds", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model", "history_days", b"history_days", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decision_cache_seconds: _TypeAlias = _typing.Literal["decision_cache_seconds"]  # noqa: Y015
     _WhichOneofArgType__decision_cache_seconds: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__history_days: _TypeAlias = _typing.Literal["history_days"]  # noqa: Y015
+    _WhichOneofArgType__history_days: _TypeAlias = _typing.Literal["_history_days", b"_history_days"]  # noqa: Y015
     _WhichOneofReturnType__rollout_check_seconds: _TypeAlias = _typing.Literal["rollout_check_seconds"]  # noqa: Y015
     _WhichOneofArgType__rollout_check_seconds: _TypeAlias = _typing.Literal["_rollout_check_seconds", b"_rollout_check_seconds"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__decision_cache_seconds) -> _WhichOneofReturnType__decision_cache_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__history_days) -> _WhichOneofReturnType__history_days | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rollout_check_seconds) -> _WhichOneofReturnType__rollout_check_seconds | None: ...
 

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/admin/v1/admin.proto.
  */
 export const file_modelroute_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLKBwoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBEiUKHWVycm9yX3JhdGVfc2VxdWVudGlhbF9wX3ZhbHVlGBYgASgBEiAKGGVycm9yX3JhdGVfZWZmZWN0X2NzX2xvdxgXIAEoARIhChllcnJvcl9yYXRlX2VmZmVjdF9jc19oaWdoGBggASgBEiIKGmxhdGVuY3lfc2VxdWVudGlhbF9wX3ZhbHVlGBkgASgBEh0KFWxhdGVuY3lfZWZmZWN0X2NzX2xvdxgaIAEoARIeChZsYXRlbmN5X2VmZmVjdF9jc19oaWdoGBsgASgBEiIKGnF1YWxpdHlfc2VxdWVudGlhbF9wX3ZhbHVlGBwgASgBEh0KFXF1YWxpdHlfZWZmZWN0X2NzX2xvdxgdIAEoARIeChZxdWFsaXR5X2VmZmVjdF9jc19oaWdoGB4gASgBEiQKHHRodW1ic191cF9zZXF1ZW50aWFsX3BfdmFsdWUYHyABKAESHwoXdGh1bWJzX3VwX2VmZmVjdF9jc19sb3cYICABKAESIAoYdGh1bWJzX3VwX2VmZmVjdF9jc19oaWdoGCEgASgBEh4KFnNpZ25pZmljYW50X3NlcXVlbnRpYWwYIiABKAgizAEKHEdldEV4cGVyaW1lbnRSZXN1bHRzUmVzcG9uc2USFQoNZXhwZXJpbWVudF9pZBgBIAEoCRIPCgdjb250ZXh0GAIgASgJEjQKCHZhcmlhbnRzGAMgAygLMiIubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50UmVzdWx0EhwKFHNhbXBsZV9yYXRpb19wX3ZhbHVlGAQgASgBEh0KFXNhbXBsZV9yYXRpb19taXNtYXRjaBgFIAEoCBIRCglidWNrZXRfYnkYBiABKAkiGAoWR2V0Q29uZmlnU3RhdHVzUmVxdWVzdCJcCgtSZWplY3RlZEtleRILCgNrZXkYASABKAkSDQoFZXJyb3IYAiABKAkSEAoIcmV2aXNpb24YAyABKAMSHwoXcHJldmlvdXNfdmFsdWVfaW5fZm9yY2UYBCABKAgiMQoLRW52T3ZlcnJpZGUSEAoIdmFyaWFibGUYASABKAkSEAoIbW9kZWxfaWQYAiABKAkimQEKC1F1b3RhU3RhdHVzEhAKCHByb3ZpZGVyGAEgASgJEg0KBWxpbWl0GAIgASgJEhMKC2xpbWl0X3ZhbHVlGAMgASgEEhEKCXJlbWFpbmluZxgEIAEoBBIsCghyZXNldF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBiABKAgi8QQKF0dldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEhcKD2NvbmZpZ19yZXZpc2lvbhgBIAEoAxIvCgtsYXN0X3JlbG9hZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoNcmVqZWN0ZWRfa2V5cxgDIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUmVqZWN0ZWRLZXkSNwoNZW52X292ZXJyaWRlcxgEIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuRW52T3ZlcnJpZGUSFgoOZXRjZF9jb25uZWN0ZWQYBSABKAgSFgoOZXRjZF9lbmRwb2ludHMYBiADKAkSMgoOZGVncmFkZWRfc2luY2UYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEk8KCmtleV9jb3VudHMYCCADKAsyOy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlLktleUNvdW50c0VudHJ5EhYKDnJlamVjdGVkX3RvdGFsGAkgASgDEjAKBnF1b3RhcxgKIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUXVvdGFTdGF0dXMSMgoHYnVkZ2V0cxgLIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQnVkZ2V0U3RhdHVzEh4KFnNlcnZpbmdfbGFzdF9nb29kX2ZpbGUYDCABKAgSFQoNbGl2ZV9yZXBsaWNhcxgNIAEoBRowCg5LZXlDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIp0BCgxCdWRnZXRTdGF0dXMSDwoHY29udGV4dBgBIAEoCRIRCglsaW1pdF91c2QYAiABKAESEQoJc3BlbnRfdXNkGAMgASgBEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtpc19leGNlZWRlZBgFIAEoCBITCgtvbl9leGNlZWRlZBgGIAEoCSKvAQoFQWxlcnQSEAoIYWxlcnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRI0CghzZXZlcml0eRgDIAEoDjIiLm1vZGVscm91dGUuYWRtaW4udjEuQWxlcnRTZXZlcml0eRIPCgdtZXNzYWdlGAQgASgJEg8KB3N1YmplY3QYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoRTGlzdEFsZXJ0c1JlcXVlc3QSDQoFbGltaXQYASABKAUSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEkxpc3RBbGVydHNSZXNwb25zZRIqCgZhbGVydHMYASADKAsyGi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0IjwKCUtleUNoYW5nZRILCgNrZXkYASABKAkSEgoKdmFsdWVfanNvbhgCIAEoCRIOCgZkZWxldGUYAyABKAgicQoSQXBwbHlDb25maWdSZXF1ZXN0Ei8KB2NoYW5nZXMYASADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLktleUNoYW5nZRIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIPCgdkcnlfcnVuGAMgASgIIksKE0FwcGx5Q29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUiLQoXR2V0Um9sbG91dFN0YXR1c1JlcXVlc3QSEgoKcm9sbG91dF9pZBgBIAEoCSL8AQoPR3VhcmRyYWlsU3RhdHVzEg4KBm1ldHJpYxgBIAEoCRINCgVib3VuZBgCIAEoCRIXCg9jYW5kaWRhdGVfdmFsdWUYAyABKAESFgoOYmFzZWxpbmVfdmFsdWUYBCABKAESEAoIZXN0aW1hdGUYBSABKAESFAoMaW50ZXJ2YWxfbG93GAYgASgBEhUKDWludGVydmFsX2hpZ2gYByABKAESEAoIYnJlYWNoZWQYCCABKAgSGQoRY2FuZGlkYXRlX3NhbXBsZXMYCSABKAMSGAoQYmFzZWxpbmVfc2FtcGxlcxgKIAEoAxITCgtkZXNjcmlwdGlvbhgLIAEoCSJ6Cg9Sb2xsb3V0RGVjaXNpb24SKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGYWN0aW9uGAIgASgJEgwKBHN0ZXAYAyABKAUSDwoHcGVyY2VudBgEIAEoDRIOCgZkZXRhaWwYBSABKAki1AMKDVJvbGxvdXRTdGF0dXMSEgoKcm9sbG91dF9pZBgBIAEoCRIPCgdjb250ZXh0GAIgASgJEhEKCWNhbmRpZGF0ZRgDIAEoCRIWCg5iYXNlbGluZV9tb2RlbBgEIAEoCRINCgVzdGF0ZRgFIAEoCRIMCgRzdGVwGAYgASgFEg0KBXN0ZXBzGAcgASgFEg8KB3BlcmNlbnQYCCABKA0SLgoKc3RhcnRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPc3RlcF9zdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jYW5kaWRhdGVfY2FsbHMYCyABKAMSFgoOYmFzZWxpbmVfY2FsbHMYDCABKAMSHAoUc3RlcF9jYW5kaWRhdGVfY2FsbHMYDSABKAMSOAoKZ3VhcmRyYWlscxgOIAMoCzIkLm1vZGVscm91dGUuYWRtaW4udjEuR3VhcmRyYWlsU3RhdHVzEjcKCWRlY2lzaW9ucxgPIAMoCzIkLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbG91dERlY2lzaW9uEg8KB2VuYWJsZWQYECABKAgiUAoYR2V0Um9sbG91dFN0YXR1c1Jlc3BvbnNlEjQKCHJvbGxvdXRzGAEgAygLMiIubW9kZWxyb3V0ZS5hZG1pbi52MS5Sb2xsb3V0U3RhdHVzKpkBCgxVc2FnZUdyb3VwQnkSHgoaVVNBR0VfR1JPVVBfQllfVU5TUEVDSUZJRUQQABIaChZVU0FHRV9HUk9VUF9CWV9DT05URVhUEAESGAoUVVNBR0VfR1JPVVBfQllfTU9ERUwQAhIbChdVU0FHRV9HUk9VUF9CWV9QUk9WSURFUhADEhYKElVTQUdFX0dST1VQX0JZX0RBWRAEKoEBCg1BbGVydFNldmVyaXR5Eh4KGkFMRVJUX1NFVkVSSVRZX1VOU1BFQ0lGSUVEEAASFwoTQUxFUlRfU0VWRVJJVFlfSU5GTxABEhoKFkFMRVJUX1NFVkVSSVRZX1dBUk5JTkcQAhIbChdBTEVSVF9TRVZFUklUWV9DUklUSUNBTBADMpkFCgxBZG1pblNlcnZpY2USbAoPR2V0VXNhZ2VTdW1tYXJ5EisubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXF1ZXN0GiwubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXNwb25zZRJ7ChRHZXRFeHBlcmltZW50UmVzdWx0cxIwLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0GjEubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEmwKD0dldENvbmZpZ1N0YXR1cxIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVzcG9uc2USXQoKTGlzdEFsZXJ0cxImLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdEFsZXJ0c1JlcXVlc3QaJy5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXNwb25zZRJgCgtBcHBseUNvbmZpZxInLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXF1ZXN0GigubW9kZWxyb3V0ZS5hZG1pbi52MS5BcHBseUNvbmZpZ1Jlc3BvbnNlEm8KEEdldFJvbGxvdXRTdGF0dXMSLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldFJvbGxvdXRTdGF0dXNSZXF1ZXN0Gi0ubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRSb2xsb3V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLKBwoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBEiUKHWVycm9yX3JhdGVfc2VxdWVudGlhbF9wX3ZhbHVlGBYgASgBEiAKGGVycm9yX3JhdGVfZWZmZWN0X2NzX2xvdxgXIAEoARIhChllcnJvcl9yYXRlX2VmZmVjdF9jc19oaWdoGBggASgBEiIKGmxhdGVuY3lfc2VxdWVudGlhbF9wX3ZhbHVlGBkgASgBEh0KFWxhdGVuY3lfZWZmZWN0X2NzX2xvdxgaIAEoARIeChZsYXRlbmN5X2VmZmVjdF9jc19oaWdoGBsgASgBEiIKGnF1YWxpdHlfc2VxdWVudGlhbF9wX3ZhbHVlGBwgASgBEh0KFXF1YWxpdHlfZWZmZWN0X2NzX2xvdxgdIAEoARIeChZxdWFsaXR5X2VmZmVjdF9jc19oaWdoGB4gASgBEiQKHHRodW1ic191cF9zZXF1ZW50aWFsX3BfdmFsdWUYHyABKAESHwoXdGh1bWJzX3VwX2VmZmVjdF9jc19sb3cYICABKAESIAoYdGh1bWJzX3VwX2VmZmVjdF9jc19oaWdoGCEgASgBEh4KFnNpZ25pZmljYW50X3NlcXVlbnRpYWwYIiABKAgizAEKHEdldEV4cGVyaW1lbnRSZXN1bHRzUmVzcG9uc2USFQoNZXhwZXJpbWVudF9pZBgBIAEoCRIPCgdjb250ZXh0GAIgASgJEjQKCHZhcmlhbnRzGAMgAygLMiIubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50UmVzdWx0EhwKFHNhbXBsZV9yYXRpb19wX3ZhbHVlGAQgASgBEh0KFXNhbXBsZV9yYXRpb19taXNtYXRjaBgFIAEoCBIRCglidWNrZXRfYnkYBiABKAkiGAoWR2V0Q29uZmlnU3RhdHVzUmVxdWVzdCJcCgtSZWplY3RlZEtleRILCgNrZXkYASABKAkSDQoFZXJyb3IYAiABKAkSEAoIcmV2aXNpb24YAyABKAMSHwoXcHJldmlvdXNfdmFsdWVfaW5fZm9yY2UYBCABKAgiMQoLRW52T3ZlcnJpZGUSEAoIdmFyaWFibGUYASABKAkSEAoIbW9kZWxfaWQYAiABKAkimQEKC1F1b3RhU3RhdHVzEhAKCHByb3ZpZGVyGAEgASgJEg0KBWxpbWl0GAIgASgJEhMKC2xpbWl0X3ZhbHVlGAMgASgEEhEKCXJlbWFpbmluZxgEIAEoBBIsCghyZXNldF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBiABKAgi8QQKF0dldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEhcKD2NvbmZpZ19yZXZpc2lvbhgBIAEoAxIvCgtsYXN0X3JlbG9hZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoNcmVqZWN0ZWRfa2V5cxgDIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUmVqZWN0ZWRLZXkSNwoNZW52X292ZXJyaWRlcxgEIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuRW52T3ZlcnJpZGUSFgoOZXRjZF9jb25uZWN0ZWQYBSABKAgSFgoOZXRjZF9lbmRwb2ludHMYBiADKAkSMgoOZGVncmFkZWRfc2luY2UYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEk8KCmtleV9jb3VudHMYCCADKAsyOy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlLktleUNvdW50c0VudHJ5EhYKDnJlamVjdGVkX3RvdGFsGAkgASgDEjAKBnF1b3RhcxgKIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUXVvdGFTdGF0dXMSMgoHYnVkZ2V0cxgLIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQnVkZ2V0U3RhdHVzEh4KFnNlcnZpbmdfbGFzdF9nb29kX2ZpbGUYDCABKAgSFQoNbGl2ZV9yZXBsaWNhcxgNIAEoBRowCg5LZXlDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIp0BCgxCdWRnZXRTdGF0dXMSDwoHY29udGV4dBgBIAEoCRIRCglsaW1pdF91c2QYAiABKAESEQoJc3BlbnRfdXNkGAMgASgBEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtpc19leGNlZWRlZBgFIAEoCBITCgtvbl9leGNlZWRlZBgGIAEoCSKvAQoFQWxlcnQSEAoIYWxlcnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRI0CghzZXZlcml0eRgDIAEoDjIiLm1vZGVscm91dGUuYWRtaW4udjEuQWxlcnRTZXZlcml0eRIPCgdtZXNzYWdlGAQgASgJEg8KB3N1YmplY3QYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoRTGlzdEFsZXJ0c1JlcXVlc3QSDQoFbGltaXQYASABKAUSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEkxpc3RBbGVydHNSZXNwb25zZRIqCgZhbGVydHMYASADKAsyGi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0IjwKCUtleUNoYW5nZRILCgNrZXkYASABKAkSEgoKdmFsdWVfanNvbhgCIAEoCRIOCgZkZWxldGUYAyABKAgifwoSQXBwbHlDb25maWdSZXF1ZXN0Ei8KB2NoYW5nZXMYASADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLktleUNoYW5nZRIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIPCgdkcnlfcnVuGAMgASgIEgwKBG5vdGUYBCABKAkiSwoTQXBwbHlDb25maWdSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIMCgRkaWZmGAIgAygJEhQKDGNoYW5nZWRfa2V5cxgDIAEoBSLkAQoMQ29uZmlnQ2hhbmdlEhAKCHJldmlzaW9uGAEgASgDEi4KCmNoYW5nZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2tleRgDIAEoCRIeChF2YWx1ZV9iZWZvcmVfanNvbhgEIAEoCUgAiAEBEh0KEHZhbHVlX2FmdGVyX2pzb24YBSABKAlIAYgBARINCgVhY3RvchgGIAEoCRIMCgRub3RlGAcgASgJQhQKEl92YWx1ZV9iZWZvcmVfanNvbkITChFfdmFsdWVfYWZ0ZXJfanNvbiKAAQoYTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0EhIKCmtleV9wcmVmaXgYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAMgASgFEhYKDnVwX3RvX3JldmlzaW9uGAQgASgDImgKGUxpc3RDb25maWdDaGFuZ2VzUmVzcG9uc2USMgoHY2hhbmdlcxgBIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQ29uZmlnQ2hhbmdlEhcKD29sZGVzdF9yZXZpc2lvbhgCIAEoAyImChJHZXRDb25maWdBdFJlcXVlc3QSEAoIcmV2aXNpb24YASABKAMiwgEKE0dldENvbmZpZ0F0UmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSTQoLdmFsdWVzX2pzb24YAiADKAsyOC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2UuVmFsdWVzSnNvbkVudHJ5EhcKD29sZGVzdF9yZXZpc2lvbhgDIAEoAxoxCg9WYWx1ZXNKc29uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJjChVSb2xsYmFja0NvbmZpZ1JlcXVlc3QSEAoIcmV2aXNpb24YASABKAMSDwoHZHJ5X3J1bhgCIAEoCBIMCgRub3RlGAMgASgJEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgDImUKFlJvbGxiYWNrQ29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUSFQoNYmFzZV9yZXZpc2lvbhgEIAEoAyJlChpQcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USFgoOd2luZG93X3NlY29uZHMYAiABKAMiQAoJTW9kZWxNb3ZlEhIKCmZyb21fbW9kZWwYASABKAkSEAoIdG9fbW9kZWwYAiABKAkSDQoFY2FsbHMYAyABKAMiRgoLVmFyaWFudE1vdmUSFAoMZnJvbV92YXJpYW50GAEgASgJEhIKCnRvX3ZhcmlhbnQYAiABKAkSDQoFdXNlcnMYAyABKAMivgIKDUNvbnRleHRJbXBhY3QSDwoHY29udGV4dBgBIAEoCRINCgVjYWxscxgCIAEoAxIVCg1jaGFuZ2VkX2NhbGxzGAMgASgDEhUKDWNoYW5nZWRfc2hhcmUYBCABKAESLQoFbW92ZXMYBSADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLk1vZGVsTW92ZRI3Cg12YXJpYW50X21vdmVzGAYgAygLMiAubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50TW92ZRIfChdjb3N0X3Blcl9kYXlfYmVmb3JlX3VzZBgHIAEoARIeChZjb3N0X3Blcl9kYXlfYWZ0ZXJfdXNkGAggASgBEhoKEnVucmVhY2hhYmxlX21vZGVscxgJIAMoCRIaChJjYWxsc193aXRob3V0X3VzZXIYCiABKAMigwIKG1ByZXZpZXdDb25maWdDaGFuZ2VSZXNwb25zZRI0Cghjb250ZXh0cxgBIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuQ29udGV4dEltcGFjdBIWCg5jYWxsc19yZXBsYXllZBgCIAEoAxIwCgx3aW5kb3dfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWJhc2VfcmV2aXNpb24YBSABKAMSDAoEZGlmZhgGIAMoCRIPCgdjYXZlYXRzGAcgAygJIi0KF0dldFJvbGxvdXRTdGF0dXNSZXF1ZXN0EhIKCnJvbGxvdXRfaWQYASABKAki/AEKD0d1YXJkcmFpbFN0YXR1cxIOCgZtZXRyaWMYASABKAkSDQoFYm91bmQYAiABKAkSFwoPY2FuZGlkYXRlX3ZhbHVlGAMgASgBEhYKDmJhc2VsaW5lX3ZhbHVlGAQgASgBEhAKCGVzdGltYXRlGAUgASgBEhQKDGludGVydmFsX2xvdxgGIAEoARIVCg1pbnRlcnZhbF9oaWdoGAcgASgBEhAKCGJyZWFjaGVkGAggASgIEhkKEWNhbmRpZGF0ZV9zYW1wbGVzGAkgASgDEhgKEGJhc2VsaW5lX3NhbXBsZXMYCiABKAMSEwoLZGVzY3JpcHRpb24YCyABKAkiegoPUm9sbG91dERlY2lzaW9uEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmFjdGlvbhgCIAEoCRIMCgRzdGVwGAMgASgFEg8KB3BlcmNlbnQYBCABKA0SDgoGZGV0YWlsGAUgASgJItQDCg1Sb2xsb3V0U3RhdHVzEhIKCnJvbGxvdXRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRIRCgljYW5kaWRhdGUYAyABKAkSFgoOYmFzZWxpbmVfbW9kZWwYBCABKAkSDQoFc3RhdGUYBSABKAkSDAoEc3RlcBgGIAEoBRINCgVzdGVwcxgHIAEoBRIPCgdwZXJjZW50GAggASgNEi4KCnN0YXJ0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD3N0ZXBfc3RhcnRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPY2FuZGlkYXRlX2NhbGxzGAsgASgDEhYKDmJhc2VsaW5lX2NhbGxzGAwgASgDEhwKFHN0ZXBfY2FuZGlkYXRlX2NhbGxzGA0gASgDEjgKCmd1YXJkcmFpbHMYDiADKAsyJC5tb2RlbHJvdXRlLmFkbWluLnYxLkd1YXJkcmFpbFN0YXR1cxI3CglkZWNpc2lvbnMYDyADKAsyJC5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxvdXREZWNpc2lvbhIPCgdlbmFibGVkGBAgASgIIlAKGEdldFJvbGxvdXRTdGF0dXNSZXNwb25zZRI0Cghyb2xsb3V0cxgBIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbG91dFN0YXR1cyqZAQoMVXNhZ2VHcm91cEJ5Eh4KGlVTQUdFX0dST1VQX0JZX1VOU1BFQ0lGSUVEEAASGgoWVVNBR0VfR1JPVVBfQllfQ09OVEVYVBABEhgKFFVTQUdFX0dST1VQX0JZX01PREVMEAISGwoXVVNBR0VfR1JPVVBfQllfUFJPVklERVIQAxIWChJVU0FHRV9HUk9VUF9CWV9EQVkQBCqBAQoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhcKE0FMRVJUX1NFVkVSSVRZX0lORk8QARIaChZBTEVSVF9TRVZFUklUWV9XQVJOSU5HEAISGwoXQUxFUlRfU0VWRVJJVFlfQ1JJVElDQUwQAzLUCAoMQWRtaW5TZXJ2aWNlEmwKD0dldFVzYWdlU3VtbWFyeRIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVzcG9uc2USewoUR2V0RXhwZXJpbWVudFJlc3VsdHMSMC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldEV4cGVyaW1lbnRSZXN1bHRzUmVxdWVzdBoxLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXNwb25zZRJsCg9HZXRDb25maWdTdGF0dXMSKy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1JlcXVlc3QaLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEl0KCkxpc3RBbGVydHMSJi5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXF1ZXN0GicubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0QWxlcnRzUmVzcG9uc2USYAoLQXBwbHlDb25maWcSJy5tb2RlbHJvdXRlLmFkbWluLnYxLkFwcGx5Q29uZmlnUmVxdWVzdBooLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXNwb25zZRJyChFMaXN0Q29uZmlnQ2hhbmdlcxItLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0Gi4ubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEmAKC0dldENvbmZpZ0F0EicubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlcXVlc3QaKC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2USaQoOUm9sbGJhY2tDb25maWcSKi5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxiYWNrQ29uZmlnUmVxdWVzdBorLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbGJhY2tDb25maWdSZXNwb25zZRJ4ChNQcmV2aWV3Q29uZmlnQ2hhbmdlEi8ubW9kZWxyb3V0ZS5hZG1pbi52MS5QcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBowLm1vZGVscm91dGUuYWRtaW4udjEuUHJldmlld0NvbmZpZ0NoYW5nZVJlc3BvbnNlEm8KEEdldFJvbGxvdXRTdGF0dXMSLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldFJvbGxvdXRTdGF0dXNSZXF1ZXN0Gi0ubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRSb2xsb3V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetUsageSummaryRequest selects usage to aggregate.
@@ -997,6 +997,13 @@ export type ApplyConfigRequest = Message<"modelroute.admin.v1.ApplyConfigRequest
    * @generated from field: bool dry_run = 3;
    */
   dryRun: boolean;
+
+  /**
+   * Why: recorded with the change in the config history (at most 2000 characters).
+   *
+   * @generated from field: string note = 4;
+   */
+  note: string;
 };
 
 /**
@@ -1042,6 +1049,527 @@ export const ApplyConfigResponseSchema: GenMessage<ApplyConfigResponse> = /*@__P
   messageDesc(file_modelroute_admin_v1_admin, 17);
 
 /**
+ * ConfigChange is one key changed at one etcd revision.
+ *
+ * @generated from message modelroute.admin.v1.ConfigChange
+ */
+export type ConfigChange = Message<"modelroute.admin.v1.ConfigChange"> & {
+  /**
+   * The etcd revision of the change.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * When it was made (modelroute writes) or first seen by a replica (etcd writes).
+   *
+   * @generated from field: google.protobuf.Timestamp changed_at = 2;
+   */
+  changedAt?: Timestamp | undefined;
+
+  /**
+   * The key relative to the prefix, e.g. `overrides/rag.answer`.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * The value before; absent when the key did not exist.
+   *
+   * @generated from field: optional string value_before_json = 4;
+   */
+  valueBeforeJson?: string | undefined;
+
+  /**
+   * The value after; absent when the key was deleted.
+   *
+   * @generated from field: optional string value_after_json = 5;
+   */
+  valueAfterJson?: string | undefined;
+
+  /**
+   * Who: the admin token's name (`operator` for a bare token), `etcd` for a write made
+   * straight into etcd, `rollout-controller` for automatic rollout steps.
+   *
+   * @generated from field: string actor = 6;
+   */
+  actor: string;
+
+  /**
+   * The note given with the change (`--note`), if any.
+   *
+   * @generated from field: string note = 7;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ConfigChange.
+ * Use `create(ConfigChangeSchema)` to create a new message.
+ */
+export const ConfigChangeSchema: GenMessage<ConfigChange> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 18);
+
+/**
+ * ListConfigChangesRequest selects changes.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesRequest
+ */
+export type ListConfigChangesRequest = Message<"modelroute.admin.v1.ListConfigChangesRequest"> & {
+  /**
+   * Only keys starting with this (e.g. `overrides/`); empty: every key.
+   *
+   * @generated from field: string key_prefix = 1;
+   */
+  keyPrefix: string;
+
+  /**
+   * Only changes at or after this instant.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Maximum number of changes (default 100, at most 1000).
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * Paging: only changes at or before this revision (0: up to the newest).
+   *
+   * @generated from field: int64 up_to_revision = 4;
+   */
+  upToRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesRequest.
+ * Use `create(ListConfigChangesRequestSchema)` to create a new message.
+ */
+export const ListConfigChangesRequestSchema: GenMessage<ListConfigChangesRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 19);
+
+/**
+ * ListConfigChangesResponse lists changes, newest first.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesResponse
+ */
+export type ListConfigChangesResponse = Message<"modelroute.admin.v1.ListConfigChangesResponse"> & {
+  /**
+   * The changes, newest revision first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ConfigChange changes = 1;
+   */
+  changes: ConfigChange[];
+
+  /**
+   * The oldest revision the history can still show in full or roll back to.
+   *
+   * @generated from field: int64 oldest_revision = 2;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesResponse.
+ * Use `create(ListConfigChangesResponseSchema)` to create a new message.
+ */
+export const ListConfigChangesResponseSchema: GenMessage<ListConfigChangesResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 20);
+
+/**
+ * GetConfigAtRequest names a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtRequest
+ */
+export type GetConfigAtRequest = Message<"modelroute.admin.v1.GetConfigAtRequest"> & {
+  /**
+   * The etcd revision; 0 means the newest recorded.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtRequest.
+ * Use `create(GetConfigAtRequestSchema)` to create a new message.
+ */
+export const GetConfigAtRequestSchema: GenMessage<GetConfigAtRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 21);
+
+/**
+ * GetConfigAtResponse is the configuration in force at a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtResponse
+ */
+export type GetConfigAtResponse = Message<"modelroute.admin.v1.GetConfigAtResponse"> & {
+  /**
+   * The revision shown.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Key relative to the prefix → value (proto-JSON; `clients/` secrets redacted).
+   *
+   * @generated from field: map<string, string> values_json = 2;
+   */
+  valuesJson: { [key: string]: string };
+
+  /**
+   * The oldest revision kept.
+   *
+   * @generated from field: int64 oldest_revision = 3;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtResponse.
+ * Use `create(GetConfigAtResponseSchema)` to create a new message.
+ */
+export const GetConfigAtResponseSchema: GenMessage<GetConfigAtResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 22);
+
+/**
+ * RollbackConfigRequest names the revision to go back to.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigRequest
+ */
+export type RollbackConfigRequest = Message<"modelroute.admin.v1.RollbackConfigRequest"> & {
+  /**
+   * The revision whose values are restored.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Compute the diff only; write nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Why: recorded with the rollback in the history.
+   *
+   * @generated from field: string note = 3;
+   */
+  note: string;
+
+  /**
+   * Fail with ABORTED if the configuration changed after this revision (e.g. the one a
+   * form was loaded at); 0: the revision read when the rollback is planned.
+   *
+   * @generated from field: int64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigRequest.
+ * Use `create(RollbackConfigRequestSchema)` to create a new message.
+ */
+export const RollbackConfigRequestSchema: GenMessage<RollbackConfigRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 23);
+
+/**
+ * RollbackConfigResponse reports what was (or would be) written.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigResponse
+ */
+export type RollbackConfigResponse = Message<"modelroute.admin.v1.RollbackConfigResponse"> & {
+  /**
+   * The etcd revision after the write (0 for a dry run or when nothing changes).
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * A unified diff from the current values to the restored ones.
+   *
+   * @generated from field: repeated string diff = 2;
+   */
+  diff: string[];
+
+  /**
+   * Keys written or deleted.
+   *
+   * @generated from field: int32 changed_keys = 3;
+   */
+  changedKeys: number;
+
+  /**
+   * The revision the rollback was planned against.
+   *
+   * @generated from field: int64 base_revision = 4;
+   */
+  baseRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigResponse.
+ * Use `create(RollbackConfigResponseSchema)` to create a new message.
+ */
+export const RollbackConfigResponseSchema: GenMessage<RollbackConfigResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 24);
+
+/**
+ * PreviewConfigChangeRequest is a proposed change and the traffic to replay.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeRequest
+ */
+export type PreviewConfigChangeRequest = Message<"modelroute.admin.v1.PreviewConfigChangeRequest"> & {
+  /**
+   * The proposed changes (as for ApplyConfig).
+   *
+   * @generated from field: repeated modelroute.admin.v1.KeyChange changes = 1;
+   */
+  changes: KeyChange[];
+
+  /**
+   * How much recorded usage to replay, ending now (default 24 hours, at most 90 days).
+   *
+   * @generated from field: int64 window_seconds = 2;
+   */
+  windowSeconds: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeRequest.
+ * Use `create(PreviewConfigChangeRequestSchema)` to create a new message.
+ */
+export const PreviewConfigChangeRequestSchema: GenMessage<PreviewConfigChangeRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 25);
+
+/**
+ * ModelMove counts calls that would move from one model to another.
+ *
+ * @generated from message modelroute.admin.v1.ModelMove
+ */
+export type ModelMove = Message<"modelroute.admin.v1.ModelMove"> & {
+  /**
+   * The model served under the configuration in force (`(none)`: no model available).
+   *
+   * @generated from field: string from_model = 1;
+   */
+  fromModel: string;
+
+  /**
+   * The model that would serve under the proposed one.
+   *
+   * @generated from field: string to_model = 2;
+   */
+  toModel: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 3;
+   */
+  calls: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ModelMove.
+ * Use `create(ModelMoveSchema)` to create a new message.
+ */
+export const ModelMoveSchema: GenMessage<ModelMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 26);
+
+/**
+ * VariantMove counts users whose experiment variant would change.
+ *
+ * @generated from message modelroute.admin.v1.VariantMove
+ */
+export type VariantMove = Message<"modelroute.admin.v1.VariantMove"> & {
+  /**
+   * `experiment/variant` before; empty when not in an experiment.
+   *
+   * @generated from field: string from_variant = 1;
+   */
+  fromVariant: string;
+
+  /**
+   * `experiment/variant` after; empty when not in an experiment.
+   *
+   * @generated from field: string to_variant = 2;
+   */
+  toVariant: string;
+
+  /**
+   * Distinct users.
+   *
+   * @generated from field: int64 users = 3;
+   */
+  users: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.VariantMove.
+ * Use `create(VariantMoveSchema)` to create a new message.
+ */
+export const VariantMoveSchema: GenMessage<VariantMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 27);
+
+/**
+ * ContextImpact is what a change would do to one context's recorded traffic.
+ *
+ * @generated from message modelroute.admin.v1.ContextImpact
+ */
+export type ContextImpact = Message<"modelroute.admin.v1.ContextImpact"> & {
+  /**
+   * The context.
+   *
+   * @generated from field: string context = 1;
+   */
+  context: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * Calls whose model would change.
+   *
+   * @generated from field: int64 changed_calls = 3;
+   */
+  changedCalls: bigint;
+
+  /**
+   * changed_calls / calls.
+   *
+   * @generated from field: double changed_share = 4;
+   */
+  changedShare: number;
+
+  /**
+   * From → to matrix of the changed calls, most calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ModelMove moves = 5;
+   */
+  moves: ModelMove[];
+
+  /**
+   * Users moved between experiment variants.
+   *
+   * @generated from field: repeated modelroute.admin.v1.VariantMove variant_moves = 6;
+   */
+  variantMoves: VariantMove[];
+
+  /**
+   * Estimated cost per day: recorded tokens × prices of the model served, in force.
+   *
+   * @generated from field: double cost_per_day_before_usd = 7;
+   */
+  costPerDayBeforeUsd: number;
+
+  /**
+   * The same under the proposed configuration (its models and prices).
+   *
+   * @generated from field: double cost_per_day_after_usd = 8;
+   */
+  costPerDayAfterUsd: number;
+
+  /**
+   * Models that serve or back up this context now and would not any more.
+   *
+   * @generated from field: repeated string unreachable_models = 9;
+   */
+  unreachableModels: string[];
+
+  /**
+   * Replayed calls that carried no user id (experiments bucketed by user skip them).
+   *
+   * @generated from field: int64 calls_without_user = 10;
+   */
+  callsWithoutUser: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ContextImpact.
+ * Use `create(ContextImpactSchema)` to create a new message.
+ */
+export const ContextImpactSchema: GenMessage<ContextImpact> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 28);
+
+/**
+ * PreviewConfigChangeResponse is the impact of a proposed change.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeResponse
+ */
+export type PreviewConfigChangeResponse = Message<"modelroute.admin.v1.PreviewConfigChangeResponse"> & {
+  /**
+   * Per context, most changed calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ContextImpact contexts = 1;
+   */
+  contexts: ContextImpact[];
+
+  /**
+   * Usage rows replayed.
+   *
+   * @generated from field: int64 calls_replayed = 2;
+   */
+  callsReplayed: bigint;
+
+  /**
+   * The window replayed.
+   *
+   * @generated from field: google.protobuf.Timestamp window_start = 3;
+   */
+  windowStart?: Timestamp | undefined;
+
+  /**
+   * The end of the window (now).
+   *
+   * @generated from field: google.protobuf.Timestamp window_end = 4;
+   */
+  windowEnd?: Timestamp | undefined;
+
+  /**
+   * The configuration revision the change was planned against.
+   *
+   * @generated from field: int64 base_revision = 5;
+   */
+  baseRevision: bigint;
+
+  /**
+   * The diff of the proposed change.
+   *
+   * @generated from field: repeated string diff = 6;
+   */
+  diff: string[];
+
+  /**
+   * What the replay cannot reproduce (runtime cooldowns and quotas, calls without a
+   * user id, experiments bucketed by request), in words.
+   *
+   * @generated from field: repeated string caveats = 7;
+   */
+  caveats: string[];
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeResponse.
+ * Use `create(PreviewConfigChangeResponseSchema)` to create a new message.
+ */
+export const PreviewConfigChangeResponseSchema: GenMessage<PreviewConfigChangeResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 29);
+
+/**
  * GetRolloutStatusRequest names a rollout, or none for all.
  *
  * @generated from message modelroute.admin.v1.GetRolloutStatusRequest
@@ -1060,7 +1588,7 @@ export type GetRolloutStatusRequest = Message<"modelroute.admin.v1.GetRolloutSta
  * Use `create(GetRolloutStatusRequestSchema)` to create a new message.
  */
 export const GetRolloutStatusRequestSchema: GenMessage<GetRolloutStatusRequest> = /*@__PURE__*/
-  messageDesc(file_modelroute_admin_v1_admin, 18);
+  messageDesc(file_modelroute_admin_v1_admin, 30);
 
 /**
  * GuardrailStatus is one guardrail as the controller judges it now.
@@ -1155,7 +1683,7 @@ export type GuardrailStatus = Message<"modelroute.admin.v1.GuardrailStatus"> & {
  * Use `create(GuardrailStatusSchema)` to create a new message.
  */
 export const GuardrailStatusSchema: GenMessage<GuardrailStatus> = /*@__PURE__*/
-  messageDesc(file_modelroute_admin_v1_admin, 19);
+  messageDesc(file_modelroute_admin_v1_admin, 31);
 
 /**
  * RolloutDecision is one action of the rollout controller.
@@ -1204,7 +1732,7 @@ export type RolloutDecision = Message<"modelroute.admin.v1.RolloutDecision"> & {
  * Use `create(RolloutDecisionSchema)` to create a new message.
  */
 export const RolloutDecisionSchema: GenMessage<RolloutDecision> = /*@__PURE__*/
-  messageDesc(file_modelroute_admin_v1_admin, 20);
+  messageDesc(file_modelroute_admin_v1_admin, 32);
 
 /**
  * RolloutStatus is one rollout's progress.
@@ -1331,7 +1859,7 @@ export type RolloutStatus = Message<"modelroute.admin.v1.RolloutStatus"> & {
  * Use `create(RolloutStatusSchema)` to create a new message.
  */
 export const RolloutStatusSchema: GenMessage<RolloutStatus> = /*@__PURE__*/
-  messageDesc(file_modelroute_admin_v1_admin, 21);
+  messageDesc(file_modelroute_admin_v1_admin, 33);
 
 /**
  * GetRolloutStatusResponse lists rollouts.
@@ -1352,7 +1880,7 @@ export type GetRolloutStatusResponse = Message<"modelroute.admin.v1.GetRolloutSt
  * Use `create(GetRolloutStatusResponseSchema)` to create a new message.
  */
 export const GetRolloutStatusResponseSchema: GenMessage<GetRolloutStatusResponse> = /*@__PURE__*/
-  messageDesc(file_modelroute_admin_v1_admin, 22);
+  messageDesc(file_modelroute_admin_v1_admin, 34);
 
 /**
  * UsageGroupBy is the dimension usage is aggregated on.
@@ -1524,12 +2052,91 @@ export const AdminService: GenService<{
     output: typeof ApplyConfigResponseSchema;
   },
   /**
+   * ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+   * entry per key and etcd revision, with the values before and after (secrets of
+   * `clients/` values redacted), who made it and their note. Kept in the database, so
+   * it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: limit out of range.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.ListConfigChanges
+   */
+  listConfigChanges: {
+    methodKind: "unary";
+    input: typeof ListConfigChangesRequestSchema;
+    output: typeof ListConfigChangesResponseSchema;
+  },
+  /**
+   * GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: a negative revision.
+   * - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+   *   metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.GetConfigAt
+   */
+  getConfigAt: {
+    methodKind: "unary";
+    input: typeof GetConfigAtRequestSchema;
+    output: typeof GetConfigAtResponseSchema;
+  },
+  /**
+   * RollbackConfig puts every decision-shaping key back to its value at `revision`
+   * (deleting keys created after it) in one etcd transaction, guarded by the revision it
+   * read (or `expected_revision`). The rollback is itself recorded as a change.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+   * - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+   * - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+   *   history (names the keys; re-create those clients by hand).
+   * - ABORTED: the configuration changed concurrently; nothing was written.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.RollbackConfig
+   */
+  rollbackConfig: {
+    methodKind: "unary";
+    input: typeof RollbackConfigRequestSchema;
+    output: typeof RollbackConfigResponseSchema;
+  },
+  /**
+   * PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+   * each row) through the resolver under the configuration in force and under the
+   * proposed one, and reports per context what would move. It writes nothing.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+   *   window that is not positive or longer than 90 days.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.PreviewConfigChange
+   */
+  previewConfigChange: {
+    methodKind: "unary";
+    input: typeof PreviewConfigChangeRequestSchema;
+    output: typeof PreviewConfigChangeResponseSchema;
+  },
+  /**
    * GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
    * calls per arm, each guardrail's estimate with its always-valid interval, and the
    * controller's decisions over time.
    *
    * Errors:
    * - NOT_FOUND: `rollout_id` names no configured rollout.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
    * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
    * - UNIMPLEMENTED: not available in this server version.
    *

@@ -6,15 +6,15 @@ and sorts for the GROUP BY (about 3.5 s on 600,000 rollout rows). Walking this i
 order needs neither. Partial (`reason = 'ROLLOUT'`): other usage rows do not pay for it
 on insert.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
