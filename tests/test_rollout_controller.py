@@ -157,3 +157,12 @@ def test_a_candidate_exactly_at_its_bound_is_stopped_at_most_5_percent_of_the_ti
                 break
     print(f"\nstopped at the bound: {stopped / 300:.1%} of 300 rollouts x 20 checks")
     assert stopped / 300 <= 0.05
+
+
+def test_the_controller_writes_the_config_historys_companion_key_in_its_format() -> None:
+    # usage/ may not import runtime/, so the controller names the key itself; they agree.
+    from modelroute.server.runtime.change_meta import ACTOR_ROLLOUT_CONTROLLER, META_KEY
+    from modelroute.server.usage import rollout_controller
+
+    assert rollout_controller.CHANGE_META_KEY == META_KEY
+    assert rollout_controller.ACTOR == ACTOR_ROLLOUT_CONTROLLER

@@ -141,7 +141,9 @@ async def test_candidate_with_ten_points_more_errors_is_rolled_back_before_its_n
     # The controller's write says who made it, for the config history.
     _, stored = await read_prefix(etcd, prefix)
     assert json.loads(stored["runtime/rollouts/bad"].value)["actor"] == "rollout-controller"
-    assert json.loads(stored["runtime/change-meta"].value)["actor"] == "rollout-controller"
+    # ... and the config history records the rollback once, by `rollout-controller`.
+    history = await eventually(lambda: _controller_history(replica_a, "bad"), timeout=10)
+    assert [json.loads(c.value_after_json)["state"] for c in history] == ["RUNNING", "ROLLED_BACK"]
 
     # Every replica serves the baseline only, from now on.
     for replica in (replica_a, replica_b):
@@ -161,6 +163,16 @@ async def test_candidate_with_ten_points_more_errors_is_rolled_back_before_its_n
         lambda: _checked_more_than(replica_a, replica_b, checks + 2), timeout=10, interval=0.1
     )
     assert webhook.kinds()["rollout_rolled_back"] == 1
+
+
+async def _controller_history(replica: Running, rollout_id: str) -> list[admin_pb2.ConfigChange]:
+    reply = await replica.admin.ListConfigChanges(
+        admin_pb2.ListConfigChangesRequest(key_prefix=f"runtime/rollouts/{rollout_id}")
+    )
+    changes = list(reversed(reply.changes))  # oldest first
+    assert len(changes) == 2, changes
+    assert {c.actor for c in changes} == {"rollout-controller"}
+    return changes
 
 
 async def _state_is(replica: Running, rollout_id: str, state: str) -> admin_pb2.RolloutStatus:
