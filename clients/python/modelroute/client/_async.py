@@ -9,7 +9,6 @@ import logging
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from modelroute.client._caches import DecisionCache, LastKnown
 from modelroute.client._reports import build_report
+from modelroute.client._sender import CloseResult, ReportSender, SenderSettings
 from modelroute.client._walk import FallbackWalk
 from modelroute.client.classify import FailureClassifier
 from modelroute.client.decision import Decision, Outcome, Reason, Source, env_var_for
@@ -27,7 +27,7 @@ from modelroute.client.errors import (
     ControlPlaneUnavailableWarning,
     InvalidResolveRequestError,
     NoModelAvailableError,
-    ReportDeliveryError,
+    RejectedReport,
 )
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
@@ -35,16 +35,6 @@ logger = logging.getLogger("modelroute.client")
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_REPORTS_PER_CALL = 1000  # ReportUsageRequest limit
-# Status codes where a report batch may succeed later; anything else will never succeed.
-_RETRYABLE_REPORT_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +50,7 @@ class RouterOptions:
     report_interval: float = 1.0  # seconds a report may wait for its batch
     report_timeout: float = 5.0
     max_pending_reports: int = 100_000
-    close_timeout: float = 10.0  # how long close() keeps retrying undelivered reports
+    close_timeout: float = 10.0  # close() returns within this, delivered or not
     watch: bool = True  # WatchConfig invalidation (off: TTL only)
 
 
@@ -79,6 +69,7 @@ class AsyncModelRouter:
         classifier: FailureClassifier | None = None,
         environ: Mapping[str, str] | None = None,
         api_key: str | None = None,
+        on_rejected: Callable[[RejectedReport], None] | None = None,
         **option_overrides: Any,
     ) -> None:
         self.target = target or os.environ.get("MODELROUTE_TARGET", DEFAULT_TARGET)
@@ -97,11 +88,20 @@ class AsyncModelRouter:
         self._last_known = LastKnown(self.options.last_known_size)
         self._revision = 0
         self._local_cooldowns: dict[str, float] = {}
-        self._pending: deque[router_pb2.UsageReport] = deque()
-        self._wake = asyncio.Event()
-        self._send_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reports = ReportSender(
+            SenderSettings(
+                batch_size=self.options.report_batch_size,
+                interval=self.options.report_interval,
+                call_timeout=self.options.report_timeout,
+                max_pending=self.options.max_pending_reports,
+                close_timeout=self.options.close_timeout,
+            ),
+            self._metadata,
+            on_rejected,
+        )
+        self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._close_result: CloseResult | None = None
         self._watching = False
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -129,35 +129,35 @@ class AsyncModelRouter:
                         self.target, interceptors=self._interceptors
                     )
             self._stub = router_pb2_grpc.ModelRouterServiceStub(self._channel)
-            self._tasks.append(asyncio.create_task(self._flush_loop(), name="modelroute-reports"))
+            self._reports.start(self._stub)
             if self.options.watch:
-                self._tasks.append(asyncio.create_task(self._watch_loop(), name="modelroute-watch"))
+                self._watch_task = asyncio.create_task(self._watch_loop(), name="modelroute-watch")
         return self._stub
 
-    async def close(self) -> None:
-        """Deliver every queued report (retrying up to `close_timeout`), then disconnect."""
-        if self._closed:
-            return
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._stub is not None:
-            deadline = time.monotonic() + self.options.close_timeout
-            while self._pending:
-                try:
-                    await self.flush()
-                except ReportDeliveryError as error:
-                    if time.monotonic() >= deadline:
-                        message = f"modelroute: {len(self._pending)} usage reports lost: {error}"
-                        logger.error(message)
-                        warnings.warn(message, ControlPlaneUnavailableWarning, stacklevel=2)
-                        break
-                    await asyncio.sleep(0.2)
+    async def close(self) -> CloseResult:
+        """Deliver queued reports (retrying while `close_timeout` lasts), then disconnect.
+        Always returns within `close_timeout`; the result counts what was delivered and
+        rejected and lists the report ids that were not delivered (also logged, with a
+        ControlPlaneUnavailableWarning)."""
+        return await self._close(warn=True)
+
+    async def _close(self, *, warn: bool) -> CloseResult:
+        if self._close_result is not None:
+            return self._close_result
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.close_timeout
+        if self._watch_task is not None:
+            self._watch_task.cancel()  # the channel close below ends its stream too
+            await asyncio.wait([self._watch_task], timeout=self.options.close_timeout / 10)
+        result = await self._reports.close(deadline, warn=warn)
         if self._owns_channel and self._channel is not None:
-            await self._channel.close()
+            # grace=None cancels whatever is still in flight; bounded all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
+                    await self._channel.close()
+        self._close_result = result
+        return result
 
     # ---- resolve ---------------------------------------------------------------------
 
@@ -361,80 +361,35 @@ class AsyncModelRouter:
     def enqueue(self, report: router_pb2.UsageReport) -> None:
         """Queue a prepared report (must run in the router's loop)."""
         self._start()
-        self._pending.append(report)
-        overflow = len(self._pending) - self.options.max_pending_reports
-        if overflow > 0:
-            for _ in range(overflow):
-                self._pending.popleft()
-            logger.error("modelroute: report queue full, dropped %d oldest reports", overflow)
-        if Outcome(report.outcome).starts_cooldown:
+        urgent = Outcome(report.outcome).starts_cooldown
+        if urgent:
             self._cache.drop_model(report.model_id)
             seconds = report.retry_after.ToTimedelta().total_seconds() or 5.0
             self._local_cooldowns[report.model_id] = time.monotonic() + min(seconds, 60.0)
-            self._wake.set()
-        elif len(self._pending) >= self.options.report_batch_size:
-            self._wake.set()
+        self._reports.enqueue(report, urgent=urgent)
 
     @property
     def pending_reports(self) -> int:
-        return len(self._pending)
+        return self._reports.pending
 
-    async def flush(self) -> None:
-        """Send every queued report now. Raises ReportDeliveryError when the server does
-        not take them; they stay queued (report ids make the retry idempotent)."""
+    @property
+    def rejected_reports(self) -> int:
+        """How many reports the server refused as invalid (they are not retried)."""
+        return self._reports.rejected
+
+    @property
+    def rejections(self) -> list[RejectedReport]:
+        """The most recent refused reports (up to 100), oldest first, each with the
+        server's reason naming the field."""
+        return list(self._reports.rejections)
+
+    async def flush(self) -> list[RejectedReport]:
+        """Send every queued report now; returns those the server rejected as invalid
+        (also warned about with ReportRejectedWarning and passed to `on_rejected`).
+        Raises ReportDeliveryError when the server does not take them; they stay queued
+        (report ids make the retry idempotent)."""
         self._start()
-        async with self._send_lock:
-            while self._pending:
-                await self._send_batch()
-
-    async def _send_batch(self) -> None:
-        assert self._stub is not None
-        size = min(len(self._pending), MAX_REPORTS_PER_CALL)
-        batch = [self._pending.popleft() for _ in range(size)]
-        try:
-            reply = await self._stub.ReportUsage(
-                router_pb2.ReportUsageRequest(reports=batch),
-                timeout=self.options.report_timeout,
-                metadata=self._metadata,
-            )
-        except asyncio.CancelledError:
-            # close() cancelled the sender mid-call: keep the batch for the final flush
-            # (the server dedups by report_id if it did store it).
-            self._pending.extendleft(reversed(batch))
-            raise
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _RETRYABLE_REPORT_CODES:
-                self._pending.extendleft(reversed(batch))
-                raise ReportDeliveryError(
-                    f"ReportUsage failed ({error.code().name}): {error.details()}"
-                ) from error
-            logger.error(
-                "modelroute: %d usage reports refused (%s): %s",
-                len(batch),
-                error.code().name,
-                error.details(),
-            )
-            return
-        for result in reply.results:
-            if result.status == router_pb2.REPORT_STATUS_REJECTED:
-                logger.warning(
-                    "modelroute: usage report %s rejected: %s", result.report_id, result.error
-                )
-
-    async def _flush_loop(self) -> None:
-        """Send when a batch is full, a cooldown outcome arrives, or `report_interval`
-        passes; back off while the server refuses."""
-        backoff = self.options.report_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            self._wake.clear()
-            try:
-                await self.flush()
-                backoff = self.options.report_interval
-            except ReportDeliveryError as error:
-                logger.warning("modelroute: %s; %d reports queued", error, len(self._pending))
-                backoff = min(backoff * 2, 30.0)
+        return await self._reports.flush()
 
     # ---- call with fallback ----------------------------------------------------------
 
