@@ -8,7 +8,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -44,6 +44,7 @@ from modelroute.server.resolver import (
     resolve,
 )
 from modelroute.server.snapshot import Snapshot
+from modelroute.server.usage.report_effects import CooldownStarter, ReportEffects
 from modelroute.server.usage_writer import (
     UsageQueueFullError,
     UsageStoreUnavailableError,
@@ -59,11 +60,8 @@ from sqlalchemy.exc import DBAPIError
 
 tracer = trace.get_tracer("modelroute.router")
 log = logging.getLogger("modelroute.router")
-COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
-DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 MAX_ADMISSION_ROUNDS: Final = 8
 SYNC_TIMEOUT_SECONDS: Final = 0.25
-CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
 _propagator: Final = TraceContextTextMapPropagator()
 
 CONTEXT_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -152,7 +150,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         self._usage = usage
         self._runtime = runtime
         self._quotas = quotas
-        self._start_cooldown = start_cooldown
+        self._effects = ReportEffects(start_cooldown=start_cooldown, quotas=quotas, clock=clock)
         self._clock = clock
 
     def _snapshot(self) -> Snapshot:
@@ -291,7 +289,12 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 results, records, positions = self._prepare(request.reports, snapshot, trace_id)
                 try:
-                    inserted = await self._usage.submit(records) if records else []
+                    # Cooldown and counting run after the commit, by the writer: also when
+                    # this caller goes away before the answer (ReportEffects).
+                    after_commit = self._effects.after_commit(
+                        request.reports, positions, records, snapshot
+                    )
+                    inserted = await self._usage.submit(records, after_commit) if records else []
                 except UsageQueueFullError as exc:
                     raise ServiceError(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -318,51 +321,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 _annotate_usage(records)
-            if self._quotas is not None:
-                now = self._clock()
-                for record, was_inserted in zip(records, inserted, strict=True):
-                    if was_inserted:
-                        self._quotas.record_usage(
-                            record.provider,
-                            record.context,
-                            record.input_tokens + record.output_tokens,
-                            record.estimated_cost,
-                            now,
-                        )
-            await self._cool_down(request.reports, positions, records, inserted, snapshot)
             return router_pb2.ReportUsageResponse(results=results)
-
-    async def _cool_down(
-        self,
-        reports: Sequence[router_pb2.UsageReport],
-        positions: Sequence[int],
-        records: Sequence[UsageRecord],
-        inserted: Sequence[bool],
-        snapshot: Snapshot,
-    ) -> None:
-        """Provider said quota exceeded / rate limited: move traffic off the model (or the
-        whole provider) on every replica, for retry_after or the provider's cooldown."""
-        if self._start_cooldown is None:
-            return
-        for position, record, was_inserted in zip(positions, records, inserted, strict=True):
-            if not was_inserted or record.outcome not in COOLDOWN_OUTCOMES:
-                continue  # a retried (duplicate) report must not extend a cooldown
-            provider = snapshot.providers.get(record.provider)
-            if record.retry_after_ms:
-                duration = timedelta(milliseconds=record.retry_after_ms)
-            elif provider is not None and provider.cooldown_seconds:
-                duration = timedelta(seconds=provider.cooldown_seconds)
-            else:
-                duration = DEFAULT_COOLDOWN
-            subject = (
-                f"providers/{record.provider}"
-                if reports[position].provider_wide
-                else f"models/{record.model_id}"
-            )
-            try:
-                await self._start_cooldown(subject, duration, record.outcome)
-            except Exception as exc:  # noqa: BLE001 - the report is stored; say so, go on
-                log.warning("could not start cooldown for %s: %s", subject, exc)
 
     def _prepare(
         self,
