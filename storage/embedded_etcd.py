@@ -138,6 +138,9 @@ class EmbeddedEtcd:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # A session of its own: Ctrl-C in the terminal reaches only the server, which
+            # stops etcd itself after its own shutdown (no "etcd unreachable" on the way).
+            start_new_session=True,
         )
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
