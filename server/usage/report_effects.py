@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from modelroute.server.quotas import QuotaTracker
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from modelroute.server.metrics import NO_METRICS, MetricsRecorder
+from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 log = logging.getLogger("modelroute.usage")
