@@ -21,6 +21,14 @@ SECOND_INSTANCE_BOUND_SECONDS = 30
 SERVE = [sys.executable, "-m", "modelroute.server.cli", "serve"]
 
 
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie nobody reaped has ended
+
+
 def resolves(port: int) -> str:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = router_pb2_grpc.ModelRouterServiceStub(channel)
@@ -71,3 +79,20 @@ def test_ctrl_c_stops_the_server_before_its_embedded_etcd(tmp_path: Path) -> Non
     assert "modelroute stopped" in output
     assert "etcd unreachable" not in output.lower(), output
     assert "Traceback" not in output, output
+
+
+def test_a_crashed_servers_embedded_etcd_is_replaced_on_the_next_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    crashed = ServerProcess(["--data-dir", str(data_dir)])
+    etcd_pid = int((data_dir / "etcd.pid").read_text())
+    crashed.process.kill()  # no shutdown: its etcd (a session of its own) lives on
+    crashed.process.wait()
+    assert running(etcd_pid)
+
+    restarted = ServerProcess(["--data-dir", str(data_dir)])
+    try:
+        assert resolves(restarted.port) == "gemini-3-flash-preview"
+        assert int((data_dir / "etcd.pid").read_text()) != etcd_pid
+        assert not running(etcd_pid)  # the orphan was stopped, not left beside ours
+    finally:
+        assert restarted.stop() == 0
