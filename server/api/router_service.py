@@ -43,8 +43,8 @@ from modelroute.server.core.snapshot import Snapshot
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quotas import Admission, QuotaTracker
+from modelroute.server.runtime.report_effects import CooldownStarter, ReportEffects
 from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
-from modelroute.server.usage.report_effects import CooldownStarter, ReportEffects
 from modelroute.server.usage.usage_writer import (
     UsageQueueFullError,
     UsageStoreUnavailableError,
