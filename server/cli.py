@@ -571,7 +571,7 @@ def experiments_results(
 @cooldown_app.command("list")
 def cooldown_list(etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Active cooldowns (shared by every replica), as JSON."""
-    from modelroute.server.runtime.runtime_state import COOLDOWN_DIR
+    from modelroute.server.runtime.keys import COOLDOWN_DIR
 
     async def run() -> dict[str, Any]:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
@@ -595,6 +595,7 @@ def cooldown_clear(
 ) -> None:
     """End a cooldown now, on every replica."""
     from modelroute.server.runtime.runtime_state import clear_cooldown
+    from modelroute.storage.runtime_store import EtcdRuntimeStore
 
     key = (
         f"providers/{subject.removeprefix('provider:')}"
@@ -605,7 +606,7 @@ def cooldown_clear(
     async def run() -> bool:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
         try:
-            return await clear_cooldown(client, etcd_prefix, key)
+            return await clear_cooldown(EtcdRuntimeStore(client, etcd_prefix), key)
         finally:
             await client.close()
 

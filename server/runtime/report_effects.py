@@ -1,5 +1,6 @@
-"""What an accepted usage report sets in motion: a cooldown for rate-limit and quota
-outcomes (with its alert) and the token and budget counting (with their alerts).
+"""What an accepted usage report sets in motion: token and budget counting (with their
+alerts) and, for rate-limit and quota outcomes, a cooldown on every replica (with its
+alert).
 
 These run once per stored report, in the usage writer's after-commit step, so they happen
 whether or not the caller still waits for its answer, and a retried report (a duplicate)
@@ -9,21 +10,20 @@ never repeats them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
 from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.runtime.admission import cooldown_for, count_usage
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2
 
 log = logging.getLogger("modelroute.usage")
 
-COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
-DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 # (subject "models/<id>" | "providers/<name>", duration, outcome) → started.
 CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
+# Receives, per record, whether it was stored now (False: a duplicate, already acted on).
 AfterCommit = Callable[[Sequence[bool]], Awaitable[None]]
 
 
@@ -46,57 +46,31 @@ class ReportEffects:
         records: Sequence[UsageRecord],
         snapshot: Snapshot,
     ) -> AfterCommit:
-        """The step the usage writer runs once `records` are committed; it receives, per
-        record, whether it was stored now (False: a duplicate, already acted on)."""
+        """The step the usage writer runs once `records` are committed."""
 
         async def run(inserted: Sequence[bool]) -> None:
             stored = [
-                (reports[position], record)
+                (record, reports[position].provider_wide)
                 for position, record, was_inserted in zip(positions, records, inserted, strict=True)
                 if was_inserted
             ]
-            self._count(record for _, record in stored)
+            if self._quotas is not None:
+                count_usage(self._quotas, [record for record, _ in stored], self._clock())
             await self._cool_down(stored, snapshot)
 
         return run
 
-    def _count(self, records: Iterable[UsageRecord]) -> None:
-        if self._quotas is None:
-            return
-        now = self._clock()
-        for record in records:
-            self._quotas.record_usage(
-                record.provider,
-                record.context,
-                record.input_tokens + record.output_tokens,
-                record.estimated_cost,
-                now,
-            )
-
     async def _cool_down(
-        self,
-        stored: Sequence[tuple[router_pb2.UsageReport, UsageRecord]],
-        snapshot: Snapshot,
+        self, stored: Sequence[tuple[UsageRecord, bool]], snapshot: Snapshot
     ) -> None:
-        """Provider said quota exceeded / rate limited: move traffic off the model (or the
-        whole provider) on every replica, for retry_after or the provider's cooldown."""
+        """Start the cooldowns newly stored reports ask for, on every replica."""
         if self._start_cooldown is None:
             return
-        for report, record in stored:
-            if record.outcome not in COOLDOWN_OUTCOMES:
+        for record, provider_wide in stored:
+            cooldown = cooldown_for(record, provider_wide, snapshot)
+            if cooldown is None:
                 continue
-            provider = snapshot.providers.get(record.provider)
-            if record.retry_after_ms:
-                duration = timedelta(milliseconds=record.retry_after_ms)
-            elif provider is not None and provider.cooldown_seconds:
-                duration = timedelta(seconds=provider.cooldown_seconds)
-            else:
-                duration = DEFAULT_COOLDOWN
-            subject = (
-                f"providers/{record.provider}"
-                if report.provider_wide
-                else f"models/{record.model_id}"
-            )
+            subject, duration = cooldown
             try:
                 await self._start_cooldown(subject, duration, record.outcome)
             except Exception as exc:  # noqa: BLE001 - the report is stored; say so, go on
