@@ -1,8 +1,9 @@
 """modelroute.client: ask modelroute which LLM model to use, fall back down the chain
 when a provider fails, and report usage. See docs/clients/python.md."""
 
-from modelroute.client._async import AsyncModelRouter, RouterOptions
+from modelroute.client._async import AsyncModelRouter
 from modelroute.client._caches import ModelClientCache
+from modelroute.client._options import RouterOptions
 from modelroute.client._sender import CloseResult
 from modelroute.client._sync import ModelRouter
 from modelroute.client.bucketing import assign_variant, bucket_of

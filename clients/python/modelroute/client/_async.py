@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from modelroute.client._caches import DecisionCache, LastKnown
+from modelroute.client._offline import fail_safe_decision, retry_delay
+from modelroute.client._options import RouterOptions
 from modelroute.client._reports import build_report
 from modelroute.client._sender import CloseResult, ReportSender, SenderSettings
 from modelroute.client._walk import FallbackWalk
+from modelroute.client._watch import follow_config
 from modelroute.client.classify import FailureClassifier
 from modelroute.client.decision import Decision, Outcome, Reason, Source, env_var_for
 from modelroute.client.errors import (
@@ -35,23 +36,6 @@ logger = logging.getLogger("modelroute.client")
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RouterOptions:
-    """Tuning knobs; the defaults suit a web service making LLM calls."""
-
-    default_model: str | None = None  # used when modelroute was never reachable
-    default_fallbacks: tuple[str, ...] = ()
-    cache_size: int = 1024  # decisions cached for their cache_ttl (0: never cache)
-    last_known_size: int = 1024  # fail-safe answers kept without expiry
-    resolve_timeout: float = 1.0  # an LLM call must not wait long for the control plane
-    report_batch_size: int = 100
-    report_interval: float = 1.0  # seconds a report may wait for its batch
-    report_timeout: float = 5.0
-    max_pending_reports: int = 100_000
-    close_timeout: float = 10.0  # close() returns within this, delivered or not
-    watch: bool = True  # WatchConfig invalidation (off: TTL only)
 
 
 class AsyncModelRouter:
@@ -131,7 +115,10 @@ class AsyncModelRouter:
             self._stub = router_pb2_grpc.ModelRouterServiceStub(self._channel)
             self._reports.start(self._stub)
             if self.options.watch:
-                self._watch_task = asyncio.create_task(self._watch_loop(), name="modelroute-watch")
+                watch = follow_config(
+                    self._stub, self._metadata, self._observe_revision, self._set_watching
+                )
+                self._watch_task = asyncio.create_task(watch, name="modelroute-watch")
         return self._stub
 
     async def close(self) -> CloseResult:
@@ -222,53 +209,23 @@ class AsyncModelRouter:
                 raise InvalidResolveRequestError(error.details() or "invalid request") from error
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise NoModelAvailableError(
-                    error.details() or "no model available", _retry_delay(error)
+                    error.details() or "no model available", retry_delay(error)
                 ) from error
-            return self._fail_safe(key, context, exclude_models, error)
+            return fail_safe_decision(
+                self._last_known.lookup(key, context),
+                context,
+                exclude_models,
+                self.options.default_model,
+                self.options.default_fallbacks,
+                self.target,
+                error,
+            )
         decision = Decision.from_response(context, response)
         self._observe_revision(decision.config_revision)
         if decision.config_revision >= self._revision and not self._cooling(decision.model_id):
             self._cache.put(key, dataclasses.replace(decision, source=Source.CACHE))
         self._last_known.remember(key, decision)
         return decision, None
-
-    def _fail_safe(
-        self,
-        key: Hashable,
-        context: str,
-        exclude_models: Sequence[str],
-        error: grpc.aio.AioRpcError,
-    ) -> tuple[Decision, str]:
-        known = self._last_known.lookup(key, context)
-        if known is not None:
-            decision = dataclasses.replace(known, source=Source.LAST_KNOWN)
-            what = "the last known answer"
-        elif self.options.default_model:
-            decision = Decision(
-                context,
-                self.options.default_model,
-                self.options.default_fallbacks,
-                source=Source.STATIC_DEFAULT,
-            )
-            what = "the static default"
-        else:
-            raise ControlPlaneUnavailableError(
-                f"modelroute at {self.target} is unreachable ({error.code().name}) and no "
-                "default_model is configured"
-            ) from error
-        if exclude_models:  # the caller just saw these fail; do not hand them back first
-            models = [m for m in decision.models if m not in exclude_models]
-            decision = dataclasses.replace(
-                decision,
-                model_id=models[0] if models else decision.model_id,
-                fallback_model_ids=tuple(models[1:]) if models else decision.fallback_model_ids,
-            )
-        message = (
-            f"modelroute at {self.target} unreachable ({error.code().name}); using {what} "
-            f"{decision.model_id!r} for {context!r}"
-        )
-        logger.warning(message)
-        return decision, message
 
     @property
     def watching(self) -> bool:
@@ -296,27 +253,8 @@ class AsyncModelRouter:
             return False
         return True
 
-    async def _watch_loop(self) -> None:
-        """Follow WatchConfig; reconnect with backoff (entries still expire by TTL)."""
-        assert self._stub is not None
-        backoff = 0.05
-        while True:
-            try:
-                watch = self._stub.WatchConfig(
-                    router_pb2.WatchConfigRequest(), metadata=self._metadata
-                )
-                async for message in watch:
-                    backoff = 0.05
-                    self._watching = True
-                    self._observe_revision(message.config_revision)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    logger.info("modelroute server has no WatchConfig; caching by TTL only")
-                    return
-                logger.debug("modelroute WatchConfig: %s; reconnecting", error.code().name)
-            self._watching = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+    def _set_watching(self, live: bool) -> None:
+        self._watching = live
 
     # ---- reports ---------------------------------------------------------------------
 
@@ -498,18 +436,3 @@ class AsyncModelRouter:
             latency_ms=latency_ms,
         )
         walk.record(Attempt(model, Outcome.OK, latency_ms, walk.decision.decision_id, report_id))
-
-
-def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    """RetryInfo from the status details trailer, if the server sent one."""
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
-    return None
