@@ -1,7 +1,7 @@
 """Summaries over 1,000,000 and 10,000,000 usage rows (SQLite file; PostgreSQL with
 MODELROUTE_BENCH_DATABASE_URL=postgresql://...: a fresh database per size, dropped after).
 
-For each size: schema at revision 0003 (before rollups), raw rows generated inside the
+For each size: schema at revision 0004 (before rollups), raw rows generated inside the
 database by one INSERT ... SELECT per million rows (30 days, 5 models, 5 contexts,
 3 providers, 5% errors, 50,000 users, a 2-variant experiment on 20% of the rows, feedback
 on 1%), then `upgrade()` to head, which creates the rollups and backfills them from the raw
@@ -102,14 +102,14 @@ def fill_sql(postgres: bool, table: str) -> str:
 
 
 def build(url: str, rows: int) -> float:
-    """Raw rows at revision 0003, then upgrade() (rollups created and backfilled); returns
+    """Raw rows at revision 0004, then upgrade() (rollups created and backfilled); returns
     the backfill's seconds."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     engine = create_engine_for(url)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0003")
+        command.upgrade(config, "0004")
     postgres = engine.dialect.name == "postgresql"
     step = DAYS * 86_400 / rows
     t0 = (END - timedelta(days=DAYS)).timestamp()
@@ -124,7 +124,7 @@ def build(url: str, rows: int) -> float:
     started = time.perf_counter()
     upgrade(url)
     backfill = time.perf_counter() - started
-    print(f"  migration 0004_rollups (create + backfill) took {backfill:.0f} s")
+    print(f"  migration 0005_rollups (create + backfill) took {backfill:.0f} s")
     return backfill
 
 

@@ -330,7 +330,7 @@ def test_backfill_builds_the_same_rollups_as_live_writing(
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0003")  # drops the rollups; raw rows stay
+        command.downgrade(config, "0004")  # drops the rollups; raw rows stay
     with engine.connect() as connection:
         names = {r[0] for r in connection.execute(text("SELECT count(*) FROM llm_usage_logs"))}
     assert names == {2500}

@@ -6,15 +6,15 @@ rule as modelroute.storage.rollups (tests/test_rollups.py checks both give the s
 The backfill is plain INSERT ... SELECT, so it runs inside the database, not row by row
 through Python.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
