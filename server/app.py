@@ -51,6 +51,12 @@ from modelroute.storage.etcd import (
     parse_endpoints,
     read_prefix,
 )
+from modelroute.storage.instance_file import (
+    InstanceInfo,
+    dial_address,
+    remove_instance,
+    write_instance,
+)
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
@@ -139,6 +145,7 @@ class ModelrouteServer:
         self._quota_publisher: QuotaPublisher | None = None
         self.admin_http: AdminHttpServer | None = None
         self.admin_port = 0
+        self.etcd_endpoints_text = ""
         self.metrics: ServerMetrics | None = None
 
     async def start(self) -> None:
@@ -165,6 +172,7 @@ class ModelrouteServer:
             await asyncio.to_thread(self.embedded_etcd.start)
             endpoints_text = self.embedded_etcd.endpoint
         endpoints = parse_endpoints(endpoints_text)
+        self.etcd_endpoints_text = endpoints_text
 
         database_url = options.database_url or default_sqlite_url(options.data_dir)
         await asyncio.to_thread(upgrade, database_url)
@@ -471,7 +479,26 @@ async def serve_until_signalled(options: ServeOptions) -> None:
             print(
                 f"modelroute: dashboard at http://{options.host}:{server.admin_port}/", flush=True
             )
+        publish_instance(server)
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
+        remove_instance(options.data_dir, os.getpid())
         await server.stop()
+
+
+def publish_instance(server: ModelrouteServer) -> None:
+    """`<data_dir>/server.json`, so the CLI finds this server (storage/instance_file.py)."""
+    options = server.options
+    admin = server.admin_port if server.admin_http is not None else 0
+    write_instance(
+        options.data_dir,
+        InstanceInfo(
+            pid=os.getpid(),
+            grpc_address=dial_address(options.host, server.port),
+            tls=options.tls_cert is not None,
+            etcd_endpoints=server.etcd_endpoints_text,
+            etcd_prefix=options.etcd_prefix,
+            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
+        ),
+    )

@@ -1,0 +1,66 @@
+"""`modelroute cooldown`: models and providers cooling down on every replica.
+
+AdminService has no cooldown RPC yet, so these read and delete the leased etcd keys
+directly, in the etcd found by the discovery rule (never a guessed one).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import aetcd
+import typer
+from modelroute.server.cli.etcd_access import EtcdOpt, PrefixOpt, locate_etcd, with_etcd
+from modelroute.server.cli.output import failure
+from modelroute.server.runtime_state import COOLDOWN_DIR, clear_cooldown
+from modelroute.storage.etcd import read_prefix
+
+app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="MODELROUTE_DATA_DIR",
+        help="Data dir of the running server whose etcd to use. Default: .modelroute",
+        rich_help_panel="Connection",
+    ),
+]
+
+
+@app.command("list")
+def cooldown_list(
+    etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    """Active cooldowns (shared by every replica), as JSON."""
+    location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)
+
+    async def read(client: aetcd.Client) -> dict[str, Any]:
+        _, stored = await read_prefix(client, location.prefix + COOLDOWN_DIR)
+        return {subject: json.loads(value.value) for subject, value in sorted(stored.items())}
+
+    typer.echo(json.dumps(with_etcd(location, read), indent=2))
+
+
+@app.command("clear")
+def cooldown_clear(
+    subject: Annotated[str, typer.Argument(help="A model id, or provider:<name>.")],
+    etcd_endpoints: EtcdOpt = None,
+    etcd_prefix: PrefixOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """End a cooldown now, on every replica."""
+    location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)
+    key = (
+        f"providers/{subject.removeprefix('provider:')}"
+        if subject.startswith("provider:")
+        else f"models/{subject}"
+    )
+
+    async def clear(client: aetcd.Client) -> bool:
+        return await clear_cooldown(client, location.prefix, key)
+
+    if not with_etcd(location, clear):
+        raise failure(f"no active cooldown for {key}")
+    typer.echo(f"cleared cooldown for {key}")
