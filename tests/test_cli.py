@@ -152,3 +152,91 @@ async def test_apply_config_rpc_detects_concurrent_change(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await server.admin.ApplyConfig(admin_pb2.ApplyConfigRequest(changes=[bad]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_bad_request_error_is_printed_once(server: Running) -> None:
+    result = await run_cli("resolve", "", "--server", server.address, etcd="", prefix="")
+    assert result.returncode == 1
+    assert result.stderr.startswith("INVALID_ARGUMENT: ")
+    assert result.stderr.count("1-128 characters") == 1, result.stderr
+
+
+def override_file(tmp_path: Path, expires: str) -> Path:
+    file = tmp_path / "override.yaml"
+    file.write_text(
+        f"overrides:\n  rag.answer: {{model: gpt-4o, note: test, expires: {expires}}}\n"
+    )
+    return file
+
+
+async def resolved_model(server: Running) -> str:
+    from modelroute.v1 import router_pb2
+
+    reply = await server.router.ResolveModel(router_pb2.ResolveModelRequest(context="rag.answer"))
+    return reply.model_id
+
+
+async def test_apply_refuses_an_override_that_already_expired(
+    tmp_path: Path, server: Running, prefix: str, etcd: aetcd.Client
+) -> None:
+    at = ("--server", server.address)
+    file = override_file(tmp_path, "2020-01-01T00:00:00Z")
+    refused = await run_cli("config", "apply", "-f", str(file), *at, etcd="", prefix="")
+    assert refused.returncode == 1
+    assert "overrides/rag.answer expired at 2020-01-01T00:00:00Z" in refused.stderr
+    assert "--force" in refused.stderr
+    _, stored = await read_prefix(etcd, prefix)
+    assert "overrides/rag.answer" not in stored
+    forced = await run_cli("config", "apply", "-f", str(file), "--force", *at, etcd="", prefix="")
+    assert forced.returncode == 0, forced.stderr
+    assert "expired at 2020-01-01" in forced.stderr  # still said
+    _, stored = await read_prefix(etcd, prefix)
+    assert "overrides/rag.answer" in stored
+    assert await resolved_model(server) == "gemini-3-flash-preview"  # never applies
+
+
+async def test_relative_expiry_in_a_file_and_on_the_command_line(
+    tmp_path: Path, server: Running, prefix: str, etcd: aetcd.Client
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.conftest import eventually
+
+    at = ("--server", server.address)
+    applied = await run_cli(
+        "config", "apply", "-f", str(override_file(tmp_path, "+1h")), *at, etcd="", prefix=""
+    )
+    assert applied.returncode == 0, applied.stderr
+    _, stored = await read_prefix(etcd, prefix)
+    expires = json.loads(stored["overrides/rag.answer"].value)["expires"]
+    in_an_hour = datetime.fromisoformat(expires) - datetime.now(UTC)
+    assert timedelta(minutes=59) < in_an_hour <= timedelta(hours=1)
+
+    async def serves(model: str) -> None:
+        assert await resolved_model(server) == model
+
+    await eventually(lambda: serves("gpt-4o"))
+    cleared = await run_cli("override", "clear", "rag.answer", *at, etcd="", prefix="")
+    assert cleared.returncode == 0, cleared.stderr
+    await eventually(lambda: serves("gemini-3-flash-preview"))
+
+    set_ = await run_cli(
+        "override", "set", "rag.answer", "claude-3-sonnet", "--for", "2d", "--note", "incident 7",
+        *at, etcd="", prefix="",
+    )  # fmt: skip
+    assert set_.returncode == 0, set_.stderr
+    assert "rag.answer → claude-3-sonnet until " in set_.stdout
+    await eventually(lambda: serves("claude-3-sonnet"))
+    _, stored = await read_prefix(etcd, prefix)
+    value = json.loads(stored["overrides/rag.answer"].value)
+    assert value["note"] == "incident 7"
+    assert datetime.fromisoformat(value["expires"]) - datetime.now(UTC) > timedelta(days=1)
+
+    bad = await run_cli(
+        "override", "set", "rag.answer", "gpt-4o", "--for", "soon", *at, etcd="", prefix=""
+    )
+    assert bad.returncode == 1 and "not a duration" in bad.stderr
+    unknown = await run_cli("override", "set", "rag.answer", "gpt-9", *at, etcd="", prefix="")
+    assert unknown.returncode == 1 and "gpt-9" in unknown.stderr
+    again = await run_cli("override", "clear", "reranker", *at, etcd="", prefix="")
+    assert again.returncode == 1 and "no override for reranker" in again.stderr
