@@ -90,7 +90,7 @@ async def test_validate_and_get(tmp_path: Path, etcd_endpoint: str, prefix: str,
     good = await run_cli(
         "config", "validate", "-f", "config/bootstrap.yaml", etcd=etcd_endpoint, prefix=prefix
     )
-    assert good.returncode == 0 and "15 key(s), all valid" in good.stdout
+    assert good.returncode == 0 and "16 key(s), all valid" in good.stdout
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text(
         "experiments:\n  e:\n    context: x\n    variants: [{id: a, model: m, weight: 50}]\n"

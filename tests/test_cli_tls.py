@@ -1,0 +1,143 @@
+"""Every CLI command that talks to the server, over TLS and mutual TLS, with the admin
+token: one channel factory, options or MODELROUTE_TLS_* / MODELROUTE_ADMIN_TOKEN."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from modelroute.server.app import publish_instance
+from modelroute.server.cli import app
+
+from tests.conftest import Pki, Running
+from tests.test_cli import run_cli
+
+StartServer = Callable[..., Awaitable[Running]]
+TOKEN = "cli-admin-token-0123456789abcdef"
+
+# Each command that calls the server, with arguments that succeed against the seed config.
+COMMANDS: list[tuple[str, ...]] = [
+    ("resolve", "rag.answer"),
+    ("config", "status"),
+    ("quotas",),
+    ("alerts",),
+    ("usage", "--by", "context"),
+    ("experiments", "results", "rag-answer-q4"),
+    ("override", "set", "reranker", "gpt-4o", "--for", "10m"),
+    ("override", "clear", "reranker"),
+    ("config", "apply", "-f", "CHANGE_FILE", "--dry-run"),
+]
+
+
+def command_line(command: tuple[str, ...], tmp_path: Path) -> list[str]:
+    change = tmp_path / "change.yaml"
+    change.write_text("contexts:\n  reranker: {model: gpt-4o, fallbacks: [gpt-4o-mini]}\n")
+    return [str(change) if part == "CHANGE_FILE" else part for part in command]
+
+
+def test_every_server_command_takes_the_connection_options() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    offline = {"serve", "config validate", "config get", "cooldown list", "cooldown clear"}
+    offline |= {"db upgrade"}
+    seen: set[str] = set()
+
+    def visit(command: object, path: str) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                visit(sub, f"{path} {name}".strip())
+            return
+        seen.add(path)
+        if path in offline:
+            return
+        options = {opt for param in command.params for opt in param.opts}  # type: ignore[attr-defined]
+        wanted = {"--server", "--data-dir", "--tls-ca", "--tls-cert", "--tls-key"}
+        assert wanted | {"--admin-token-file"} <= options, path
+
+    visit(group, "")
+    assert {
+        " ".join(c[:2]) if c[0] in {"config", "experiments", "override"} else c[0] for c in COMMANDS
+    } <= seen
+
+
+async def test_tls_server_needs_the_ca_and_the_token(
+    seed: int, start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    running = await start_server(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, admin_tokens=[TOKEN]
+    )
+    at = ("--server", running.address)
+    token = {"MODELROUTE_ADMIN_TOKEN": TOKEN}
+    for command in COMMANDS:
+        line = command_line(command, tmp_path)
+        done = await run_cli(*line, *at, "--tls-ca", str(pki.ca), etcd="", prefix="", env=token)
+        assert done.returncode == 0, (command, done.stderr)
+    # The CA from the environment works the same.
+    by_env = await run_cli(
+        "config", "status", *at, etcd="", prefix="", env=token | {"MODELROUTE_TLS_CA": str(pki.ca)}
+    )
+    assert by_env.returncode == 0 and json.loads(by_env.stdout)["etcd_connected"] is True
+    # Plaintext against TLS: refused at the handshake.
+    plain = await run_cli("config", "status", *at, etcd="", prefix="", env=token)
+    assert plain.returncode == 1 and plain.stderr.startswith("UNAVAILABLE")
+    # No token: the server says what to send.
+    anonymous = await run_cli("config", "status", *at, "--tls-ca", str(pki.ca), etcd="", prefix="")
+    assert anonymous.returncode == 1 and anonymous.stderr.startswith("UNAUTHENTICATED")
+    # A token file (first token; comments skipped), e.g. the server's own.
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# operators\n{TOKEN}\n")
+    with_file = await run_cli(
+        "quotas", *at, "--tls-ca", str(pki.ca), "--admin-token-file", str(token_file),
+        etcd="", prefix="",
+    )  # fmt: skip
+    assert with_file.returncode == 0, with_file.stderr
+
+
+async def test_mtls_server_needs_a_client_certificate(
+    seed: int, start_server: StartServer, pki: Pki, tmp_path: Path
+) -> None:
+    running = await start_server(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca
+    )
+    # Found through its data dir this time; the file says it speaks TLS.
+    publish_instance(running.server)
+    data_dir = ("--data-dir", str(running.server.options.data_dir))
+    client_env = {
+        "MODELROUTE_TLS_CA": str(pki.ca),
+        "MODELROUTE_TLS_CERT": str(pki.client_cert),
+        "MODELROUTE_TLS_KEY": str(pki.client_key),
+    }
+    for command in COMMANDS:
+        line = command_line(command, tmp_path)
+        done = await run_cli(*line, *data_dir, etcd="", prefix="", env=client_env)
+        assert done.returncode == 0, (command, done.stderr)
+    flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+    by_flags = await run_cli(
+        "resolve", "rag.answer", *data_dir, *flags, "--tls-key", str(pki.client_key),
+        etcd="", prefix="",
+    )  # fmt: skip
+    assert json.loads(by_flags.stdout)["model_id"] == "gemini-3-flash-preview"
+    no_cert = await run_cli(
+        "resolve", "rag.answer", *data_dir, "--tls-ca", str(pki.ca), etcd="", prefix=""
+    )
+    assert no_cert.returncode == 1 and no_cert.stderr.startswith("UNAVAILABLE")
+    half = await run_cli("resolve", "rag.answer", *data_dir, *flags, etcd="", prefix="")
+    assert half.returncode == 2 and "--tls-cert and --tls-key must be given together" in half.stderr
+    no_ca = await run_cli("resolve", "rag.answer", *data_dir, etcd="", prefix="")
+    assert no_ca.returncode == 1
+    assert "it uses TLS: pass its CA with --tls-ca or MODELROUTE_TLS_CA" in no_ca.stderr
+
+
+@pytest.mark.parametrize("bad", ["missing.pem", "not-pem.txt"])
+async def test_unreadable_tls_files_are_named(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "not-pem.txt").write_text("hello")
+    result = await run_cli(
+        "resolve", "x", "--server", "127.0.0.1:1", "--tls-ca", str(tmp_path / bad),
+        etcd="", prefix="",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--tls-ca: " in result.stderr and bad in result.stderr
