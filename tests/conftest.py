@@ -163,7 +163,9 @@ async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> 
 class ServerProcess:
     """`modelroute serve` as a real process on a free port (for signals and env tests)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         import re
         import subprocess
         import sys
@@ -185,6 +187,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+            cwd=cwd,
         )
         assert self.process.stdout is not None
         self.output: list[str] = []

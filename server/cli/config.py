@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,8 @@ from modelroute.server.errors import decode_details
 from modelroute.storage.etcd import read_prefix
 
 app = typer.Typer(help="Inspect and change the configuration.", no_args_is_help=True)
+# How long a write waits for the server to serve it before saying so.
+SERVED_WAIT_SECONDS = 5.0
 
 
 def load_file(file: Path) -> dict[str, bytes]:
@@ -81,7 +84,26 @@ def apply_changes(
     reply: admin_pb2.ApplyConfigResponse = connection.admin(
         "ApplyConfig", request, on_error=refused
     )
+    if reply.revision:
+        wait_until_served(connection, reply.revision)
     return reply
+
+
+def wait_until_served(connection: Connection, revision: int) -> None:
+    """Return once the server serves `revision` (a watch round trip, milliseconds), so the
+    next command already sees the change; warn if that takes longer than a few seconds."""
+    deadline = time.monotonic() + SERVED_WAIT_SECONDS
+    while True:
+        status = connection.admin("GetConfigStatus", admin_pb2.GetConfigStatusRequest())
+        if status.config_revision >= revision:
+            return
+        if time.monotonic() > deadline:
+            warn(
+                f"written at revision {revision}, but the server still serves revision "
+                f"{status.config_revision} (see `modelroute config status`)"
+            )
+            return
+        time.sleep(0.02)
 
 
 def _pruned(file_values: dict[str, bytes], stored: set[str]) -> dict[str, None]:
