@@ -13,6 +13,12 @@ import aetcd
 import grpc
 import typer
 from modelroute.admin.v1 import admin_pb2
+from modelroute.server.api.config_apply import (
+    ConfigFileError,
+    load_config_file,
+    validate_standalone,
+)
+from modelroute.server.api.errors import decode_details
 from modelroute.server.cli.connection import Connection, connected
 from modelroute.server.cli.etcd_access import EtcdOpt, PrefixOpt, locate_etcd, with_etcd
 from modelroute.server.cli.expiry import (
@@ -21,9 +27,7 @@ from modelroute.server.cli.expiry import (
     resolve_relative_expiries,
 )
 from modelroute.server.cli.output import failure, to_json, warn
-from modelroute.server.config_apply import ConfigFileError, load_config_file, validate_standalone
-from modelroute.server.config_values import RUNTIME_KIND
-from modelroute.server.errors import decode_details
+from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.storage.etcd import read_prefix
 
 app = typer.Typer(help="Inspect and change the configuration.", no_args_is_help=True)

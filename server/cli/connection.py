@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import grpc
 import typer
 from modelroute.admin.v1 import admin_pb2_grpc
+from modelroute.server.api.errors import decode_details
 from modelroute.server.cli.discovery import (
     DATA_DIR_ENV,
     SERVER_ENV,
@@ -27,7 +28,6 @@ from modelroute.server.cli.discovery import (
     find_server,
 )
 from modelroute.server.cli.output import failure
-from modelroute.server.errors import decode_details
 from modelroute.v1 import router_pb2_grpc
 
 R = TypeVar("R")

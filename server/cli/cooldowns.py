@@ -14,7 +14,7 @@ import aetcd
 import typer
 from modelroute.server.cli.etcd_access import EtcdOpt, PrefixOpt, locate_etcd, with_etcd
 from modelroute.server.cli.output import failure
-from modelroute.server.runtime_state import COOLDOWN_DIR, clear_cooldown
+from modelroute.server.runtime.runtime_state import COOLDOWN_DIR, clear_cooldown
 from modelroute.storage.etcd import read_prefix
 
 app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)

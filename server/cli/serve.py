@@ -70,9 +70,9 @@ def serve(
     ] = 8081,
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
+    from modelroute.server.api.auth import AdminTokenFileError
+    from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
-    from modelroute.server.auth import AdminTokenFileError
-    from modelroute.server.tls import TlsConfigError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
