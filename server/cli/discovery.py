@@ -107,10 +107,11 @@ def find_server(
     flag: str | None, data_dir: Path | None, environ: Mapping[str, str] | None = None
 ) -> ServerLocation:
     """Where the gRPC server is, by the rule in the module docstring."""
+    environ = os.environ if environ is None else environ
     if flag:
         return ServerLocation(flag, "--server")
     if from_env := server_from_environment(environ):
-        named = SERVER_ENV if (environ or os.environ).get(SERVER_ENV) else DEPRECATED_SERVER_ENV
+        named = SERVER_ENV if environ.get(SERVER_ENV, "").strip() else DEPRECATED_SERVER_ENV
         return ServerLocation(from_env, named)
     directory = data_dir_named(data_dir, environ)
     wanted = f"the server address (--server HOST:PORT or {SERVER_ENV})"
