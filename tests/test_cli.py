@@ -240,3 +240,28 @@ async def test_relative_expiry_in_a_file_and_on_the_command_line(
     assert unknown.returncode == 1 and "gpt-9" in unknown.stderr
     again = await run_cli("override", "clear", "reranker", *at, etcd="", prefix="")
     assert again.returncode == 1 and "no override for reranker" in again.stderr
+
+
+async def test_prune_deletes_the_sections_keys_the_file_does_not_list(
+    tmp_path: Path, server: Running, etcd_endpoint: str, prefix: str, etcd: aetcd.Client
+) -> None:
+    file = tmp_path / "providers.yaml"
+    file.write_text("providers:\n  google: {requests_per_minute: 10}\n")
+    at = ("--server", server.address)
+    dry = await run_cli(
+        "config", "apply", "-f", str(file), "--prune", "--dry-run", *at,
+        etcd=etcd_endpoint, prefix=prefix,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "--- providers/openai (deleted)" in dry.stdout
+    assert "--- providers/anthropic (deleted)" in dry.stdout
+    assert "3 key(s) would change" in dry.stdout
+    _, stored = await read_prefix(etcd, prefix)
+    assert "providers/openai" in stored
+    pruned = await run_cli(
+        "config", "apply", "-f", str(file), "--prune", *at, etcd=etcd_endpoint, prefix=prefix
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    _, stored = await read_prefix(etcd, prefix)
+    assert sorted(k for k in stored if k.startswith("providers/")) == ["providers/google"]
+    assert "contexts/rag.answer" in stored  # other sections untouched
