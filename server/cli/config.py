@@ -20,7 +20,13 @@ from modelroute.server.api.config_apply import (
 )
 from modelroute.server.api.errors import decode_details
 from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.etcd_access import EtcdOpt, PrefixOpt, locate_etcd, with_etcd
+from modelroute.server.cli.etcd_access import (
+    DataDirOpt,
+    EtcdOpt,
+    PrefixOpt,
+    locate_etcd,
+    with_etcd,
+)
 from modelroute.server.cli.expiry import (
     ExpiryError,
     expired_overrides,
@@ -194,14 +200,7 @@ def config_get(
     ] = None,
     etcd_endpoints: EtcdOpt = None,
     etcd_prefix: PrefixOpt = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="MODELROUTE_DATA_DIR",
-            help="Data dir of the running server whose etcd to read. Default: .modelroute",
-            rich_help_panel="Connection",
-        ),
-    ] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Print values stored in etcd (all, one key, or a section like `models/`)."""
     location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)

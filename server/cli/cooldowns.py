@@ -7,26 +7,22 @@ directly, in the etcd found by the discovery rule (never a guessed one).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import aetcd
 import typer
-from modelroute.server.cli.etcd_access import EtcdOpt, PrefixOpt, locate_etcd, with_etcd
+from modelroute.server.cli.etcd_access import (
+    DataDirOpt,
+    EtcdOpt,
+    PrefixOpt,
+    locate_etcd,
+    with_etcd,
+)
 from modelroute.server.cli.output import failure
 from modelroute.server.runtime.runtime_state import COOLDOWN_DIR, clear_cooldown
 from modelroute.storage.etcd import read_prefix
 
 app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        envvar="MODELROUTE_DATA_DIR",
-        help="Data dir of the running server whose etcd to use. Default: .modelroute",
-        rich_help_panel="Connection",
-    ),
-]
 
 
 @app.command("list")

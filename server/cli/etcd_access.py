@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 import aetcd
 import typer
 from modelroute.server.cli.discovery import (
+    DATA_DIR_ENV,
     ETCD_ENDPOINTS_ENV,
     DiscoveryError,
     EtcdLocation,
@@ -29,6 +30,14 @@ EtcdOpt = Annotated[
     typer.Option(
         help=f"etcd endpoints, comma-separated. Default: ${ETCD_ENDPOINTS_ENV}, else the "
         "etcd of the server of --data-dir.",
+        rich_help_panel="Connection",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=DATA_DIR_ENV,
+        help="Data dir of the running server whose etcd to use. Default: .modelroute",
         rich_help_panel="Connection",
     ),
 ]
