@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import grpc
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.errors import ServiceError
+from modelroute.server.api.errors import ServiceError, ServicerContext
 from modelroute.server.core.snapshot import ClientSpec, Snapshot
 from modelroute.v1 import router_pb2
 
@@ -304,7 +304,7 @@ def _refusing(
     request first; a returned error aborts the call instead of running the method."""
     h: Any = handler
 
-    async def _abort_if_refused(request: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    async def _abort_if_refused(request: Any, context: ServicerContext) -> None:
         error = check(request)
         if error is not None:
             await error.abort(context)
@@ -312,7 +312,7 @@ def _refusing(
     if h.unary_unary is not None:
         behavior = h.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        async def unary_unary(request: Any, context: ServicerContext) -> Any:
             await _abort_if_refused(request, context)
             return await behavior(request, context)
 
@@ -320,7 +320,7 @@ def _refusing(
     if h.unary_stream is not None:
         stream_behavior = h.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        async def unary_stream(request: Any, context: ServicerContext) -> Any:
             await _abort_if_refused(request, context)
             async for item in stream_behavior(request, context):
                 yield item
@@ -330,14 +330,14 @@ def _refusing(
     if h.stream_unary is not None:
         client_stream = h.stream_unary
 
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        async def stream_unary(requests: Any, context: ServicerContext) -> Any:
             await _abort_if_refused(None, context)
             return await client_stream(requests, context)
 
         return h._replace(stream_unary=stream_unary)  # type: ignore[no-any-return]
     bidi = h.stream_stream
 
-    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+    async def stream_stream(requests: Any, context: ServicerContext) -> Any:
         await _abort_if_refused(None, context)
         async for item in bidi(requests, context):
             yield item

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aetcd
 import yaml
 from modelroute.server.core.config_values import (
     KIND_MESSAGES,
@@ -23,7 +22,7 @@ from modelroute.server.core.config_values import (
     SINGLETON_KINDS,
 )
 from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
-from modelroute.storage.etcd import read_prefix, write_changes
+from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
 
 # Directories whose concurrent modification makes a planned change stale.
 GUARDED_DIRS = tuple(k if k in SINGLETON_KINDS else f"{k}/" for k in KIND_MESSAGES)
@@ -125,8 +124,29 @@ def validate_standalone(values: Mapping[str, bytes]) -> list[Rejection]:
     return rejections
 
 
+async def seed_if_empty(
+    client: EtcdClient, prefix: str, bootstrap: Path
+) -> tuple[int, Path, int] | None:
+    """Write the bootstrap file if the prefix holds no config yet (runtime keys aside).
+
+    Returns (keys written, file, revision), or None when there was config already or
+    another replica seeded first. Raises RuntimeError for an invalid bootstrap file.
+    """
+    _, stored = await read_prefix(client, prefix)
+    if any(not key.startswith(RUNTIME_KIND + "/") for key in stored):
+        return None
+    values = load_config_file(bootstrap)
+    try:
+        result, revision = await apply_to_etcd(client, prefix, dict(values))
+    except EtcdConflictError:
+        return None  # another replica seeded first
+    if not result.ok:
+        raise RuntimeError(f"bootstrap config is invalid: {result.rejections}")
+    return len(values), bootstrap, revision
+
+
 async def apply_to_etcd(
-    client: aetcd.Client,
+    client: EtcdClient,
     prefix: str,
     changes: Mapping[str, bytes | None],
     *,

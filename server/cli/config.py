@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import aetcd
 import grpc
 import typer
 from modelroute.admin.v1 import admin_pb2
@@ -34,7 +33,7 @@ from modelroute.server.cli.expiry import (
 )
 from modelroute.server.cli.output import failure, to_json, warn
 from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.storage.etcd import read_prefix
+from modelroute.storage.etcd import EtcdClient, read_prefix
 
 app = typer.Typer(help="Inspect and change the configuration.", no_args_is_help=True)
 # How long a write waits for the server to serve it before saying so.
@@ -159,7 +158,7 @@ def config_apply(
         # No RPC lists the stored keys yet: read them from etcd (found like the server).
         location = locate_etcd(etcd_endpoints, etcd_prefix, connection.data_dir)
 
-        async def stored_keys(client: aetcd.Client) -> tuple[int, set[str]]:
+        async def stored_keys(client: EtcdClient) -> tuple[int, set[str]]:
             revision, stored = await read_prefix(client, location.prefix)
             return revision, {k for k in stored if not k.startswith(RUNTIME_KIND + "/")}
 
@@ -205,7 +204,7 @@ def config_get(
     """Print values stored in etcd (all, one key, or a section like `models/`)."""
     location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)
 
-    async def read(client: aetcd.Client) -> tuple[int, dict[str, bytes]]:
+    async def read(client: EtcdClient) -> tuple[int, dict[str, bytes]]:
         revision, stored = await read_prefix(client, location.prefix)
         return revision, {k: v.value for k, v in stored.items()}
 

@@ -1,7 +1,8 @@
 """`modelroute cooldown`: models and providers cooling down on every replica.
 
 AdminService has no cooldown RPC yet, so these read and delete the leased etcd keys
-directly, in the etcd found by the discovery rule (never a guessed one).
+through the runtime-state port (storage/runtime_store.py), in the etcd found by the
+discovery rule (never a guessed one).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-import aetcd
 import typer
 from modelroute.server.cli.etcd_access import (
     DataDirOpt,
@@ -19,8 +19,10 @@ from modelroute.server.cli.etcd_access import (
     with_etcd,
 )
 from modelroute.server.cli.output import failure
-from modelroute.server.runtime.runtime_state import COOLDOWN_DIR, clear_cooldown
-from modelroute.storage.etcd import read_prefix
+from modelroute.server.runtime.keys import COOLDOWN_DIR
+from modelroute.server.runtime.runtime_state import clear_cooldown
+from modelroute.storage.etcd import EtcdClient
+from modelroute.storage.runtime_store import EtcdRuntimeStore
 
 app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
 
@@ -32,9 +34,9 @@ def cooldown_list(
     """Active cooldowns (shared by every replica), as JSON."""
     location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)
 
-    async def read(client: aetcd.Client) -> dict[str, Any]:
-        _, stored = await read_prefix(client, location.prefix + COOLDOWN_DIR)
-        return {subject: json.loads(value.value) for subject, value in sorted(stored.items())}
+    async def read(client: EtcdClient) -> dict[str, Any]:
+        stored = await EtcdRuntimeStore(client, location.prefix).read_dir(COOLDOWN_DIR)
+        return {name: json.loads(value.value) for name, value in sorted(stored.entries.items())}
 
     typer.echo(json.dumps(with_etcd(location, read), indent=2))
 
@@ -54,8 +56,8 @@ def cooldown_clear(
         else f"models/{subject}"
     )
 
-    async def clear(client: aetcd.Client) -> bool:
-        return await clear_cooldown(client, location.prefix, key)
+    async def clear(client: EtcdClient) -> bool:
+        return await clear_cooldown(EtcdRuntimeStore(client, location.prefix), key)
 
     if not with_etcd(location, clear):
         raise failure(f"no active cooldown for {key}")

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-import aetcd
 import typer
 from modelroute.server.cli.discovery import (
     DATA_DIR_ENV,
@@ -21,7 +20,7 @@ from modelroute.server.cli.discovery import (
     find_etcd,
 )
 from modelroute.server.cli.output import failure
-from modelroute.storage.etcd import connect, parse_endpoints
+from modelroute.storage.etcd import ETCD_FAILURES, EtcdClient, connect, parse_endpoints
 
 T = TypeVar("T")
 
@@ -58,7 +57,7 @@ def locate_etcd(endpoints: str | None, prefix: str | None, data_dir: Path | None
         raise failure(str(exc), code=2) from None
 
 
-def with_etcd(location: EtcdLocation, work: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+def with_etcd(location: EtcdLocation, work: Callable[[EtcdClient], Awaitable[T]]) -> T:
     """Run `work` with a client of `location`; unreachable etcd exits with code 2."""
 
     async def run() -> T:
@@ -70,7 +69,7 @@ def with_etcd(location: EtcdLocation, work: Callable[[aetcd.Client], Awaitable[T
 
     try:
         return asyncio.run(run())
-    except (ConnectionError, aetcd.exceptions.ClientError) as exc:
+    except ETCD_FAILURES as exc:
         raise failure(
             f"cannot reach etcd at {location.endpoints} (from {location.source}): {exc}", 2
         ) from None
