@@ -51,12 +51,6 @@ from modelroute.storage.etcd import (
     connect,
     parse_endpoints,
 )
-from modelroute.storage.instance_file import (
-    InstanceInfo,
-    dial_address,
-    remove_instance,
-    write_instance,
-)
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.usage_store import UsageStore
@@ -146,7 +140,6 @@ class ModelrouteServer:
         self._quota_publisher: QuotaPublisher | None = None
         self.admin_http: AdminHttpServer | None = None
         self.admin_port = 0
-        self.etcd_endpoints_text = ""
         self.metrics: ServerMetrics | None = None
 
     async def start(self) -> None:
@@ -173,7 +166,6 @@ class ModelrouteServer:
             await asyncio.to_thread(self.embedded_etcd.start)
             endpoints_text = self.embedded_etcd.endpoint
         endpoints = parse_endpoints(endpoints_text)
-        self.etcd_endpoints_text = endpoints_text
 
         self.quotas = QuotaTracker(self.replica_id, self._current, on_alert=self._quota_alert)
         self.metrics = self._create_metrics()
@@ -434,7 +426,9 @@ class ModelrouteServer:
         log.info("modelroute stopped")
 
 
-async def serve_until_signalled(options: ServeOptions) -> None:
+async def serve_until_signalled(
+    options: ServeOptions, on_serving: Callable[[ModelrouteServer], None] | None = None
+) -> None:
     server = ModelrouteServer(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -447,26 +441,9 @@ async def serve_until_signalled(options: ServeOptions) -> None:
             print(
                 f"modelroute: dashboard at http://{options.host}:{server.admin_port}/", flush=True
             )
-        publish_instance(server)
+        if on_serving is not None:
+            on_serving(server)  # e.g. the CLI publishes <data_dir>/server.json
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
-        remove_instance(options.data_dir, os.getpid())
         await server.stop()
-
-
-def publish_instance(server: ModelrouteServer) -> None:
-    """`<data_dir>/server.json`, so the CLI finds this server (storage/instance_file.py)."""
-    options = server.options
-    admin = server.admin_port if server.admin_http is not None else 0
-    write_instance(
-        options.data_dir,
-        InstanceInfo(
-            pid=os.getpid(),
-            grpc_address=dial_address(options.host, server.port),
-            tls=options.tls_cert is not None,
-            etcd_endpoints=server.etcd_endpoints_text,
-            etcd_prefix=options.etcd_prefix,
-            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
-        ),
-    )

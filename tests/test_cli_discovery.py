@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from google.protobuf import duration_pb2
 from modelroute.client import AsyncModelRouter
-from modelroute.server.app import publish_instance
 from modelroute.server.cli.discovery import (
     DiscoveryError,
     find_etcd,
     find_server,
 )
+from modelroute.server.cli.serve import publish_instance
 from modelroute.storage.instance_file import InstanceInfo, read_instance, write_instance
 from modelroute.v1 import router_pb2, types_pb2
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from modelroute.server.app import publish_instance
 from modelroute.server.cli import app
+from modelroute.server.cli.serve import publish_instance
 
 from tests.conftest import Pki, Running
 from tests.test_cli import run_cli

@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import logging
+import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from modelroute.server.cli.discovery import DATA_DIR_ENV, DEFAULT_DATA_DIR, ETCD_PREFIX_ENV
 from modelroute.server.cli.output import failure
 from modelroute.storage.etcd import DEFAULT_PREFIX
+from modelroute.storage.instance_file import (
+    InstanceInfo,
+    dial_address,
+    remove_instance,
+    write_instance,
+)
+
+if TYPE_CHECKING:  # the server's modules load only when `serve` runs (fast CLI start)
+    from modelroute.server.app import ModelrouteServer
 
 PrefixOpt = Annotated[str, typer.Option(envvar=ETCD_PREFIX_ENV, help="Key prefix.")]
 
@@ -104,6 +114,27 @@ def serve(
     except ValueError as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
     try:
-        asyncio.run(serve_until_signalled(options))
+        asyncio.run(serve_until_signalled(options, on_serving=publish_instance))
     except (TlsConfigError, AdminTokenFileError) as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
+    finally:
+        remove_instance(data_dir, os.getpid())
+
+
+def publish_instance(server: ModelrouteServer) -> None:
+    """Write `<data_dir>/server.json` once `server` serves: the other commands find it there
+    (discovery.py). Only this process's file is removed when it stops."""
+    options = server.options
+    admin = server.admin_port if server.admin_http is not None else 0
+    embedded = server.embedded_etcd
+    write_instance(
+        options.data_dir,
+        InstanceInfo(
+            pid=os.getpid(),
+            grpc_address=dial_address(options.host, server.port),
+            tls=options.tls_cert is not None,
+            etcd_endpoints=options.etcd_endpoints or (embedded.endpoint if embedded else ""),
+            etcd_prefix=options.etcd_prefix,
+            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
+        ),
+    )
