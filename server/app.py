@@ -24,11 +24,20 @@ from modelroute.server.api.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.auth import AdminTokens, AuthInterceptor
 from modelroute.server.api.config_apply import seed_if_empty
+from modelroute.server.api.config_history import ConfigHistory
+from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.operator_http import add_operator_routes
 from modelroute.server.api.router_service import ModelRouterService
 from modelroute.server.api.tls import TlsFiles, server_credentials
-from modelroute.server.core.snapshot import Rejection, Snapshot, env_overrides_from
+from modelroute.server.core.snapshot import (
+    DEFAULT_HISTORY_DAYS,
+    Rejection,
+    Snapshot,
+    env_overrides_from,
+)
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
+from modelroute.server.runtime.history_recorder import HistoryRecorder
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quota_counts import QuotaAlert
 from modelroute.server.runtime.quota_publisher import QuotaPublisher
@@ -51,6 +60,7 @@ from modelroute.storage.etcd import (
     connect,
     parse_endpoints,
 )
+from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.usage_store import UsageStore
@@ -194,6 +204,9 @@ class ModelrouteServer:
         self.runtime = RuntimeState(self.quotas)
         self.decision_keys = DecisionKeyManager.starting(options.data_dir / "decision-key")
         self.preferences = PreferenceCache(PreferenceStore(self.engine))
+        self.history_recorder = HistoryRecorder(
+            HistoryStore(self.engine), history_days=self._history_days
+        )
         self.config = ConfigManager(
             self.config_source,
             env_overrides_from(),
@@ -234,6 +247,10 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            history=ConfigHistory(
+                self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
+            ),
+            impact=ImpactPreview(self.engine, self.etcd, options.etcd_prefix),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
@@ -250,6 +267,10 @@ class ModelrouteServer:
         await self._start_admin_http(admin_service)
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
+        self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
+        self._tasks.append(
+            asyncio.create_task(self.history_recorder.prune_periodically(), name="history-prune")
+        )
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
@@ -297,6 +318,17 @@ class ModelrouteServer:
             metrics=self.metrics.render,
             snapshot=self._current,
         )
+        add_operator_routes(
+            app,
+            admin_service,
+            identify=self._operator_name,
+            etcd=self.etcd,
+            prefix=self.options.etcd_prefix,
+            runtime=self.runtime_store,
+            snapshot=self._current,
+            preferences=self.preferences,
+            clock=lambda: datetime.now(UTC),
+        )
         admin_http = AdminHttpServer(
             app,
             self.options.host,
@@ -330,9 +362,21 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _operator_name(self, token: str | None) -> str | None:
+        """The admin HTTP caller's token name (None: refused)."""
+        verify = self.options.admin_verify_token
+        if verify is not None:  # a custom check (tests, embedding) names no one
+            return "operator" if verify(token) else None
+        return self.admin_tokens.name_of(token)
+
+    def _history_days(self) -> int:
+        snapshot = self.config.current
+        return snapshot.settings.history_days if snapshot else DEFAULT_HISTORY_DAYS
 
     def _decision_context(self, decision_id: str) -> str | None:
         """The context a decision id was issued for (None if it cannot be read)."""

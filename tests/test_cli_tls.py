@@ -28,13 +28,19 @@ COMMANDS: list[tuple[str, ...]] = [
     ("override", "set", "reranker", "gpt-4o", "--for", "10m"),
     ("override", "clear", "reranker"),
     ("config", "apply", "-f", "CHANGE_FILE", "--dry-run"),
+    ("config", "apply", "-f", "CHANGE_FILE", "--impact", "--window", "1h"),
+    ("config", "history"),
+    ("config", "show"),
+    ("config", "diff", "SEED_REVISION"),
+    ("config", "rollback", "SEED_REVISION", "--dry-run"),
 ]
 
 
-def command_line(command: tuple[str, ...], tmp_path: Path) -> list[str]:
+def command_line(command: tuple[str, ...], tmp_path: Path, seed: int) -> list[str]:
     change = tmp_path / "change.yaml"
     change.write_text("contexts:\n  reranker: {model: gpt-4o, fallbacks: [gpt-4o-mini]}\n")
-    return [str(change) if part == "CHANGE_FILE" else part for part in command]
+    placeholders = {"CHANGE_FILE": str(change), "SEED_REVISION": str(seed)}
+    return [placeholders.get(part, part) for part in command]
 
 
 def test_every_server_command_takes_the_connection_options() -> None:
@@ -73,7 +79,7 @@ async def test_tls_server_needs_the_ca_and_the_token(
     at = ("--server", running.address)
     token = {"MODELROUTE_ADMIN_TOKEN": TOKEN}
     for command in COMMANDS:
-        line = command_line(command, tmp_path)
+        line = command_line(command, tmp_path, seed)
         done = await run_cli(*line, *at, "--tls-ca", str(pki.ca), etcd="", prefix="", env=token)
         assert done.returncode == 0, (command, done.stderr)
     # The CA from the environment works the same.
@@ -112,7 +118,7 @@ async def test_mtls_server_needs_a_client_certificate(
         "MODELROUTE_TLS_KEY": str(pki.client_key),
     }
     for command in COMMANDS:
-        line = command_line(command, tmp_path)
+        line = command_line(command, tmp_path, seed)
         done = await run_cli(*line, *data_dir, etcd="", prefix="", env=client_env)
         assert done.returncode == 0, (command, done.stderr)
     flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]

@@ -16,6 +16,7 @@ from modelroute.server.cli import (
     config,
     cooldowns,
     database,
+    history,
     overrides,
     routing,
     serve,
@@ -32,6 +33,7 @@ app.command()(routing.resolve)
 app.command()(status.quotas)
 app.command()(status.alerts)
 app.command()(analysis.usage)
+history.register(config.app)
 app.add_typer(config.app, name="config")
 app.add_typer(overrides.app, name="override")
 app.add_typer(analysis.experiments_app, name="experiments")

@@ -31,7 +31,8 @@ from modelroute.server.cli.expiry import (
     expired_overrides,
     resolve_relative_expiries,
 )
-from modelroute.server.cli.output import failure, to_json, warn
+from modelroute.server.cli.history import NoteOpt, print_impact
+from modelroute.server.cli.output import failure, print_diff, to_json, warn
 from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.storage.etcd import EtcdClient, read_prefix
 
@@ -49,12 +50,6 @@ def load_file(file: Path) -> dict[str, bytes]:
         raise failure(str(exc)) from None
 
 
-def print_diff(diff: list[str]) -> None:
-    for line in diff:
-        color = {"+": typer.colors.GREEN, "-": typer.colors.RED}.get(line[:1])
-        typer.secho(line, fg=typer.colors.CYAN if line.startswith("---") else color)
-
-
 def print_rejections(rejections: list[tuple[str, str]]) -> None:
     typer.secho(f"{len(rejections)} invalid value(s); nothing written:", fg="red", err=True)
     for key, error in rejections:
@@ -67,6 +62,7 @@ def apply_changes(
     *,
     expected_revision: int = 0,
     dry_run: bool = False,
+    note: str = "",
 ) -> admin_pb2.ApplyConfigResponse:
     """Send `changes` through AdminService.ApplyConfig; invalid values and conflicts
     exit with codes 1 and 3 (nothing is written in either case)."""
@@ -79,6 +75,7 @@ def apply_changes(
         ],
         expected_revision=expected_revision,
         dry_run=dry_run,
+        note=note,
     )
 
     def refused(error: grpc.Call) -> None:
@@ -136,6 +133,12 @@ def config_apply(
     force: Annotated[
         bool, typer.Option(help="Write overrides even if their `expires` is already past.")
     ] = False,
+    note: NoteOpt = "",
+    impact: Annotated[
+        bool, typer.Option(help="Replay recorded traffic under the change; write nothing.")
+    ] = False,
+    window: Annotated[str, typer.Option(help="Traffic replayed by --impact.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="--impact: print JSON.")] = False,
     etcd_endpoints: EtcdOpt = None,
     etcd_prefix: PrefixOpt = None,
     *,
@@ -145,6 +148,9 @@ def config_apply(
 
     An override may expire relative to now: `expires: +1h` (s, m, h, d, w)."""
     values = load_file(file)
+    if impact:
+        print_impact(connection, values, window, as_json)
+        return
     expired = expired_overrides(values, datetime.now(UTC))
     for key, expires in sorted(expired.items()):
         warn(f"{key} expired at {expires}: it would never apply")
@@ -167,7 +173,9 @@ def config_apply(
     if not changes:
         typer.echo("No changes.")
         return
-    reply = apply_changes(connection, changes, expected_revision=expected_revision, dry_run=dry_run)
+    reply = apply_changes(
+        connection, changes, expected_revision=expected_revision, dry_run=dry_run, note=note
+    )
     if not reply.changed_keys:
         typer.echo("No changes.")
     print_diff(list(reply.diff))

@@ -91,14 +91,20 @@ class Connection:
             return _first_token(Path(file))
         return None
 
-    def admin(self, method: str, request: Any, on_error: ErrorHandler | None = None) -> Any:
+    def admin(
+        self,
+        method: str,
+        request: Any,
+        on_error: ErrorHandler | None = None,
+        timeout: float = CALL_TIMEOUT_SECONDS,
+    ) -> Any:
         """Call AdminService.`method` with the admin token. A failed call goes to
         `on_error` first (it may exit with its own message), then is printed; exits."""
         token = self.admin_token()
         metadata = [("authorization", f"Bearer {token}")] if token else []
         with self.channel() as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
-            return self._call(getattr(stub, method), request, metadata, on_error)
+            return self._call(getattr(stub, method), request, metadata, on_error, timeout)
 
     def router(self, method: str, request: Any) -> Any:
         """Call ModelRouterService.`method` with the API key (MODELROUTE_API_KEY)."""
@@ -106,7 +112,7 @@ class Connection:
         metadata = [("x-api-key", key)] if key else []
         with self.channel() as channel:
             stub = router_pb2_grpc.ModelRouterServiceStub(channel)
-            return self._call(getattr(stub, method), request, metadata, None)
+            return self._call(getattr(stub, method), request, metadata, None, CALL_TIMEOUT_SECONDS)
 
     def _call(
         self,
@@ -114,9 +120,10 @@ class Connection:
         request: Any,
         metadata: list[tuple[str, str]],
         on_error: ErrorHandler | None,
+        timeout: float,
     ) -> Any:
         try:
-            return method(request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
+            return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             assert isinstance(error, grpc.Call)
             if on_error is not None:

@@ -30,6 +30,13 @@ def to_json(message: Message) -> str:
     return json.dumps(message_dict(message), indent=2)
 
 
+def print_diff(diff: list[str]) -> None:
+    """A config diff (`--- key (label)` headers, +/- lines) in colour."""
+    for line in diff:
+        color = {"+": typer.colors.GREEN, "-": typer.colors.RED}.get(line[:1])
+        typer.secho(line, fg=typer.colors.CYAN if line.startswith("---") else color)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns separated by two spaces, headers first."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from modelroute.server.cli.config import apply_changes, print_diff
+from modelroute.server.cli.config import apply_changes
 from modelroute.server.cli.connection import Connection, connected
 from modelroute.server.cli.expiry import ExpiryError, parse_duration, rfc3339
-from modelroute.server.cli.output import failure
+from modelroute.server.cli.output import failure, print_diff
 
 app = typer.Typer(help="Operator overrides (overrides/<context>).", no_args_is_help=True)
 
@@ -54,7 +54,8 @@ def override_set(
             raise failure(f"--until {until} is already past: the override would never apply")
         value["expires"] = rfc3339(instant)
     key = f"overrides/{context}"
-    reply = apply_changes(connection, {key: json.dumps(value).encode()})
+    # The note also goes to the config history as the change's reason.
+    reply = apply_changes(connection, {key: json.dumps(value).encode()}, note=note)
     print_diff(list(reply.diff))
     expiry = f" until {value['expires']}" if "expires" in value else " until cleared"
     typer.echo(f"{context} → {model}{expiry} (revision {reply.revision or 'unchanged'})")
