@@ -164,8 +164,16 @@ class ServerProcess:
     """`modelroute serve` as a real process on a free port (for signals and env tests)."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        own_group: bool = False,
+        cwd: Path | None = None,
     ) -> None:
+        """`own_group`: a process group of its own, as a shell gives a foreground job (so
+        a test can send Ctrl-C's SIGINT to the whole group). `cwd`: where it runs (the
+        default data dir is `.modelroute` there)."""
         import re
         import subprocess
         import sys
@@ -187,6 +195,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+            process_group=0 if own_group else None,
             cwd=cwd,
         )
         assert self.process.stdout is not None

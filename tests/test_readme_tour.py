@@ -139,14 +139,3 @@ async def test_readme_tour_runs_end_to_end(tmp_path: Path) -> None:
         assert root.status_code in (302, 307) and root.headers["location"] == "/dashboard/"
     finally:
         assert await asyncio.to_thread(server.stop) == 0
-
-
-def test_readme_and_docs_link_only_to_files_in_the_repository() -> None:
-    link = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-    for document in [README, *(REPOSITORY / "docs").rglob("*.md")]:
-        for target in link.findall(document.read_text()):
-            if target.startswith(("http://", "https://", "mailto:")):
-                continue
-            resolved = (document.parent / target).resolve()
-            assert resolved.is_relative_to(REPOSITORY), f"{document.name} → {target}"
-            assert resolved.exists(), f"{document.name} links to missing {target}"

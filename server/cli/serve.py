@@ -83,6 +83,7 @@ def serve(
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -115,6 +116,8 @@ def serve(
         raise failure(f"cannot start: {exc}", code=2) from None
     try:
         asyncio.run(serve_until_signalled(options, on_serving=publish_instance))
+    except AlreadyRunningError as exc:
+        raise failure(str(exc), code=3) from None
     except (TlsConfigError, AdminTokenFileError) as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
     finally:
