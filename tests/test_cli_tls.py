@@ -31,16 +31,28 @@ COMMANDS: list[tuple[str, ...]] = [
     ("config", "apply", "-f", "CHANGE_FILE", "--impact", "--window", "1h"),
     ("config", "history"),
     ("config", "show"),
-    ("config", "diff", "SEED_REVISION"),
-    ("config", "rollback", "SEED_REVISION", "--dry-run"),
+    ("config", "diff", "SHOWN_REVISION"),
+    ("config", "rollback", "SHOWN_REVISION", "--dry-run"),
 ]
 
 
-def command_line(command: tuple[str, ...], tmp_path: Path, seed: int) -> list[str]:
+def command_line(command: tuple[str, ...], tmp_path: Path, revision: int) -> list[str]:
     change = tmp_path / "change.yaml"
     change.write_text("contexts:\n  reranker: {model: gpt-4o, fallbacks: [gpt-4o-mini]}\n")
-    placeholders = {"CHANGE_FILE": str(change), "SEED_REVISION": str(seed)}
+    placeholders = {"CHANGE_FILE": str(change), "SHOWN_REVISION": str(revision)}
     return [placeholders.get(part, part) for part in command]
+
+
+async def run_every_command(tmp_path: Path, *args: str, env: dict[str, str]) -> None:
+    """Each of COMMANDS in order, all succeeding; `config diff` and `rollback` use the
+    revision `config show` printed (one the history holds)."""
+    revision = 0
+    for command in COMMANDS:
+        line = command_line(command, tmp_path, revision)
+        done = await run_cli(*line, *args, etcd="", prefix="", env=env)
+        assert done.returncode == 0, (command, done.stderr)
+        if command[:2] == ("config", "show"):
+            revision = json.loads(done.stdout)["revision"]
 
 
 def test_every_server_command_takes_the_connection_options() -> None:
@@ -78,10 +90,7 @@ async def test_tls_server_needs_the_ca_and_the_token(
     )
     at = ("--server", running.address)
     token = {"MODELROUTE_ADMIN_TOKEN": TOKEN}
-    for command in COMMANDS:
-        line = command_line(command, tmp_path, seed)
-        done = await run_cli(*line, *at, "--tls-ca", str(pki.ca), etcd="", prefix="", env=token)
-        assert done.returncode == 0, (command, done.stderr)
+    await run_every_command(tmp_path, *at, "--tls-ca", str(pki.ca), env=token)
     # The CA from the environment works the same.
     by_env = await run_cli(
         "config", "status", *at, etcd="", prefix="", env=token | {"MODELROUTE_TLS_CA": str(pki.ca)}
@@ -117,10 +126,7 @@ async def test_mtls_server_needs_a_client_certificate(
         "MODELROUTE_TLS_CERT": str(pki.client_cert),
         "MODELROUTE_TLS_KEY": str(pki.client_key),
     }
-    for command in COMMANDS:
-        line = command_line(command, tmp_path, seed)
-        done = await run_cli(*line, *data_dir, etcd="", prefix="", env=client_env)
-        assert done.returncode == 0, (command, done.stderr)
+    await run_every_command(tmp_path, *data_dir, env=client_env)
     flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
     by_flags = await run_cli(
         "resolve", "rag.answer", *data_dir, *flags, "--tls-key", str(pki.client_key),
