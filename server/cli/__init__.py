@@ -18,6 +18,7 @@ from modelroute.server.cli import (
     database,
     history,
     overrides,
+    rollouts,
     routing,
     serve,
     status,
@@ -38,6 +39,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(overrides.app, name="override")
 app.add_typer(analysis.experiments_app, name="experiments")
 app.add_typer(cooldowns.app, name="cooldown")
+app.add_typer(rollouts.rollout_app, name="rollout")
 app.add_typer(database.app, name="db")
 
 
