@@ -7,6 +7,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: install run vectors proto proto-clients test-go test-ts test-clients proto-check lint typecheck test test-postgres bench clean
 
 $(BIN)/modelroute: pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "modelroute needs Python >= 3.11 and '$(PY)' is not; name one: make run PY=python3.11"; \
+	  exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -496,7 +496,9 @@ class ModelrouteServer:
         log.info("modelroute stopped")
 
 
-async def serve_until_signalled(options: ServeOptions) -> None:
+async def serve_until_signalled(
+    options: ServeOptions, on_serving: Callable[[ModelrouteServer], None] | None = None
+) -> None:
     server = ModelrouteServer(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -509,6 +511,8 @@ async def serve_until_signalled(options: ServeOptions) -> None:
             print(
                 f"modelroute: dashboard at http://{options.host}:{server.admin_port}/", flush=True
             )
+        if on_serving is not None:
+            on_serving(server)  # e.g. the CLI publishes <data_dir>/server.json
         await stop.wait()
         log.info("signal received: shutting down")
     finally:

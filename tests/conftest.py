@@ -4,17 +4,24 @@ test, in-process servers on port 0, and `eventually` instead of sleeps."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from modelroute.admin.v1 import admin_pb2_grpc
 from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
@@ -157,10 +164,16 @@ class ServerProcess:
     """`modelroute serve` as a real process on a free port (for signals and env tests)."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, *, own_group: bool = False
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        own_group: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         """`own_group`: a process group of its own, as a shell gives a foreground job (so
-        a test can send Ctrl-C's SIGINT to the whole group)."""
+        a test can send Ctrl-C's SIGINT to the whole group). `cwd`: where it runs (the
+        default data dir is `.modelroute` there)."""
         import re
         import subprocess
         import sys
@@ -183,6 +196,7 @@ class ServerProcess:
             text=True,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
             process_group=0 if own_group else None,
+            cwd=cwd,
         )
         assert self.process.stdout is not None
         self.output: list[str] = []
@@ -239,3 +253,79 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.wait(timeout)
+
+
+# --- TLS: a throwaway CA and certificates (tests/test_security.py, test_cli_tls.py) ---
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def read(self, name: str) -> bytes:
+        path: Path = getattr(self, name)
+        return path.read_bytes()
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _issue(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    usage: x509.ObjectIdentifier | None = None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if usage is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelroute test CA")])
+    ca_cert = _issue("modelroute test CA", ca_key, ca_name, ca_key, ca=True)
+    files: dict[str, Path] = {"ca": directory / "ca.pem"}
+    files["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for role, usage in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(f"modelroute {role}", key, ca_name, ca_key, usage=usage)
+        files[f"{role}_cert"] = directory / f"{role}.pem"
+        files[f"{role}_key"] = directory / f"{role}-key.pem"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"].write_bytes(_key_pem(key))
+    return Pki(**files)

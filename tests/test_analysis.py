@@ -320,4 +320,4 @@ async def test_unknown_experiment_is_not_found_with_the_known_ones(experiments: 
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await results(experiments, "nope")
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "known: aa, ab, srm" in (failure.value.details() or "")
+    assert "known: aa, ab, rag-answer-q4, srm" in (failure.value.details() or "")

@@ -111,8 +111,14 @@ async def test_dashboard_shows_seeded_usage_experiment_rejection_and_alert(
 
 
 async def test_empty_server_tells_a_new_user_what_to_do(
-    seed: int, start_server: Callable[..., Awaitable[Running]], page
+    seed: int,
+    start_server: Callable[..., Awaitable[Running]],
+    page,
+    etcd: aetcd.Client,
+    prefix: str,
 ) -> None:
+    # No experiment at all (the seed config has a disabled one).
+    await write_changes(etcd, prefix, {"experiments/rag-answer-q4": None}, 0, [])
     server = await start_server(admin_port=0)
     await page.goto(f"http://127.0.0.1:{server.server.admin_port}/")
     await page.wait_for_selector("body[data-loaded=true]")

@@ -1,5 +1,5 @@
-"""The documentation stands on its own in a clone: every relative link in docs/ points at
-a file of the repository (none outside it, none missing)."""
+"""The documentation stands on its own in a clone: every relative link in README.md and
+docs/ points at a file of the repository (none outside it, none missing)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PAGES = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -257,7 +257,9 @@ async def test_healthy_candidate_ramps_to_100_percent_and_is_promoted(
     assert "COMPLETED, step 3/3, candidate share 100%" in shown.stdout
     assert "ERROR_RATE max_increase=0.02" in shown.stdout and "always-valid" in shown.stdout
     # One command makes the candidate the context's model and retires the rollout.
-    promoted = await run_cli("rollout", "promote", "good", etcd=etcd_endpoint, prefix=prefix)
+    promoted = await run_cli(
+        "rollout", "promote", "good", "--server", replica.address, etcd=etcd_endpoint, prefix=prefix
+    )
     assert promoted.returncode == 0, promoted.stderr
 
     async def promoted_served() -> None:

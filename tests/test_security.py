@@ -4,23 +4,16 @@ TLS / mTLS on the gRPC port, etcd over mutual TLS, and no secret in the logs."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aetcd
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import message_factory
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.api.auth import AdminTokens, parse_bearer
@@ -29,7 +22,7 @@ from modelroute.storage.embedded_etcd import etcd_binary, free_port
 from modelroute.storage.etcd import EtcdTls, connect, parse_endpoints, read_prefix
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import Running, eventually
+from tests.conftest import Pki, Running, eventually
 
 StartServer = Callable[..., Awaitable[Running]]
 TOKEN = "s3cret-admin-token-0123456789"
@@ -301,79 +294,6 @@ async def test_bad_client_value_is_rejected_and_the_last_good_one_kept(
 
 
 # --- TLS ------------------------------------------------------------------------------
-
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-    def read(self, name: str) -> bytes:
-        path: Path = getattr(self, name)
-        return path.read_bytes()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _issue(
-    name: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if usage is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelroute test CA")])
-    ca_cert = _issue("modelroute test CA", ca_key, ca_name, ca_key, ca=True)
-    files: dict[str, Path] = {"ca": directory / "ca.pem"}
-    files["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for role, usage in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"modelroute {role}", key, ca_name, ca_key, usage=usage)
-        files[f"{role}_cert"] = directory / f"{role}.pem"
-        files[f"{role}_key"] = directory / f"{role}-key.pem"
-        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{role}_key"].write_bytes(_key_pem(key))
-    return Pki(**files)
 
 
 async def resolve_over(channel: grpc.aio.Channel) -> str:

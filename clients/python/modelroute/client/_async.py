@@ -36,6 +36,22 @@ logger = logging.getLogger("modelroute.client")
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
+TARGET_ENV = "MODELROUTE_TARGET"  # the same variable as the `modelroute` CLI's
+DEPRECATED_TARGET_ENV = "MODELROUTE_SERVER"
+
+
+def target_from_environment() -> str | None:
+    """$MODELROUTE_TARGET, else the deprecated $MODELROUTE_SERVER (with a warning)."""
+    if value := os.environ.get(TARGET_ENV, "").strip():
+        return value
+    if value := os.environ.get(DEPRECATED_TARGET_ENV, "").strip():
+        warnings.warn(
+            f"{DEPRECATED_TARGET_ENV} is deprecated; set {TARGET_ENV} instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return value
+    return None
 
 
 class AsyncModelRouter:
@@ -56,7 +72,7 @@ class AsyncModelRouter:
         on_rejected: Callable[[RejectedReport], None] | None = None,
         **option_overrides: Any,
     ) -> None:
-        self.target = target or os.environ.get("MODELROUTE_TARGET", DEFAULT_TARGET)
+        self.target = target or target_from_environment() or DEFAULT_TARGET
         # Sent as `x-api-key` when the deployment requires per-service keys (clients/<name>).
         key = api_key if api_key is not None else os.environ.get("MODELROUTE_API_KEY", "")
         self._metadata: tuple[tuple[str, str], ...] | None = (("x-api-key", key),) if key else None

@@ -1,82 +1,48 @@
 """`modelroute config history | show --at | diff | rollback` and `config apply --impact`:
-the CLI side of config history and impact preview (all through AdminService, which reads
-the history from the database and checks the admin token). It lives beside the other
-edges until the CLI becomes the `server/cli/` package; it imports nothing but the contract
-and the error details."""
+the CLI side of config history and impact preview, all through AdminService (which reads
+the history from the database and checks the admin token)."""
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
-import re
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import grpc
 import typer
-from google.protobuf import json_format, timestamp_pb2
-from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.api.errors import decode_details
+from google.protobuf import timestamp_pb2
+from modelroute.admin.v1 import admin_pb2
+from modelroute.server.cli.connection import Connection, connected
+from modelroute.server.cli.expiry import ExpiryError, parse_duration
+from modelroute.server.cli.output import failure, print_diff, to_json
 
-ServerOpt = Annotated[
-    str, typer.Option(envvar="MODELROUTE_SERVER", help="modelroute gRPC address (host:port).")
-]
 NoteOpt = Annotated[str, typer.Option(help="Why: recorded with the change in the config history.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the RPC's JSON.")]
 EXIT_CONFLICT = 3
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# History reads and impact previews scan the database: longer than a plain admin call.
+HISTORY_TIMEOUT_SECONDS = 60.0
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def admin_call(server: str, method: str, request: Any) -> Any:
-    """One AdminService call with MODELROUTE_ADMIN_TOKEN; errors become a readable exit
-    (ABORTED, a conflict, exits with 3 like `config apply`)."""
-    token = os.environ.get("MODELROUTE_ADMIN_TOKEN", "").strip()
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(server) as channel:
-        try:
-            stub = admin_pb2_grpc.AdminServiceStub(channel)
-            return getattr(stub, method)(request, timeout=60, metadata=metadata)
-        except grpc.RpcError as error:
-            assert isinstance(error, grpc.Call)
-            lines = [f"{error.code().name}: {error.details()}"]
-            for name, detail in decode_details(error).items():
-                if name == "BadRequest":
-                    lines += [f"  {v.field}: {v.description}" for v in detail.field_violations]  # type: ignore[attr-defined]
-            code = EXIT_CONFLICT if error.code() == grpc.StatusCode.ABORTED else 1
-            fail("\n".join(lines), code)
-
-
-def to_json(message: Any) -> str:
-    return json.dumps(
-        json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2
-    )
-
-
-def parse_duration(text: str, option: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        fail(f"{option}: expected a duration like 30m, 24h or 7d, got {text!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+def conflict_exits_3(error: grpc.Call) -> None:
+    """ABORTED (the config changed since it was read) exits with 3, like `config apply`."""
+    if error.code() == grpc.StatusCode.ABORTED:
+        raise failure(f"conflict: {error.details()}", EXIT_CONFLICT)
 
 
 def since_timestamp(text: str | None) -> timestamp_pb2.Timestamp | None:
     """`--since 24h` (that long ago) or an ISO date/time (UTC when no offset)."""
     if not text:
         return None
-    if _DURATION.match(text.strip()):
-        moment = datetime.now(UTC) - parse_duration(text, "--since")
-    else:
+    try:
+        moment = datetime.now(UTC) - parse_duration(text)
+    except ExpiryError:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            fail("--since: expected a duration (24h, 7d) or an ISO date/time (2026-11-01T12:00Z)")
+            raise failure(
+                "--since: expected a duration (24h, 7d) or an ISO date/time (2026-11-01T12:00Z)"
+            ) from None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
@@ -115,12 +81,6 @@ def diff_states(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return lines
 
 
-def print_diff(lines: list[str]) -> None:
-    for line in lines:
-        color = {"+": typer.colors.GREEN, "-": typer.colors.RED}.get(line[:1])
-        typer.secho(line, fg=typer.colors.CYAN if line.startswith("---") else color)
-
-
 def history(
     key_prefix: Annotated[
         str, typer.Argument(help="Only keys starting with this, e.g. overrides/.")
@@ -130,14 +90,15 @@ def history(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (1-1000).")] = 50,
     as_json: JsonOpt = False,
-    server: ServerOpt = "127.0.0.1:50051",
+    *,
+    connection: Connection,
 ) -> None:
     """Who changed which key, when, from what to what, and why (newest first)."""
     request = admin_pb2.ListConfigChangesRequest(key_prefix=key_prefix, limit=limit)
     stamp = since_timestamp(since)
     if stamp is not None:
         request.since.CopyFrom(stamp)
-    reply = admin_call(server, "ListConfigChanges", request)
+    reply = connection.admin("ListConfigChanges", request, timeout=HISTORY_TIMEOUT_SECONDS)
     if as_json:
         typer.echo(to_json(reply))
         return
@@ -154,19 +115,21 @@ def history(
     typer.echo(f"(oldest revision kept: {reply.oldest_revision})")
 
 
-def _values_at(server: str, revision: int) -> admin_pb2.GetConfigAtResponse:
-    reply: admin_pb2.GetConfigAtResponse = admin_call(
-        server, "GetConfigAt", admin_pb2.GetConfigAtRequest(revision=revision)
+def _values_at(connection: Connection, revision: int) -> admin_pb2.GetConfigAtResponse:
+    request = admin_pb2.GetConfigAtRequest(revision=revision)
+    reply: admin_pb2.GetConfigAtResponse = connection.admin(
+        "GetConfigAt", request, timeout=HISTORY_TIMEOUT_SECONDS
     )
     return reply
 
 
 def show(
     at: Annotated[int, typer.Option("--at", help="The etcd revision (0: the newest).")] = 0,
-    server: ServerOpt = "127.0.0.1:50051",
+    *,
+    connection: Connection,
 ) -> None:
     """Every decision-shaping key's value in force at a revision (from the history)."""
-    reply = _values_at(server, at)
+    reply = _values_at(connection, at)
     values: dict[str, Any] = {}
     for key, raw in sorted(reply.values_json.items()):
         try:
@@ -179,10 +142,11 @@ def show(
 def diff(
     rev_a: Annotated[int, typer.Argument(help="The older revision.")],
     rev_b: Annotated[int, typer.Argument(help="The newer one (default: the newest).")] = 0,
-    server: ServerOpt = "127.0.0.1:50051",
+    *,
+    connection: Connection,
 ) -> None:
     """What changed between two revisions."""
-    old, new = _values_at(server, rev_a), _values_at(server, rev_b)
+    old, new = _values_at(connection, rev_a), _values_at(connection, rev_b)
     lines = diff_states(dict(old.values_json), dict(new.values_json))
     differing = sum(1 for line in lines if line.startswith("--- "))
     typer.echo(f"revision {old.revision} -> {new.revision}: {differing} key(s) differ")
@@ -195,13 +159,14 @@ def rollback(
     ],
     dry_run: Annotated[bool, typer.Option(help="Show the diff only; write nothing.")] = False,
     note: NoteOpt = "",
-    server: ServerOpt = "127.0.0.1:50051",
+    *,
+    connection: Connection,
 ) -> None:
     """Restore the configuration of a revision in one guarded etcd transaction."""
-    reply = admin_call(
-        server,
+    reply = connection.admin(
         "RollbackConfig",
         admin_pb2.RollbackConfigRequest(revision=revision, dry_run=dry_run, note=note),
+        on_error=conflict_exits_3,
     )
     print_diff(list(reply.diff))
     if not reply.changed_keys:
@@ -215,32 +180,19 @@ def rollback(
         )
 
 
-def apply_through_server(
-    server: str, values: dict[str, bytes], *, note: str, dry_run: bool
+def print_impact(
+    connection: Connection, values: dict[str, bytes], window: str, as_json: bool
 ) -> None:
-    """`config apply --server`: ApplyConfig, so the history names the admin token."""
-    changes = [admin_pb2.KeyChange(key=k, value_json=v.decode()) for k, v in values.items()]
-    reply = admin_call(
-        server,
-        "ApplyConfig",
-        admin_pb2.ApplyConfigRequest(changes=changes, dry_run=dry_run, note=note),
-    )
-    print_diff(list(reply.diff))
-    if not reply.changed_keys:
-        typer.echo("No changes.")
-    elif dry_run:
-        typer.echo(f"Dry run: {reply.changed_keys} key(s) would change; nothing written.")
-    else:
-        typer.echo(f"Applied {reply.changed_keys} key(s) at revision {reply.revision}.")
-
-
-def print_impact(server: str, values: dict[str, bytes], window: str, as_json: bool) -> None:
     """`config apply --impact`: replay the window's traffic under the proposed config."""
+    try:
+        window_seconds = int(parse_duration(window).total_seconds())
+    except ExpiryError as exc:
+        raise failure(f"--window: {exc}") from None
     request = admin_pb2.PreviewConfigChangeRequest(
         changes=[admin_pb2.KeyChange(key=k, value_json=v.decode()) for k, v in values.items()],
-        window_seconds=int(parse_duration(window, "--window").total_seconds()),
+        window_seconds=window_seconds,
     )
-    reply = admin_call(server, "PreviewConfigChange", request)
+    reply = connection.admin("PreviewConfigChange", request, timeout=HISTORY_TIMEOUT_SECONDS)
     if as_json:
         typer.echo(to_json(reply))
         return
@@ -274,7 +226,8 @@ def print_impact(server: str, values: dict[str, bytes], window: str, as_json: bo
 
 
 def register(config_app: typer.Typer) -> None:
-    config_app.command("history")(history)
-    config_app.command("show")(show)
-    config_app.command("diff")(diff)
-    config_app.command("rollback")(rollback)
+    """Add the history commands to the `config` group."""
+    config_app.command("history")(connected(history))
+    config_app.command("show")(connected(show))
+    config_app.command("diff")(connected(diff))
+    config_app.command("rollback")(connected(rollback))

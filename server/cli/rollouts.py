@@ -1,83 +1,47 @@
 """`modelroute rollout ...`: status of guarded rollouts, promote a finished one, restart.
 
-Registered on the main CLI with `app.add_typer(rollout_app, name="rollout")`; kept in its
-own module so that the CLI package split (issue 15) only moves it.
+Status and the promotion's write go through AdminService (GetRolloutStatus, ApplyConfig);
+reading the controller's progress and restarting it touch its runtime key in the etcd found
+by the discovery rule (no RPC offers them yet).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import grpc
 import typer
-from google.protobuf import json_format
-from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.api.config_apply import apply_to_etcd
-from modelroute.server.core.rollout_spec import PROGRESS_DIR, parse_progress
-from modelroute.storage.etcd import (
-    DEFAULT_PREFIX,
-    EtcdConflictError,
-    StoredValue,
-    connect,
-    parse_endpoints,
-    read_prefix,
+from modelroute.admin.v1 import admin_pb2
+from modelroute.server.cli.config import apply_changes
+from modelroute.server.cli.connection import Connection, connected
+from modelroute.server.cli.etcd_access import (
+    DataDirOpt,
+    EtcdOpt,
+    PrefixOpt,
+    locate_etcd,
+    with_etcd,
 )
+from modelroute.server.cli.output import failure, print_diff, to_json
+from modelroute.server.core.rollout_spec import PROGRESS_DIR, parse_progress
+from modelroute.storage.etcd import EtcdClient, StoredValue, read_prefix
+from modelroute.storage.runtime_store import EtcdRuntimeStore
 
 rollout_app = typer.Typer(help="Guarded progressive rollouts.", no_args_is_help=True)
 
-ServerOpt = Annotated[
-    str, typer.Option(envvar="MODELROUTE_SERVER", help="modelroute gRPC address (host:port).")
-]
-EtcdOpt = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MODELROUTE_ETCD_ENDPOINTS",
-        help="etcd endpoints, comma-separated. Default: the embedded etcd of `serve`.",
-    ),
-]
-PrefixOpt = Annotated[str, typer.Option(envvar="MODELROUTE_ETCD_PREFIX", help="Key prefix.")]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _etcd_endpoints(given: str | None) -> str:
-    if given:
-        return given
-    endpoint_file = Path(os.environ.get("MODELROUTE_DATA_DIR", ".modelroute")) / "etcd.endpoint"
-    return endpoint_file.read_text().strip() if endpoint_file.exists() else "127.0.0.1:2379"
-
 
 @rollout_app.command("status")
+@connected
 def rollout_status(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id; omit for all.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw status.")] = False,
-    server: ServerOpt = "127.0.0.1:50051",
+    *,
+    connection: Connection,
 ) -> None:
     """Step, share, calls per arm, guardrails with their always-valid intervals, decisions."""
-    token = os.environ.get("MODELROUTE_ADMIN_TOKEN", "").strip()
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(server) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
-        try:
-            reply = stub.GetRolloutStatus(
-                admin_pb2.GetRolloutStatusRequest(rollout_id=rollout_id),
-                timeout=30,
-                metadata=metadata,
-            )
-        except grpc.RpcError as error:
-            assert isinstance(error, grpc.Call)
-            _fail(f"{error.code().name}: {error.details()}")
+    request = admin_pb2.GetRolloutStatusRequest(rollout_id=rollout_id)
+    reply = connection.admin("GetRolloutStatus", request, timeout=30)
     if as_json:
-        typer.echo(
-            json.dumps(json_format.MessageToDict(reply, preserving_proto_field_name=True), indent=2)
-        )
+        typer.echo(to_json(reply))
         return
     if not reply.rollouts:
         typer.echo("No rollouts configured.")
@@ -133,61 +97,51 @@ def promotion_changes(
 
 
 @rollout_app.command("promote")
+@connected
 def rollout_promote(
     rollout_id: Annotated[str, typer.Argument(help="A COMPLETED rollout.")],
     force: Annotated[bool, typer.Option(help="Promote even if not COMPLETED.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show the change only.")] = False,
     etcd_endpoints: EtcdOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    etcd_prefix: PrefixOpt = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Make the rollout's candidate the context's model and remove the rollout (one guarded
     transaction: a concurrent change fails it, nothing half-written)."""
+    location = locate_etcd(etcd_endpoints, etcd_prefix, connection.data_dir)
 
-    async def run() -> tuple[list[str], int]:
-        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
-        try:
-            revision, stored = await read_prefix(client, etcd_prefix)
-            changes = promotion_changes(stored, rollout_id, force=force)
-            plan, written = await apply_to_etcd(
-                client, etcd_prefix, changes, expected_revision=revision, dry_run=dry_run
-            )
-            if not plan.ok:
-                raise ValueError("; ".join(f"{r.key}: {r.error}" for r in plan.rejections))
-            return plan.diff, written
-        finally:
-            await client.close()
+    async def read(client: EtcdClient) -> tuple[int, dict[str, StoredValue]]:
+        return await read_prefix(client, location.prefix)
 
+    revision, stored = with_etcd(location, read)
     try:
-        diff, revision = asyncio.run(run())
+        changes = promotion_changes(stored, rollout_id, force=force)
     except ValueError as exc:
-        _fail(str(exc))
-    except EtcdConflictError as exc:
-        _fail(f"conflict: {exc}", code=3)
-    for line in diff:
-        typer.echo(line)
+        raise failure(str(exc)) from None
+    # Guarded on the revision the progress was read at: a change since fails it (exit 3).
+    reply = apply_changes(connection, changes, expected_revision=revision, dry_run=dry_run)
+    print_diff(list(reply.diff))
     if dry_run:
         typer.echo("Dry run: nothing written.")
     else:
-        typer.echo(f"Promoted rollout {rollout_id} at revision {revision}.")
+        typer.echo(f"Promoted rollout {rollout_id} at revision {reply.revision}.")
 
 
 @rollout_app.command("restart")
 def rollout_restart(
     rollout_id: Annotated[str, typer.Argument(help="A rolled-back or paused rollout.")],
     etcd_endpoints: EtcdOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    etcd_prefix: PrefixOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Forget the controller's progress: the rollout starts again from its first step."""
+    location = locate_etcd(etcd_endpoints, etcd_prefix, data_dir)
 
-    async def run() -> bool:
-        client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
-        try:
-            result = await client.delete(f"{etcd_prefix}{PROGRESS_DIR}{rollout_id}".encode())
-            return bool(result and result.deleted)
-        finally:
-            await client.close()
+    async def forget(client: EtcdClient) -> bool:
+        return await EtcdRuntimeStore(client, location.prefix).delete(PROGRESS_DIR + rollout_id)
 
-    if asyncio.run(run()):
+    if with_etcd(location, forget):
         typer.echo(f"Rollout {rollout_id} restarts from its first step at the next check.")
     else:
         typer.echo(f"Rollout {rollout_id} had no progress; it starts at the next check.")

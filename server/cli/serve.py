@@ -1,0 +1,143 @@
+"""`modelroute serve`: run a replica."""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from modelroute.server.cli.discovery import DATA_DIR_ENV, DEFAULT_DATA_DIR, ETCD_PREFIX_ENV
+from modelroute.server.cli.output import failure
+from modelroute.storage.etcd import DEFAULT_PREFIX
+from modelroute.storage.instance_file import (
+    InstanceInfo,
+    dial_address,
+    remove_instance,
+    write_instance,
+)
+
+if TYPE_CHECKING:  # the server's modules load only when `serve` runs (fast CLI start)
+    from modelroute.server.app import ModelrouteServer
+
+PrefixOpt = Annotated[str, typer.Option(envvar=ETCD_PREFIX_ENV, help="Key prefix.")]
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port (0: any free port).")] = 50051,
+    etcd_endpoints: Annotated[
+        str | None,
+        typer.Option(envvar="MODELROUTE_ETCD_ENDPOINTS", help="etcd cluster; omit for embedded."),
+    ] = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    etcd_username: Annotated[str | None, typer.Option(envvar="MODELROUTE_ETCD_USERNAME")] = None,
+    etcd_password: Annotated[str | None, typer.Option(envvar="MODELROUTE_ETCD_PASSWORD")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="MODELROUTE_DATABASE_URL", help="SQLAlchemy URL; omit for SQLite."),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar=DATA_DIR_ENV, help="Embedded etcd, SQLite and server.json location."),
+    ] = DEFAULT_DATA_DIR,
+    bootstrap: Annotated[Path | None, typer.Option(help="Seed config for an empty prefix.")] = None,
+    seed: Annotated[
+        bool | None, typer.Option(help="Seed an empty external etcd prefix from --bootstrap.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="MODELROUTE_LOG_LEVEL")] = "INFO",
+    # Security (docs/security.md). Admin tokens themselves only come from the environment
+    # (MODELROUTE_ADMIN_TOKENS) or a file, never argv, which `ps` shows to every user.
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="MODELROUTE_ADMIN_TOKEN_FILE", help="Admin tokens, one per line."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_TLS_CERT", help="Server certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_TLS_KEY", help="Server private key (PEM).")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="MODELROUTE_TLS_CLIENT_CA", help="Require client certs (mTLS)."),
+    ] = None,
+    etcd_ca: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_CA", help="CA of etcd's certificate.")
+    ] = None,
+    etcd_cert: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_CERT", help="etcd client cert.")
+    ] = None,
+    etcd_key: Annotated[
+        Path | None, typer.Option(envvar="MODELROUTE_ETCD_KEY", help="etcd client key.")
+    ] = None,
+    admin_port: Annotated[
+        int, typer.Option(help="Admin HTTP API + dashboard + /metrics (0: any, -1: off).")
+    ] = 8081,
+) -> None:
+    """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
+    from modelroute.server.api.auth import AdminTokenFileError
+    from modelroute.server.api.tls import TlsConfigError
+    from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
+
+    # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = ServeOptions(
+        host=host,
+        port=port,
+        etcd_endpoints=etcd_endpoints,
+        etcd_prefix=etcd_prefix,
+        etcd_username=etcd_username,
+        etcd_password=etcd_password,
+        database_url=database_url,
+        data_dir=data_dir,
+        bootstrap=bootstrap or DEFAULT_BOOTSTRAP,
+        seed=seed,
+        admin_token_file=admin_token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        admin_port=None if admin_port < 0 else admin_port,
+    )
+    try:
+        options.etcd_tls()  # validates the etcd TLS combination before anything starts
+    except ValueError as exc:
+        raise failure(f"cannot start: {exc}", code=2) from None
+    try:
+        asyncio.run(serve_until_signalled(options, on_serving=publish_instance))
+    except AlreadyRunningError as exc:
+        raise failure(str(exc), code=3) from None
+    except (TlsConfigError, AdminTokenFileError) as exc:
+        raise failure(f"cannot start: {exc}", code=2) from None
+    finally:
+        remove_instance(data_dir, os.getpid())
+
+
+def publish_instance(server: ModelrouteServer) -> None:
+    """Write `<data_dir>/server.json` once `server` serves: the other commands find it there
+    (discovery.py). Only this process's file is removed when it stops."""
+    options = server.options
+    admin = server.admin_port if server.admin_http is not None else 0
+    embedded = server.embedded_etcd
+    write_instance(
+        options.data_dir,
+        InstanceInfo(
+            pid=os.getpid(),
+            grpc_address=dial_address(options.host, server.port),
+            tls=options.tls_cert is not None,
+            etcd_endpoints=options.etcd_endpoints or (embedded.endpoint if embedded else ""),
+            etcd_prefix=options.etcd_prefix,
+            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
+        ),
+    )
