@@ -14,7 +14,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -403,6 +403,7 @@ def create_admin_app(
     rate_per_second: float = 20.0,
     burst: float = 40.0,
     max_body_bytes: int = MAX_BODY_BYTES,
+    extensions: Sequence[Callable[[FastAPI], None]] = (),
 ) -> FastAPI:
     """The admin HTTP app. `verify_token` (given the bearer token or None) guards every
     `/api/admin/*` path; `metrics` renders `/metrics` (body, content type); `snapshot`
@@ -569,6 +570,8 @@ def create_admin_app(
             raise StarletteHTTPException(404, "no such dashboard file")
         return FileResponse(target, headers={"Cache-Control": "no-cache"})
 
+    for extend in extensions:  # e.g. the application API (OFREP, Connect): server/api/
+        extend(app)
     limiter = TokenBucket(rate_per_second, burst) if rate_per_second > 0 else None
     app.add_middleware(GuardMiddleware, limiter=limiter, max_body=max_body_bytes)
     return app

@@ -23,6 +23,8 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
+from modelroute.server.api.application_http import application_routes
+from modelroute.server.api.local_calls import LocalRouterCalls
 from modelroute.server.auth import AdminTokens, AuthInterceptor
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
 from modelroute.server.config_manager import ConfigManager
@@ -223,6 +225,8 @@ class ModelrouteServer:
             etcd_prefix=options.etcd_prefix,
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
+        # The HTTP listener's application API calls the servicer through the same interceptor.
+        self.local_calls = LocalRouterCalls(router_service, auth)
         admin_service = AdminService(
             self.config,
             self.config_source,
@@ -295,6 +299,7 @@ class ModelrouteServer:
             verify_token=self.options.admin_verify_token or self.admin_tokens.verify,
             metrics=self.metrics.render,
             snapshot=self._current,
+            extensions=[application_routes(self.local_calls, self._current)],
         )
         admin_http = AdminHttpServer(
             app,
