@@ -43,6 +43,7 @@ from modelroute.server.resolver import (
     RuntimeLimits,
     resolve,
 )
+from modelroute.server.semconv import feature_flag_attributes
 from modelroute.server.snapshot import Snapshot
 from modelroute.server.usage_writer import (
     UsageQueueFullError,
@@ -318,6 +319,9 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 _annotate_usage(records)
+            self.metrics.record_usage_reports(
+                [record for record, stored in zip(records, inserted, strict=True) if stored]
+            )
             if self._quotas is not None:
                 now = self._clock()
                 for record, was_inserted in zip(records, inserted, strict=True):
@@ -648,6 +652,15 @@ def _annotate_decision(
             "modelroute.user_hash": hash_user(request.user.id),
             "modelroute.tier": request.user.tier,
         }
+    )
+    span.set_attributes(
+        feature_flag_attributes(
+            request.context,
+            decision.model_id,
+            decision.reason.name,
+            decision.variant_id,
+            decision.config_revision,
+        )
     )
     if decision.fallback_cause is not None:
         span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -30,6 +31,27 @@ def export_wanted(env: Mapping[str, str]) -> bool:
     return exporter == "otlp" or bool(
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
+
+
+def metrics_export_wanted(env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_METRICS_EXPORTER", "").lower()
+    if exporter == "none":
+        return False
+    return exporter == "otlp" or bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+def otlp_metric_readers(env: Mapping[str, str] | None = None) -> list[MetricReader]:
+    """An OTLP/gRPC metric reader when the OTEL_* variables ask for export (interval:
+    OTEL_METRIC_EXPORT_INTERVAL, default 60 s), else none: /metrics alone."""
+    if not metrics_export_wanted(os.environ if env is None else env):
+        return []
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return [PeriodicExportingMetricReader(OTLPMetricExporter())]
 
 
 def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:

@@ -5,7 +5,7 @@ context and user?" as a string flag.
 - flag key = context; evaluation context `targetingKey` = user id, `tier` = tier, every
   other field = an attribute (scalars only);
 - value = model id; variant = the experiment arm, else the reason (e.g. CONTEXT_DEFAULT);
-  reason = `REASONS` below; metadata = decisionId, provider, configRevision, fallbacks
+  reason = `semconv.OPENFEATURE_REASONS`; metadata = decisionId, provider, configRevision, fallbacks
   (comma-separated), modelrouteReason, and fallbackCause / warnings when there are any.
 
 Each evaluation is a `ResolveModel` call through `LocalRouterCalls`: same auth (API key in
@@ -30,20 +30,11 @@ from modelroute.server.api.local_calls import (
     LocalRouterCalls,
     metadata_from_headers,
 )
+from modelroute.server.semconv import openfeature_reason
 from modelroute.server.snapshot import Snapshot
 from modelroute.v1 import router_pb2, types_pb2
 
 PREFIX: Final = "/ofrep/v1"
-# modelroute reason → OpenFeature reason (openfeature.dev/specification/types#resolution-reason).
-REASONS: Final[Mapping[str, str]] = {
-    "ENV_OVERRIDE": "STATIC",  # pinned in the server's environment
-    "OPERATOR_OVERRIDE": "STATIC",  # pinned by an operator
-    "USER_PREFERENCE": "TARGETING_MATCH",  # this user's own choice
-    "EXPERIMENT": "SPLIT",  # pseudorandom bucket of an experiment
-    "ROLLOUT": "SPLIT",  # pseudorandom bucket of a rollout
-    "CONTEXT_DEFAULT": "STATIC",  # the context's configured model
-    "GLOBAL_DEFAULT": "DEFAULT",  # unknown context: settings.default_model
-}
 ANONYMOUS_WARNING: Final = "no targetingKey: evaluated as an anonymous user"
 
 
@@ -154,7 +145,7 @@ def _success(
     return {
         "key": key,
         "value": decision.model_id,
-        "reason": REASONS.get(reason, "UNKNOWN"),
+        "reason": openfeature_reason(reason),
         "variant": decision.variant_id or reason,
         "metadata": metadata,
         "cacheable": decision.cache_ttl.ToTimedelta().total_seconds() > 0,
