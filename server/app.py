@@ -20,10 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.admin_http import AdminHttpServer, create_admin_app
+from modelroute.server.admin_http import create_admin_app
 from modelroute.server.admin_service import AdminService
 from modelroute.server.alerts import AlertSink
 from modelroute.server.api.application_http import application_routes
+from modelroute.server.api.http_listener import HttpListener
 from modelroute.server.api.local_calls import LocalRouterCalls
 from modelroute.server.auth import AdminTokens, AuthInterceptor
 from modelroute.server.config_apply import apply_to_etcd, load_config_file
@@ -139,7 +140,7 @@ class ModelrouteServer:
         self.alerts: AlertSink | None = None
         self.quotas: QuotaTracker | None = None
         self._quota_publisher: QuotaPublisher | None = None
-        self.admin_http: AdminHttpServer | None = None
+        self.admin_http: HttpListener | None = None
         self.admin_port = 0
         self.metrics: ServerMetrics | None = None
 
@@ -301,7 +302,7 @@ class ModelrouteServer:
             snapshot=self._current,
             extensions=[application_routes(self.local_calls, self._current)],
         )
-        admin_http = AdminHttpServer(
+        admin_http = HttpListener(
             app,
             self.options.host,
             self.options.admin_port,

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from modelroute.v1 import router_pb2, types_pb2
 
 from tests.conftest import Running, eventually
+from tests.test_security import Pki, pki  # noqa: F401 - the throwaway CA fixture
 
 SERVICE = "/modelroute.v1.ModelRouterService/"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -329,3 +330,48 @@ async def test_readme_curl_example_runs(running: Running) -> None:
     assert replies[0]["reason"] == "REASON_CONTEXT_DEFAULT"
     assert any(r.get("results", [{}])[0].get("status") == "REPORT_STATUS_ACCEPTED" for r in replies)
     assert any(r.get("code") == "invalid_argument" for r in replies)
+
+
+async def test_http2_cleartext_prior_knowledge(running: Running) -> None:
+    """h2c (what connect-node's `httpVersion: "2"` and gRPC-style clients use without TLS)."""
+    base = f"http://127.0.0.1:{running.server.admin_port}"
+    async with httpx.AsyncClient(base_url=base, http1=False, http2=True) as h2:
+        for codec, body in (
+            ("json", b'{"context": "rag.answer"}'),
+            ("proto", router_pb2.ResolveModelRequest(context="rag.answer").SerializeToString()),
+        ):
+            reply = await h2.post(
+                SERVICE + "ResolveModel",
+                content=body,
+                headers={"Content-Type": f"application/{codec}"},
+            )
+            assert reply.http_version == "HTTP/2", reply.http_version
+            assert reply.status_code == 200, reply.text
+        refused = await h2.post(SERVICE + "ResolveModel", json={"context": "bad context!"})
+        assert (refused.http_version, refused.status_code) == ("HTTP/2", 400)
+        assert refused.json()["code"] == "invalid_argument"
+
+
+async def test_http2_over_tls_and_mutual_tls(
+    seed: int,
+    start_server: Callable[..., Awaitable[Running]],
+    pki: Pki,  # noqa: F811
+) -> None:
+    """With TLS the listener offers h2 by ALPN; with a client CA it refuses clients without a
+    certificate, like the gRPC port."""
+    import ssl
+
+    running = await start_server(
+        admin_port=0, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca
+    )
+    base = f"https://127.0.0.1:{running.server.admin_port}"
+    with_cert = ssl.create_default_context(cafile=str(pki.ca))
+    with_cert.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    async with httpx.AsyncClient(base_url=base, http2=True, verify=with_cert) as h2:
+        reply = await h2.post(SERVICE + "ResolveModel", json={"context": "rag.answer"})
+        assert (reply.http_version, reply.status_code) == ("HTTP/2", 200), reply.text
+        assert reply.json()["modelId"] == "gemini-3-flash-preview"
+    without_cert = ssl.create_default_context(cafile=str(pki.ca))
+    async with httpx.AsyncClient(base_url=base, http2=True, verify=without_cert) as anonymous:
+        with pytest.raises(httpx.TransportError):  # TLS 1.3: refused at the first read or write
+            await anonymous.post(SERVICE + "ResolveModel", json={"context": "rag.answer"})
