@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from modelroute.server.api.connect_http import SERVICE_PATH, RouterConnectApp
 from modelroute.server.api.local_calls import LocalRouterCalls
 from modelroute.server.api.ofrep import create_ofrep_router
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.core.snapshot import Snapshot
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # the HTTP listener's body limit too
 

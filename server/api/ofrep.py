@@ -30,8 +30,8 @@ from modelroute.server.api.local_calls import (
     LocalRouterCalls,
     metadata_from_headers,
 )
-from modelroute.server.semconv import openfeature_reason
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.telemetry.semconv import openfeature_reason
 from modelroute.v1 import router_pb2, types_pb2
 
 PREFIX: Final = "/ofrep/v1"

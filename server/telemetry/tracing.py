@@ -4,6 +4,8 @@ Spans are always created (decisions are explainable in-process); they are export
 OTLP/gRPC when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when `OTEL_TRACES_EXPORTER=otlp` asks for the
 default endpoint. `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off.
+Metrics follow the same rules with OTEL_METRICS_EXPORTER / ..._METRICS_ENDPOINT
+(`otlp_metric_readers`, added to the replica's MeterProvider next to /metrics).
 """
 
 from __future__ import annotations

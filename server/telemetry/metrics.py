@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from modelroute.server.semconv import GenAiMetrics, UsageFacts
-from modelroute.server.telemetry import otlp_metric_readers
+from modelroute.server.telemetry.semconv import GenAiMetrics, UsageFacts
+from modelroute.server.telemetry.tracing import otlp_metric_readers
 from modelroute.v1 import types_pb2
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -29,10 +29,15 @@ WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 class _LimitState(Protocol):
-    subject: str
-    metric: str
-    limit: float
-    used: float
+    # Read-only members, so frozen dataclasses (quotas.LimitState) satisfy the protocol.
+    @property
+    def subject(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def used(self) -> float: ...
 
 
 class _Quotas(Protocol):

@@ -54,12 +54,18 @@ def feature_flag_attributes(
 class UsageFacts(Protocol):
     """What a stored usage report tells (storage's UsageRecord has these fields)."""
 
-    provider: str
-    model_id: str
-    outcome: str
-    input_tokens: int
-    output_tokens: int
-    latency_ms: int
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def latency_ms(self) -> int: ...
 
 
 class GenAiMetrics:
