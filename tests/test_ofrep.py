@@ -58,7 +58,8 @@ def openfeature_client(base_url: str) -> Iterator[Callable[[dict[str, str]], Ope
     def make(headers: dict[str, str]) -> OpenFeatureClient:
         domain = f"modelroute-{len(domains)}"
         domains.append(domain)
-        api.set_provider(OFREPProvider(base_url, headers_factory=lambda: headers), domain)
+        provider = OFREPProvider(base_url, headers_factory=lambda: headers, timeout=30)
+        api.set_provider(provider, domain)
         return api.get_client(domain)
 
     yield make

@@ -32,7 +32,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture
 def provider(server: Running) -> Iterator[ModelrouteProvider]:
-    made = ModelrouteProvider(server.address)
+    # A long deadline: under load the fail-safe would answer from the last-known cache.
+    made = ModelrouteProvider(server.address, resolve_timeout=30.0)
     yield made
     api.clear_providers()  # shuts the provider down (and closes the router it made)
 
@@ -62,6 +63,7 @@ async def test_answers_equal_resolve_model(
                 context="rag.answer", user=types_pb2.User(id=user_id, tier="free")
             )
         )
+        assert details.flag_metadata["source"] == "server"
         assert (details.value, details.variant) == (expected.model_id, expected.variant_id)
         assert details.reason == Reason.SPLIT
         assert details.flag_metadata["experimentId"] == "rag-q4"

@@ -52,7 +52,9 @@ test("string evaluation equals ResolveModel's model and variant for 1,000 users"
     const user = `user-${i}`;
     const tier = i % 2 ? "premium" : "free";
     const details = await flags.getStringDetails("rag.answer", "caller-default", { targetingKey: user, tier });
-    const expected = await router.resolve("rag.answer", { user: { id: user, tier }, noCache: true });
+    // A long deadline: under load the client's fail-safe would answer another user's model.
+    const expected = await router.resolve("rag.answer", { user: { id: user, tier }, noCache: true, timeoutMs: 30_000 });
+    assert.equal(expected.source, "server");
     assert.equal(details.errorCode, undefined, details.errorMessage);
     assert.equal(details.value, expected.modelId, user);
     assert.equal(details.variant, expected.variantId, user);

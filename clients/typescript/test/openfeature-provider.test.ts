@@ -15,8 +15,9 @@ let direct: ModelRouterClient;
 
 before(async () => {
   server = await startServer();
-  provider = new ModelrouteProvider({ baseUrl: server.baseUrl, logger: { warn() {} } });
-  direct = new ModelRouterClient({ baseUrl: server.baseUrl, logger: { warn() {} } });
+  // Long deadlines: under load the client's fail-safe would answer from its last-known cache.
+  provider = new ModelrouteProvider({ baseUrl: server.baseUrl, logger: { warn() {} }, resolveTimeoutMs: 30_000 });
+  direct = new ModelRouterClient({ baseUrl: server.baseUrl, logger: { warn() {} }, resolveTimeoutMs: 30_000 });
   await OpenFeature.setProviderAndWait("native", provider);
   flags = OpenFeature.getClient("native");
 });
@@ -31,6 +32,8 @@ test("string evaluation equals ResolveModel", async () => {
   for (let i = 0; i < 50; i++) {
     const details = await flags.getStringDetails("premium.answer", "caller-default", { targetingKey: `u${i}`, tier: "premium" });
     const expected = await direct.resolve("premium.answer", { user: { id: `u${i}`, tier: "premium" }, noCache: true });
+    assert.equal(expected.source, "server");
+    assert.equal(details.flagMetadata["source"], "server");
     assert.equal(details.value, expected.modelId);
     assert.equal(details.variant, "CONTEXT_DEFAULT");
     assert.equal(details.reason, "STATIC");
