@@ -1,28 +1,29 @@
-"""ResolveModel over the HTTP listener (Connect JSON on HTTP/1.1 and on h2c, Connect binary,
-OFREP) against the same call over gRPC (the baseline), on one `modelroute serve` process.
+"""ResolveModel over the HTTP listener (Connect JSON, Connect binary and OFREP, on h2c)
+against the same call over gRPC (the baseline), on one `modelroute serve` process.
 
-Closed loop, `--concurrency` callers per transport, rounds interleaved so machine noise hits
-every transport alike. The clients are Python (grpc.aio, httpx): client cost is part of
-each figure, as it is for an application in Python.
-Run: `.venv/bin/python bench/http_transports.py [--seconds 3 --rounds 3 --concurrency 16]`.
+The load generator is nghttp2's `h2load` (Debian `nghttp2-client`) for every transport,
+gRPC included (a pre-framed request body), so the figures compare the server's transports,
+not Python HTTP clients. (h2load's HTTP/1.1 mode counts hypercorn's responses, which carry
+an empty reason phrase, as failed; HTTP/1.1 is not measured here.) Rounds are interleaved
+so machine noise hits every transport alike.
+Run: `.venv/bin/python bench/http_transports.py [--requests 3000 --rounds 3]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-import httpx
+import yaml
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +35,20 @@ OFREP_BODY = b'{"context": {"targetingKey": "user-42", "tier": "premium"}}'
 PATH = "/modelroute.v1.ModelRouterService/ResolveModel"
 
 
+def unlimited_bootstrap(directory: Path) -> Path:
+    """The seed config without provider limits: a throughput run must not hit quotas."""
+    config = yaml.safe_load((ROOT / "config/bootstrap.yaml").read_text())
+    for limits in config["providers"].values():
+        limits.update(requests_per_minute=0, tokens_per_minute=0)
+    path = directory / "bootstrap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "modelroute.server.cli", "serve", "--port", "0", "--admin-port", "0",
-         "--data-dir", str(data_dir), "--bootstrap", str(ROOT / "config/bootstrap.yaml")],
+         "--data-dir", str(data_dir / "data"), "--bootstrap", str(unlimited_bootstrap(data_dir))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -54,97 +65,119 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
     raise RuntimeError("server did not start")
 
 
-async def closed_loop(
-    call: Callable[[], Awaitable[object]], seconds: float, concurrency: int
-) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
+def h2load(
+    url: str, body: Path, headers: dict[str, str], flags: list[str], requests: int
+) -> tuple[float, float]:
+    """(requests/s, mean ms) of one h2load run; every request must succeed (2xx)."""
+    command = ["h2load", "-n", str(requests), *flags, "-d", str(body), url]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
+    ok = int(re.search(r"status codes: (\d+) 2xx", output).group(1))  # type: ignore[union-attr]
+    assert ok == requests, output
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
+    assert mean is not None, output
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+    return rate, float(mean.group(1)) * scale
 
-    async def caller() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return len(latencies) / (time.perf_counter() - started), latencies
-
-
-async def main(seconds: float, rounds: int, concurrency: int) -> None:
+def main(requests: int, rounds: int, connections: int, streams: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        process, grpc_port, http_port = start_server(Path(tmp))
+        directory = Path(tmp)
+        process, grpc_port, http_port = start_server(directory)
         try:
-            await measure(grpc_port, http_port, seconds, rounds, concurrency)
+            wait_until_serving(grpc_port)
+            measure(directory, grpc_port, http_port, requests, rounds, connections, streams)
         finally:
             process.terminate()
             process.wait(timeout=30)
 
 
-async def measure(
-    grpc_port: int, http_port: int, seconds: float, rounds: int, concurrency: int
-) -> None:
-    base = f"http://127.0.0.1:{http_port}"
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
-        httpx.AsyncClient(base_url=base, limits=limits) as h1,
-        httpx.AsyncClient(base_url=base, http1=False, http2=True) as h2,
-    ):
+def wait_until_serving(grpc_port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = router_pb2_grpc.ModelRouterServiceStub(channel)
-        await stub.ResolveModel(REQUEST, wait_for_ready=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stub.ResolveModel(REQUEST, timeout=5)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
-        async def checked(reply: Awaitable[httpx.Response]) -> None:
-            response = await reply
-            assert response.status_code == 200, response.text
 
-        json_headers = {"Content-Type": "application/json"}
-        transports: dict[str, Callable[[], Awaitable[object]]] = {
-            "gRPC (baseline)": lambda: stub.ResolveModel(REQUEST),
-            "Connect JSON, HTTP/1.1": lambda: checked(
-                h1.post(PATH, content=JSON_BODY, headers=json_headers)
-            ),
-            "Connect JSON, HTTP/2 (h2c)": lambda: checked(
-                h2.post(PATH, content=JSON_BODY, headers=json_headers)
-            ),
-            "Connect binary, HTTP/1.1": lambda: checked(
-                h1.post(
-                    PATH,
-                    content=REQUEST.SerializeToString(),
-                    headers={"Content-Type": "application/proto"},
-                )
-            ),
-            "OFREP, HTTP/1.1": lambda: checked(
-                h1.post(
-                    "/ofrep/v1/evaluate/flags/rag.answer", content=OFREP_BODY, headers=json_headers
-                )
-            ),
-        }
-        for call in transports.values():  # warm up connections and code paths
-            await closed_loop(call, 0.3, concurrency)
-        rates: dict[str, list[float]] = {name: [] for name in transports}
-        latencies: dict[str, list[float]] = {name: [] for name in transports}
-        for _ in range(rounds):
-            for name, call in transports.items():
-                rate, samples = await closed_loop(call, seconds, concurrency)
-                rates[name].append(rate)
-                latencies[name].extend(samples)
-    baseline = statistics.median(rates["gRPC (baseline)"])
-    print(f"ResolveModel, {concurrency} concurrent callers, {rounds} x {seconds:g} s each")
-    print("| transport | calls/s | ratio to gRPC | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|")
-    for name in transports:
+def measure(
+    directory: Path,
+    grpc_port: int,
+    http_port: int,
+    requests: int,
+    rounds: int,
+    connections: int,
+    streams: int,
+) -> None:
+    binary = REQUEST.SerializeToString()
+    bodies = {
+        "grpc": struct.pack(">BI", 0, len(binary)) + binary,  # one gRPC length-prefixed message
+        "proto": binary,
+        "json": JSON_BODY,
+        "ofrep": OFREP_BODY,
+    }
+    for name, content in bodies.items():
+        (directory / name).write_bytes(content)
+    h2 = ["-c", str(connections), "-m", str(streams)]
+    http = f"http://127.0.0.1:{http_port}"
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
+    json_headers = {"content-type": "application/json"}
+    runs = {
+        "gRPC, HTTP/2 (baseline)": (
+            f"http://127.0.0.1:{grpc_port}{PATH}",
+            "grpc",
+            grpc_headers,
+            h2,
+        ),
+        "Connect JSON, HTTP/2 (h2c)": (http + PATH, "json", json_headers, h2),
+        "Connect binary, HTTP/2 (h2c)": (
+            http + PATH,
+            "proto",
+            {"content-type": "application/proto"},
+            h2,
+        ),
+        "OFREP, HTTP/2 (h2c)": (
+            http + "/ofrep/v1/evaluate/flags/rag.answer",
+            "ofrep",
+            json_headers,
+            h2,
+        ),
+    }
+    for url, body, headers, flags in runs.values():  # warm up
+        h2load(url, directory / body, headers, flags, 200)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    means: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (url, body, headers, flags) in runs.items():
+            rate, mean = h2load(url, directory / body, headers, flags, requests)
+            rates[name].append(rate)
+            means[name].append(mean)
+    baseline = statistics.median(rates["gRPC, HTTP/2 (baseline)"])
+    print(
+        f"ResolveModel under h2load: {requests} requests x {rounds} rounds, "
+        f"{connections * streams} in flight (HTTP/2: {connections} connections x {streams} streams)"
+    )
+    print("| transport | requests/s | ratio to gRPC | mean latency ms |")
+    print("|---|---:|---:|---:|")
+    for name in runs:
         rate = statistics.median(rates[name])
-        ordered = sorted(latencies[name])
-        p50 = ordered[len(ordered) // 2] * 1000
-        p99 = ordered[int(len(ordered) * 0.99)] * 1000
-        print(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} | {p50:.2f} | {p99:.2f} |")
+        mean = statistics.median(means[name])
+        print(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} | {mean:.1f} |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=4)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.seconds, arguments.rounds, arguments.concurrency))
+    main(arguments.requests, arguments.rounds, arguments.connections, arguments.streams)
