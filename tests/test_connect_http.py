@@ -375,3 +375,36 @@ async def test_http2_over_tls_and_mutual_tls(
     async with httpx.AsyncClient(base_url=base, http2=True, verify=without_cert) as anonymous:
         with pytest.raises(httpx.TransportError):  # TLS 1.3: refused at the first read or write
             await anonymous.post(SERVICE + "ResolveModel", json={"context": "rag.answer"})
+
+
+async def test_browsers_on_listed_origins_may_call_the_application_api_only(
+    seed: int, start_server: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROUTE_HTTP_CORS_ORIGINS", "https://app.example.com")
+    running = await start_server(admin_port=0)
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,connect-protocol-version,x-api-key",
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.server.admin_port}") as http:
+        for path in (SERVICE + "ResolveModel", "/ofrep/v1/evaluate/flags/rag.answer"):
+            allowed = await http.options(
+                path, headers=preflight | {"Origin": "https://app.example.com"}
+            )
+            assert allowed.status_code == 200, (path, allowed.text)
+            assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+            assert "x-api-key" in allowed.headers["access-control-allow-headers"]
+            other = await http.options(path, headers=preflight | {"Origin": "https://evil.test"})
+            assert "access-control-allow-origin" not in other.headers
+        reply = await http.post(
+            SERVICE + "ResolveModel",
+            json={"context": "rag.answer"},
+            headers={"Origin": "https://app.example.com"},
+        )
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == "https://app.example.com"
+        # The admin API (bearer tokens) never answers cross-origin requests.
+        admin = await http.options(
+            "/api/admin/models", headers=preflight | {"Origin": "https://app.example.com"}
+        )
+        assert "access-control-allow-origin" not in admin.headers

@@ -24,10 +24,16 @@ SOURCES = [
 ]
 
 
+# Names kept in a constant first, e.g. `ADMIN_TOKENS_ENV: Final = "MODELROUTE_ADMIN_TOKENS"`.
+NAMED = re.compile(r"""_ENV(?:: Final)? = ["']([A-Z][A-Z0-9_]+)["']""")
+
+
 def variables_read() -> set[str]:
     found: set[str] = set()
     for source in SOURCES:
-        found.update(READS.findall(source.read_text()))
+        text = source.read_text()
+        found.update(READS.findall(text))
+        found.update(NAMED.findall(text))
     return found
 
 
@@ -47,6 +53,7 @@ def listed() -> dict[str, str]:
 def test_every_variable_read_is_listed_with_a_comment() -> None:
     read = variables_read()
     assert {"MODELROUTE_API_KEY", "OTEL_EXPORTER_OTLP_ENDPOINT", "MODELROUTE_URL"} <= read
+    assert {"MODELROUTE_ADMIN_TOKENS", "MODELROUTE_HTTP_CORS_ORIGINS"} <= read
     missing = sorted(read - set(listed()))
     assert not missing, f"add to .env.example (with a comment): {missing}"
 
