@@ -5,8 +5,8 @@ context and user?" as a string flag.
 - flag key = context; evaluation context `targetingKey` = user id, `tier` = tier, every
   other field = an attribute (scalars only);
 - value = model id; variant = the experiment arm, else the reason (e.g. CONTEXT_DEFAULT);
-  reason = `semconv.OPENFEATURE_REASONS`; metadata = decisionId, provider, configRevision, fallbacks
-  (comma-separated), modelrouteReason, and fallbackCause / warnings when there are any.
+  reason = `semconv.OPENFEATURE_REASONS`; metadata = decisionId, provider, configRevision,
+  fallbacks (comma-separated), modelrouteReason, and fallbackCause / warnings if any.
 
 Each evaluation is a `ResolveModel` call through `LocalRouterCalls`: same auth (API key in
 `X-API-Key` or `Authorization: Bearer`), validation, quota admission, decision id and span
@@ -40,11 +40,15 @@ ANONYMOUS_WARNING: Final = "no targetingKey: evaluated as an anonymous user"
 
 class OfrepError(Exception):
     def __init__(
-        self, status: int, error_code: str | None, details: str, headers: Mapping[str, str] = {}
+        self,
+        status: int,
+        error_code: str | None,
+        details: str,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(details)
         self.status, self.error_code, self.details = status, error_code, details
-        self.headers = dict(headers)
+        self.headers = dict(headers or {})
 
     def body(self, key: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"errorDetails": self.details}
