@@ -408,3 +408,15 @@ async def test_browsers_on_listed_origins_may_call_the_application_api_only(
             "/api/admin/models", headers=preflight | {"Origin": "https://app.example.com"}
         )
         assert "access-control-allow-origin" not in admin.headers
+
+
+async def test_listener_sends_responses_without_waiting_for_acks(running: Running) -> None:
+    """Nagle off on every connection: with it on, a response written as headers then body
+    waits for the client's delayed ACK (~40 ms per request). asyncio disables Nagle only
+    on sockets whose protocol says TCP; accepted sockets inherit the listener's options."""
+    import socket
+
+    listener = running.server.admin_http
+    assert listener is not None and listener.socket is not None
+    assert listener.socket.proto == socket.IPPROTO_TCP
+    assert listener.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -57,6 +57,7 @@ class HttpListener:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.port = 0
+        self.socket: socket.socket | None = None
 
     def _config(self, sock: socket.socket) -> Config:
         config = _BoundConfig(sock, secure=self._tls is not None)
@@ -86,6 +87,7 @@ class HttpListener:
             sock.close()
             raise
         sock.setblocking(False)
+        self.socket = sock
         config = self._config(sock)
         if self._tls is not None:
             config.create_ssl_context()  # a bad certificate fails the start, not a request
