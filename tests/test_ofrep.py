@@ -59,7 +59,7 @@ def openfeature_client(base_url: str) -> Iterator[Callable[[dict[str, str]], Ope
         domain = f"modelroute-{len(domains)}"
         domains.append(domain)
         provider = OFREPProvider(base_url, headers_factory=lambda: headers, timeout=30)
-        api.set_provider(provider, domain)
+        api.set_provider_and_wait(provider, domain)
         return api.get_client(domain)
 
     yield make

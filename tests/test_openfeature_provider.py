@@ -52,7 +52,7 @@ async def test_answers_equal_resolve_model(
     for name in ("google", "openai"):
         await put(etcd, prefix, f"providers/{name}", UNLIMITED)
     await put_applied(server, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
-    await asyncio.to_thread(api.set_provider, provider, "native")
+    await asyncio.to_thread(api.set_provider_and_wait, provider, "native")
     for index in range(200):
         user_id = f"user-{index}"
         details = await evaluate(
@@ -63,6 +63,7 @@ async def test_answers_equal_resolve_model(
                 context="rag.answer", user=types_pb2.User(id=user_id, tier="free")
             )
         )
+        assert details.error_code is None, (details.error_code, details.error_message)
         assert details.flag_metadata["source"] == "server"
         assert (details.value, details.variant) == (expected.model_id, expected.variant_id)
         assert details.reason == Reason.SPLIT
@@ -83,7 +84,7 @@ async def test_new_revision_emits_configuration_changed(
     server: Running, provider: ModelrouteProvider, etcd: aetcd.Client, prefix: str
 ) -> None:
     changes: list[EventDetails] = []
-    await asyncio.to_thread(api.set_provider, provider, "events")
+    await asyncio.to_thread(api.set_provider_and_wait, provider, "events")
     api.get_client("events").add_handler(
         ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, changes.append
     )
@@ -111,7 +112,7 @@ async def test_track_is_a_usage_report(
     server: Running, provider: ModelrouteProvider, etcd: aetcd.Client, prefix: str
 ) -> None:
     await put_applied(server, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
-    await asyncio.to_thread(api.set_provider, provider, "track")
+    await asyncio.to_thread(api.set_provider_and_wait, provider, "track")
     client = api.get_client("track")
     user = EvaluationContext("user-9", {"tier": "free"})
     details = await evaluate("track", "rag.answer", user)

@@ -3,7 +3,7 @@
     from openfeature import api
     from modelroute.client.openfeature import ModelrouteProvider
 
-    api.set_provider(ModelrouteProvider("modelroute:50051"))
+    api.set_provider_and_wait(ModelrouteProvider("modelroute:50051"))
     model = api.get_client().get_string_value("rag.answer", "gpt-4o-mini",
                                               EvaluationContext("user-42", {"tier": "free"}))
 
