@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/admin/v1/admin.proto.
  */
 export const file_modelroute_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPBAoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBIswBChxHZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRI0Cgh2YXJpYW50cxgDIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudFJlc3VsdBIcChRzYW1wbGVfcmF0aW9fcF92YWx1ZRgEIAEoARIdChVzYW1wbGVfcmF0aW9fbWlzbWF0Y2gYBSABKAgSEQoJYnVja2V0X2J5GAYgASgJIhgKFkdldENvbmZpZ1N0YXR1c1JlcXVlc3QiXAoLUmVqZWN0ZWRLZXkSCwoDa2V5GAEgASgJEg0KBWVycm9yGAIgASgJEhAKCHJldmlzaW9uGAMgASgDEh8KF3ByZXZpb3VzX3ZhbHVlX2luX2ZvcmNlGAQgASgIIjEKC0Vudk92ZXJyaWRlEhAKCHZhcmlhYmxlGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJIpkBCgtRdW90YVN0YXR1cxIQCghwcm92aWRlchgBIAEoCRINCgVsaW1pdBgCIAEoCRITCgtsaW1pdF92YWx1ZRgDIAEoBBIRCglyZW1haW5pbmcYBCABKAQSLAoIcmVzZXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2lzX2V4Y2VlZGVkGAYgASgIIvEEChdHZXRDb25maWdTdGF0dXNSZXNwb25zZRIXCg9jb25maWdfcmV2aXNpb24YASABKAMSLwoLbGFzdF9yZWxvYWQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDXJlamVjdGVkX2tleXMYAyADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlJlamVjdGVkS2V5EjcKDWVudl9vdmVycmlkZXMYBCADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLkVudk92ZXJyaWRlEhYKDmV0Y2RfY29ubmVjdGVkGAUgASgIEhYKDmV0Y2RfZW5kcG9pbnRzGAYgAygJEjIKDmRlZ3JhZGVkX3NpbmNlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJPCgprZXlfY291bnRzGAggAygLMjsubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZS5LZXlDb3VudHNFbnRyeRIWCg5yZWplY3RlZF90b3RhbBgJIAEoAxIwCgZxdW90YXMYCiADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlF1b3RhU3RhdHVzEjIKB2J1ZGdldHMYCyADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkJ1ZGdldFN0YXR1cxIeChZzZXJ2aW5nX2xhc3RfZ29vZF9maWxlGAwgASgIEhUKDWxpdmVfcmVwbGljYXMYDSABKAUaMAoOS2V5Q291bnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKdAQoMQnVkZ2V0U3RhdHVzEg8KB2NvbnRleHQYASABKAkSEQoJbGltaXRfdXNkGAIgASgBEhEKCXNwZW50X3VzZBgDIAEoARIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBSABKAgSEwoLb25fZXhjZWVkZWQYBiABKAkirwEKBUFsZXJ0EhAKCGFsZXJ0X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSNAoIc2V2ZXJpdHkYAyABKA4yIi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0U2V2ZXJpdHkSDwoHbWVzc2FnZRgEIAEoCRIPCgdzdWJqZWN0GAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk0KEUxpc3RBbGVydHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJAChJMaXN0QWxlcnRzUmVzcG9uc2USKgoGYWxlcnRzGAEgAygLMhoubW9kZWxyb3V0ZS5hZG1pbi52MS5BbGVydCI8CglLZXlDaGFuZ2USCwoDa2V5GAEgASgJEhIKCnZhbHVlX2pzb24YAiABKAkSDgoGZGVsZXRlGAMgASgIInEKEkFwcGx5Q29uZmlnUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USGQoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKAMSDwoHZHJ5X3J1bhgDIAEoCCJLChNBcHBseUNvbmZpZ1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEgwKBGRpZmYYAiADKAkSFAoMY2hhbmdlZF9rZXlzGAMgASgFKpkBCgxVc2FnZUdyb3VwQnkSHgoaVVNBR0VfR1JPVVBfQllfVU5TUEVDSUZJRUQQABIaChZVU0FHRV9HUk9VUF9CWV9DT05URVhUEAESGAoUVVNBR0VfR1JPVVBfQllfTU9ERUwQAhIbChdVU0FHRV9HUk9VUF9CWV9QUk9WSURFUhADEhYKElVTQUdFX0dST1VQX0JZX0RBWRAEKoEBCg1BbGVydFNldmVyaXR5Eh4KGkFMRVJUX1NFVkVSSVRZX1VOU1BFQ0lGSUVEEAASFwoTQUxFUlRfU0VWRVJJVFlfSU5GTxABEhoKFkFMRVJUX1NFVkVSSVRZX1dBUk5JTkcQAhIbChdBTEVSVF9TRVZFUklUWV9DUklUSUNBTBADMqgECgxBZG1pblNlcnZpY2USbAoPR2V0VXNhZ2VTdW1tYXJ5EisubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXF1ZXN0GiwubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXNwb25zZRJ7ChRHZXRFeHBlcmltZW50UmVzdWx0cxIwLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0GjEubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEmwKD0dldENvbmZpZ1N0YXR1cxIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVzcG9uc2USXQoKTGlzdEFsZXJ0cxImLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdEFsZXJ0c1JlcXVlc3QaJy5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXNwb25zZRJgCgtBcHBseUNvbmZpZxInLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXF1ZXN0GigubW9kZWxyb3V0ZS5hZG1pbi52MS5BcHBseUNvbmZpZ1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPBAoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBIswBChxHZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRI0Cgh2YXJpYW50cxgDIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudFJlc3VsdBIcChRzYW1wbGVfcmF0aW9fcF92YWx1ZRgEIAEoARIdChVzYW1wbGVfcmF0aW9fbWlzbWF0Y2gYBSABKAgSEQoJYnVja2V0X2J5GAYgASgJIhgKFkdldENvbmZpZ1N0YXR1c1JlcXVlc3QiXAoLUmVqZWN0ZWRLZXkSCwoDa2V5GAEgASgJEg0KBWVycm9yGAIgASgJEhAKCHJldmlzaW9uGAMgASgDEh8KF3ByZXZpb3VzX3ZhbHVlX2luX2ZvcmNlGAQgASgIIjEKC0Vudk92ZXJyaWRlEhAKCHZhcmlhYmxlGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJIpkBCgtRdW90YVN0YXR1cxIQCghwcm92aWRlchgBIAEoCRINCgVsaW1pdBgCIAEoCRITCgtsaW1pdF92YWx1ZRgDIAEoBBIRCglyZW1haW5pbmcYBCABKAQSLAoIcmVzZXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2lzX2V4Y2VlZGVkGAYgASgIIvEEChdHZXRDb25maWdTdGF0dXNSZXNwb25zZRIXCg9jb25maWdfcmV2aXNpb24YASABKAMSLwoLbGFzdF9yZWxvYWQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDXJlamVjdGVkX2tleXMYAyADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlJlamVjdGVkS2V5EjcKDWVudl9vdmVycmlkZXMYBCADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLkVudk92ZXJyaWRlEhYKDmV0Y2RfY29ubmVjdGVkGAUgASgIEhYKDmV0Y2RfZW5kcG9pbnRzGAYgAygJEjIKDmRlZ3JhZGVkX3NpbmNlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJPCgprZXlfY291bnRzGAggAygLMjsubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZS5LZXlDb3VudHNFbnRyeRIWCg5yZWplY3RlZF90b3RhbBgJIAEoAxIwCgZxdW90YXMYCiADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlF1b3RhU3RhdHVzEjIKB2J1ZGdldHMYCyADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkJ1ZGdldFN0YXR1cxIeChZzZXJ2aW5nX2xhc3RfZ29vZF9maWxlGAwgASgIEhUKDWxpdmVfcmVwbGljYXMYDSABKAUaMAoOS2V5Q291bnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKdAQoMQnVkZ2V0U3RhdHVzEg8KB2NvbnRleHQYASABKAkSEQoJbGltaXRfdXNkGAIgASgBEhEKCXNwZW50X3VzZBgDIAEoARIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBSABKAgSEwoLb25fZXhjZWVkZWQYBiABKAkirwEKBUFsZXJ0EhAKCGFsZXJ0X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSNAoIc2V2ZXJpdHkYAyABKA4yIi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0U2V2ZXJpdHkSDwoHbWVzc2FnZRgEIAEoCRIPCgdzdWJqZWN0GAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk0KEUxpc3RBbGVydHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJAChJMaXN0QWxlcnRzUmVzcG9uc2USKgoGYWxlcnRzGAEgAygLMhoubW9kZWxyb3V0ZS5hZG1pbi52MS5BbGVydCI8CglLZXlDaGFuZ2USCwoDa2V5GAEgASgJEhIKCnZhbHVlX2pzb24YAiABKAkSDgoGZGVsZXRlGAMgASgIIn8KEkFwcGx5Q29uZmlnUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USGQoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKAMSDwoHZHJ5X3J1bhgDIAEoCBIMCgRub3RlGAQgASgJIksKE0FwcGx5Q29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUi5AEKDENvbmZpZ0NoYW5nZRIQCghyZXZpc2lvbhgBIAEoAxIuCgpjaGFuZ2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNrZXkYAyABKAkSHgoRdmFsdWVfYmVmb3JlX2pzb24YBCABKAlIAIgBARIdChB2YWx1ZV9hZnRlcl9qc29uGAUgASgJSAGIAQESDQoFYWN0b3IYBiABKAkSDAoEbm90ZRgHIAEoCUIUChJfdmFsdWVfYmVmb3JlX2pzb25CEwoRX3ZhbHVlX2FmdGVyX2pzb24igAEKGExpc3RDb25maWdDaGFuZ2VzUmVxdWVzdBISCgprZXlfcHJlZml4GAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVsaW1pdBgDIAEoBRIWCg51cF90b19yZXZpc2lvbhgEIAEoAyJoChlMaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEjIKB2NoYW5nZXMYASADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkNvbmZpZ0NoYW5nZRIXCg9vbGRlc3RfcmV2aXNpb24YAiABKAMiJgoSR2V0Q29uZmlnQXRSZXF1ZXN0EhAKCHJldmlzaW9uGAEgASgDIsIBChNHZXRDb25maWdBdFJlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEk0KC3ZhbHVlc19qc29uGAIgAygLMjgubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlc3BvbnNlLlZhbHVlc0pzb25FbnRyeRIXCg9vbGRlc3RfcmV2aXNpb24YAyABKAMaMQoPVmFsdWVzSnNvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYwoVUm9sbGJhY2tDb25maWdSZXF1ZXN0EhAKCHJldmlzaW9uGAEgASgDEg8KB2RyeV9ydW4YAiABKAgSDAoEbm90ZRgDIAEoCRIZChFleHBlY3RlZF9yZXZpc2lvbhgEIAEoAyJlChZSb2xsYmFja0NvbmZpZ1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEgwKBGRpZmYYAiADKAkSFAoMY2hhbmdlZF9rZXlzGAMgASgFEhUKDWJhc2VfcmV2aXNpb24YBCABKAMiZQoaUHJldmlld0NvbmZpZ0NoYW5nZVJlcXVlc3QSLwoHY2hhbmdlcxgBIAMoCzIeLm1vZGVscm91dGUuYWRtaW4udjEuS2V5Q2hhbmdlEhYKDndpbmRvd19zZWNvbmRzGAIgASgDIkAKCU1vZGVsTW92ZRISCgpmcm9tX21vZGVsGAEgASgJEhAKCHRvX21vZGVsGAIgASgJEg0KBWNhbGxzGAMgASgDIkYKC1ZhcmlhbnRNb3ZlEhQKDGZyb21fdmFyaWFudBgBIAEoCRISCgp0b192YXJpYW50GAIgASgJEg0KBXVzZXJzGAMgASgDIr4CCg1Db250ZXh0SW1wYWN0Eg8KB2NvbnRleHQYASABKAkSDQoFY2FsbHMYAiABKAMSFQoNY2hhbmdlZF9jYWxscxgDIAEoAxIVCg1jaGFuZ2VkX3NoYXJlGAQgASgBEi0KBW1vdmVzGAUgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5Nb2RlbE1vdmUSNwoNdmFyaWFudF9tb3ZlcxgGIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudE1vdmUSHwoXY29zdF9wZXJfZGF5X2JlZm9yZV91c2QYByABKAESHgoWY29zdF9wZXJfZGF5X2FmdGVyX3VzZBgIIAEoARIaChJ1bnJlYWNoYWJsZV9tb2RlbHMYCSADKAkSGgoSY2FsbHNfd2l0aG91dF91c2VyGAogASgDIoMCChtQcmV2aWV3Q29uZmlnQ2hhbmdlUmVzcG9uc2USNAoIY29udGV4dHMYASADKAsyIi5tb2RlbHJvdXRlLmFkbWluLnYxLkNvbnRleHRJbXBhY3QSFgoOY2FsbHNfcmVwbGF5ZWQYAiABKAMSMAoMd2luZG93X3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp3aW5kb3dfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1iYXNlX3JldmlzaW9uGAUgASgDEgwKBGRpZmYYBiADKAkSDwoHY2F2ZWF0cxgHIAMoCSqZAQoMVXNhZ2VHcm91cEJ5Eh4KGlVTQUdFX0dST1VQX0JZX1VOU1BFQ0lGSUVEEAASGgoWVVNBR0VfR1JPVVBfQllfQ09OVEVYVBABEhgKFFVTQUdFX0dST1VQX0JZX01PREVMEAISGwoXVVNBR0VfR1JPVVBfQllfUFJPVklERVIQAxIWChJVU0FHRV9HUk9VUF9CWV9EQVkQBCqBAQoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhcKE0FMRVJUX1NFVkVSSVRZX0lORk8QARIaChZBTEVSVF9TRVZFUklUWV9XQVJOSU5HEAISGwoXQUxFUlRfU0VWRVJJVFlfQ1JJVElDQUwQAzLjBwoMQWRtaW5TZXJ2aWNlEmwKD0dldFVzYWdlU3VtbWFyeRIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVzcG9uc2USewoUR2V0RXhwZXJpbWVudFJlc3VsdHMSMC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldEV4cGVyaW1lbnRSZXN1bHRzUmVxdWVzdBoxLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXNwb25zZRJsCg9HZXRDb25maWdTdGF0dXMSKy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1JlcXVlc3QaLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEl0KCkxpc3RBbGVydHMSJi5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXF1ZXN0GicubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0QWxlcnRzUmVzcG9uc2USYAoLQXBwbHlDb25maWcSJy5tb2RlbHJvdXRlLmFkbWluLnYxLkFwcGx5Q29uZmlnUmVxdWVzdBooLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXNwb25zZRJyChFMaXN0Q29uZmlnQ2hhbmdlcxItLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0Gi4ubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEmAKC0dldENvbmZpZ0F0EicubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlcXVlc3QaKC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2USaQoOUm9sbGJhY2tDb25maWcSKi5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxiYWNrQ29uZmlnUmVxdWVzdBorLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbGJhY2tDb25maWdSZXNwb25zZRJ4ChNQcmV2aWV3Q29uZmlnQ2hhbmdlEi8ubW9kZWxyb3V0ZS5hZG1pbi52MS5QcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBowLm1vZGVscm91dGUuYWRtaW4udjEuUHJldmlld0NvbmZpZ0NoYW5nZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * GetUsageSummaryRequest selects usage to aggregate.
@@ -902,6 +902,13 @@ export type ApplyConfigRequest = Message<"modelroute.admin.v1.ApplyConfigRequest
    * @generated from field: bool dry_run = 3;
    */
   dryRun: boolean;
+
+  /**
+   * Why: recorded with the change in the config history (at most 2000 characters).
+   *
+   * @generated from field: string note = 4;
+   */
+  note: string;
 };
 
 /**
@@ -945,6 +952,527 @@ export type ApplyConfigResponse = Message<"modelroute.admin.v1.ApplyConfigRespon
  */
 export const ApplyConfigResponseSchema: GenMessage<ApplyConfigResponse> = /*@__PURE__*/
   messageDesc(file_modelroute_admin_v1_admin, 17);
+
+/**
+ * ConfigChange is one key changed at one etcd revision.
+ *
+ * @generated from message modelroute.admin.v1.ConfigChange
+ */
+export type ConfigChange = Message<"modelroute.admin.v1.ConfigChange"> & {
+  /**
+   * The etcd revision of the change.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * When it was made (modelroute writes) or first seen by a replica (etcd writes).
+   *
+   * @generated from field: google.protobuf.Timestamp changed_at = 2;
+   */
+  changedAt?: Timestamp | undefined;
+
+  /**
+   * The key relative to the prefix, e.g. `overrides/rag.answer`.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * The value before; absent when the key did not exist.
+   *
+   * @generated from field: optional string value_before_json = 4;
+   */
+  valueBeforeJson?: string | undefined;
+
+  /**
+   * The value after; absent when the key was deleted.
+   *
+   * @generated from field: optional string value_after_json = 5;
+   */
+  valueAfterJson?: string | undefined;
+
+  /**
+   * Who: the admin token's name (`operator` for a bare token), `etcd` for a write made
+   * straight into etcd, `rollout-controller` for automatic rollout steps.
+   *
+   * @generated from field: string actor = 6;
+   */
+  actor: string;
+
+  /**
+   * The note given with the change (`--note`), if any.
+   *
+   * @generated from field: string note = 7;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ConfigChange.
+ * Use `create(ConfigChangeSchema)` to create a new message.
+ */
+export const ConfigChangeSchema: GenMessage<ConfigChange> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 18);
+
+/**
+ * ListConfigChangesRequest selects changes.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesRequest
+ */
+export type ListConfigChangesRequest = Message<"modelroute.admin.v1.ListConfigChangesRequest"> & {
+  /**
+   * Only keys starting with this (e.g. `overrides/`); empty: every key.
+   *
+   * @generated from field: string key_prefix = 1;
+   */
+  keyPrefix: string;
+
+  /**
+   * Only changes at or after this instant.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Maximum number of changes (default 100, at most 1000).
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * Paging: only changes at or before this revision (0: up to the newest).
+   *
+   * @generated from field: int64 up_to_revision = 4;
+   */
+  upToRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesRequest.
+ * Use `create(ListConfigChangesRequestSchema)` to create a new message.
+ */
+export const ListConfigChangesRequestSchema: GenMessage<ListConfigChangesRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 19);
+
+/**
+ * ListConfigChangesResponse lists changes, newest first.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesResponse
+ */
+export type ListConfigChangesResponse = Message<"modelroute.admin.v1.ListConfigChangesResponse"> & {
+  /**
+   * The changes, newest revision first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ConfigChange changes = 1;
+   */
+  changes: ConfigChange[];
+
+  /**
+   * The oldest revision the history can still show in full or roll back to.
+   *
+   * @generated from field: int64 oldest_revision = 2;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesResponse.
+ * Use `create(ListConfigChangesResponseSchema)` to create a new message.
+ */
+export const ListConfigChangesResponseSchema: GenMessage<ListConfigChangesResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 20);
+
+/**
+ * GetConfigAtRequest names a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtRequest
+ */
+export type GetConfigAtRequest = Message<"modelroute.admin.v1.GetConfigAtRequest"> & {
+  /**
+   * The etcd revision; 0 means the newest recorded.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtRequest.
+ * Use `create(GetConfigAtRequestSchema)` to create a new message.
+ */
+export const GetConfigAtRequestSchema: GenMessage<GetConfigAtRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 21);
+
+/**
+ * GetConfigAtResponse is the configuration in force at a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtResponse
+ */
+export type GetConfigAtResponse = Message<"modelroute.admin.v1.GetConfigAtResponse"> & {
+  /**
+   * The revision shown.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Key relative to the prefix → value (proto-JSON; `clients/` secrets redacted).
+   *
+   * @generated from field: map<string, string> values_json = 2;
+   */
+  valuesJson: { [key: string]: string };
+
+  /**
+   * The oldest revision kept.
+   *
+   * @generated from field: int64 oldest_revision = 3;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtResponse.
+ * Use `create(GetConfigAtResponseSchema)` to create a new message.
+ */
+export const GetConfigAtResponseSchema: GenMessage<GetConfigAtResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 22);
+
+/**
+ * RollbackConfigRequest names the revision to go back to.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigRequest
+ */
+export type RollbackConfigRequest = Message<"modelroute.admin.v1.RollbackConfigRequest"> & {
+  /**
+   * The revision whose values are restored.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Compute the diff only; write nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Why: recorded with the rollback in the history.
+   *
+   * @generated from field: string note = 3;
+   */
+  note: string;
+
+  /**
+   * Fail with ABORTED if the configuration changed after this revision (e.g. the one a
+   * form was loaded at); 0: the revision read when the rollback is planned.
+   *
+   * @generated from field: int64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigRequest.
+ * Use `create(RollbackConfigRequestSchema)` to create a new message.
+ */
+export const RollbackConfigRequestSchema: GenMessage<RollbackConfigRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 23);
+
+/**
+ * RollbackConfigResponse reports what was (or would be) written.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigResponse
+ */
+export type RollbackConfigResponse = Message<"modelroute.admin.v1.RollbackConfigResponse"> & {
+  /**
+   * The etcd revision after the write (0 for a dry run or when nothing changes).
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * A unified diff from the current values to the restored ones.
+   *
+   * @generated from field: repeated string diff = 2;
+   */
+  diff: string[];
+
+  /**
+   * Keys written or deleted.
+   *
+   * @generated from field: int32 changed_keys = 3;
+   */
+  changedKeys: number;
+
+  /**
+   * The revision the rollback was planned against.
+   *
+   * @generated from field: int64 base_revision = 4;
+   */
+  baseRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigResponse.
+ * Use `create(RollbackConfigResponseSchema)` to create a new message.
+ */
+export const RollbackConfigResponseSchema: GenMessage<RollbackConfigResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 24);
+
+/**
+ * PreviewConfigChangeRequest is a proposed change and the traffic to replay.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeRequest
+ */
+export type PreviewConfigChangeRequest = Message<"modelroute.admin.v1.PreviewConfigChangeRequest"> & {
+  /**
+   * The proposed changes (as for ApplyConfig).
+   *
+   * @generated from field: repeated modelroute.admin.v1.KeyChange changes = 1;
+   */
+  changes: KeyChange[];
+
+  /**
+   * How much recorded usage to replay, ending now (default 24 hours, at most 90 days).
+   *
+   * @generated from field: int64 window_seconds = 2;
+   */
+  windowSeconds: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeRequest.
+ * Use `create(PreviewConfigChangeRequestSchema)` to create a new message.
+ */
+export const PreviewConfigChangeRequestSchema: GenMessage<PreviewConfigChangeRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 25);
+
+/**
+ * ModelMove counts calls that would move from one model to another.
+ *
+ * @generated from message modelroute.admin.v1.ModelMove
+ */
+export type ModelMove = Message<"modelroute.admin.v1.ModelMove"> & {
+  /**
+   * The model served under the configuration in force (`(none)`: no model available).
+   *
+   * @generated from field: string from_model = 1;
+   */
+  fromModel: string;
+
+  /**
+   * The model that would serve under the proposed one.
+   *
+   * @generated from field: string to_model = 2;
+   */
+  toModel: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 3;
+   */
+  calls: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ModelMove.
+ * Use `create(ModelMoveSchema)` to create a new message.
+ */
+export const ModelMoveSchema: GenMessage<ModelMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 26);
+
+/**
+ * VariantMove counts users whose experiment variant would change.
+ *
+ * @generated from message modelroute.admin.v1.VariantMove
+ */
+export type VariantMove = Message<"modelroute.admin.v1.VariantMove"> & {
+  /**
+   * `experiment/variant` before; empty when not in an experiment.
+   *
+   * @generated from field: string from_variant = 1;
+   */
+  fromVariant: string;
+
+  /**
+   * `experiment/variant` after; empty when not in an experiment.
+   *
+   * @generated from field: string to_variant = 2;
+   */
+  toVariant: string;
+
+  /**
+   * Distinct users.
+   *
+   * @generated from field: int64 users = 3;
+   */
+  users: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.VariantMove.
+ * Use `create(VariantMoveSchema)` to create a new message.
+ */
+export const VariantMoveSchema: GenMessage<VariantMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 27);
+
+/**
+ * ContextImpact is what a change would do to one context's recorded traffic.
+ *
+ * @generated from message modelroute.admin.v1.ContextImpact
+ */
+export type ContextImpact = Message<"modelroute.admin.v1.ContextImpact"> & {
+  /**
+   * The context.
+   *
+   * @generated from field: string context = 1;
+   */
+  context: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * Calls whose model would change.
+   *
+   * @generated from field: int64 changed_calls = 3;
+   */
+  changedCalls: bigint;
+
+  /**
+   * changed_calls / calls.
+   *
+   * @generated from field: double changed_share = 4;
+   */
+  changedShare: number;
+
+  /**
+   * From → to matrix of the changed calls, most calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ModelMove moves = 5;
+   */
+  moves: ModelMove[];
+
+  /**
+   * Users moved between experiment variants.
+   *
+   * @generated from field: repeated modelroute.admin.v1.VariantMove variant_moves = 6;
+   */
+  variantMoves: VariantMove[];
+
+  /**
+   * Estimated cost per day: recorded tokens × prices of the model served, in force.
+   *
+   * @generated from field: double cost_per_day_before_usd = 7;
+   */
+  costPerDayBeforeUsd: number;
+
+  /**
+   * The same under the proposed configuration (its models and prices).
+   *
+   * @generated from field: double cost_per_day_after_usd = 8;
+   */
+  costPerDayAfterUsd: number;
+
+  /**
+   * Models that serve or back up this context now and would not any more.
+   *
+   * @generated from field: repeated string unreachable_models = 9;
+   */
+  unreachableModels: string[];
+
+  /**
+   * Replayed calls that carried no user id (experiments bucketed by user skip them).
+   *
+   * @generated from field: int64 calls_without_user = 10;
+   */
+  callsWithoutUser: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ContextImpact.
+ * Use `create(ContextImpactSchema)` to create a new message.
+ */
+export const ContextImpactSchema: GenMessage<ContextImpact> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 28);
+
+/**
+ * PreviewConfigChangeResponse is the impact of a proposed change.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeResponse
+ */
+export type PreviewConfigChangeResponse = Message<"modelroute.admin.v1.PreviewConfigChangeResponse"> & {
+  /**
+   * Per context, most changed calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ContextImpact contexts = 1;
+   */
+  contexts: ContextImpact[];
+
+  /**
+   * Usage rows replayed.
+   *
+   * @generated from field: int64 calls_replayed = 2;
+   */
+  callsReplayed: bigint;
+
+  /**
+   * The window replayed.
+   *
+   * @generated from field: google.protobuf.Timestamp window_start = 3;
+   */
+  windowStart?: Timestamp | undefined;
+
+  /**
+   * The end of the window (now).
+   *
+   * @generated from field: google.protobuf.Timestamp window_end = 4;
+   */
+  windowEnd?: Timestamp | undefined;
+
+  /**
+   * The configuration revision the change was planned against.
+   *
+   * @generated from field: int64 base_revision = 5;
+   */
+  baseRevision: bigint;
+
+  /**
+   * The diff of the proposed change.
+   *
+   * @generated from field: repeated string diff = 6;
+   */
+  diff: string[];
+
+  /**
+   * What the replay cannot reproduce (runtime cooldowns and quotas, calls without a
+   * user id, experiments bucketed by request), in words.
+   *
+   * @generated from field: repeated string caveats = 7;
+   */
+  caveats: string[];
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeResponse.
+ * Use `create(PreviewConfigChangeResponseSchema)` to create a new message.
+ */
+export const PreviewConfigChangeResponseSchema: GenMessage<PreviewConfigChangeResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 29);
 
 /**
  * UsageGroupBy is the dimension usage is aggregated on.
@@ -1114,6 +1642,84 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ApplyConfigRequestSchema;
     output: typeof ApplyConfigResponseSchema;
+  },
+  /**
+   * ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+   * entry per key and etcd revision, with the values before and after (secrets of
+   * `clients/` values redacted), who made it and their note. Kept in the database, so
+   * it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: limit out of range.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.ListConfigChanges
+   */
+  listConfigChanges: {
+    methodKind: "unary";
+    input: typeof ListConfigChangesRequestSchema;
+    output: typeof ListConfigChangesResponseSchema;
+  },
+  /**
+   * GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: a negative revision.
+   * - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+   *   metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.GetConfigAt
+   */
+  getConfigAt: {
+    methodKind: "unary";
+    input: typeof GetConfigAtRequestSchema;
+    output: typeof GetConfigAtResponseSchema;
+  },
+  /**
+   * RollbackConfig puts every decision-shaping key back to its value at `revision`
+   * (deleting keys created after it) in one etcd transaction, guarded by the revision it
+   * read (or `expected_revision`). The rollback is itself recorded as a change.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+   * - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+   * - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+   *   history (names the keys; re-create those clients by hand).
+   * - ABORTED: the configuration changed concurrently; nothing was written.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.RollbackConfig
+   */
+  rollbackConfig: {
+    methodKind: "unary";
+    input: typeof RollbackConfigRequestSchema;
+    output: typeof RollbackConfigResponseSchema;
+  },
+  /**
+   * PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+   * each row) through the resolver under the configuration in force and under the
+   * proposed one, and reports per context what would move. It writes nothing.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+   *   window that is not positive or longer than 90 days.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.PreviewConfigChange
+   */
+  previewConfigChange: {
+    methodKind: "unary";
+    input: typeof PreviewConfigChangeRequestSchema;
+    output: typeof PreviewConfigChangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_modelroute_admin_v1_admin, 0);

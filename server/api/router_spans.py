@@ -1,0 +1,103 @@
+"""Spans of ModelRouterService: one per decision and per usage call, one per report.
+
+Attributes follow OpenTelemetry's GenAI semantic conventions where they exist; user ids
+never leave the process in clear (`hash_user`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+from modelroute.server.api.errors import ServiceError, ServicerContext
+from modelroute.server.core.resolver import Decision
+from modelroute.server.telemetry.semconv import feature_flag_attributes
+from modelroute.storage.usage_store import UsageRecord
+from modelroute.v1 import router_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+tracer = trace.get_tracer("modelroute.router")
+_propagator: Final = TraceContextTextMapPropagator()
+
+
+def hash_user(user_id: str) -> str:
+    """User ids never leave the process in clear (spans): a short stable digest instead."""
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else ""
+
+
+def parent_context(context: ServicerContext) -> otel_context.Context | None:
+    """The caller's trace context (W3C `traceparent`), if it sent one."""
+    metadata = context.invocation_metadata() or ()
+    carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
+    return _propagator.extract(carrier) if carrier else None
+
+
+def server_span(name: str, context: ServicerContext) -> trace.Span:
+    """A SERVER span for one call, child of the caller's span when it sent one."""
+    return tracer.start_span(name, context=parent_context(context), kind=trace.SpanKind.SERVER)
+
+
+def mark_failed(span: trace.Span, error: ServiceError, context_name: str | None = None) -> None:
+    """Record on the span why the call failed."""
+    if context_name is not None:
+        span.set_attribute("modelroute.context", context_name[:128])
+        span.set_attribute("modelroute.error", error.reason)
+    span.set_status(trace.StatusCode.ERROR, error.message)
+
+
+def annotate_decision(
+    span: trace.Span, request: router_pb2.ResolveModelRequest, decision: Decision
+) -> None:
+    """What was decided, and why, on the decision's span."""
+    span.set_attributes(
+        {
+            "modelroute.context": request.context,
+            "modelroute.model_id": decision.model_id,
+            "modelroute.provider": decision.provider,
+            "modelroute.reason": decision.reason.name,
+            "modelroute.experiment_id": decision.experiment_id,
+            "modelroute.variant_id": decision.variant_id,
+            "modelroute.config_revision": decision.config_revision,
+            "modelroute.user_hash": hash_user(request.user.id),
+            "modelroute.tier": request.user.tier,
+        }
+    )
+    # The decision as an OpenFeature evaluation (flag key = context).
+    span.set_attributes(
+        feature_flag_attributes(
+            request.context,
+            decision.model_id,
+            decision.reason.name,
+            decision.variant_id,
+            decision.config_revision,
+        )
+    )
+    if decision.fallback_cause is not None:
+        span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)
+        span.set_attribute("modelroute.fallback_from", decision.fallback_from)
+    if request.request_id:
+        span.set_attribute("modelroute.request_id", request.request_id)
+
+
+def annotate_usage(records: Sequence[UsageRecord]) -> None:
+    """One child span per report with the GenAI usage attributes (token usage per call)."""
+    for record in records:
+        with tracer.start_as_current_span(f"usage {record.model_id}") as child:
+            child.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": record.provider,
+                    "gen_ai.request.model": record.model_id,
+                    "gen_ai.usage.input_tokens": record.input_tokens,
+                    "gen_ai.usage.output_tokens": record.output_tokens,
+                    "modelroute.context": record.context,
+                    "modelroute.outcome": record.outcome,
+                    "modelroute.report_id": record.report_id,
+                    "modelroute.estimated_cost_usd": record.estimated_cost,
+                }
+            )
+            if record.outcome != "OK":
+                child.set_attribute("error.type", record.outcome)
