@@ -53,6 +53,7 @@ from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
+from modelroute.storage.data_dir_lock import DataDirLock
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
@@ -138,6 +139,7 @@ class ModelrouteServer:
         self.options = options
         self.port = 0
         self.embedded_etcd: EmbeddedEtcd | None = None
+        self.data_dir_lock: DataDirLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         # Set during start(); stop() releases whatever was acquired, even after a failed start.
@@ -157,6 +159,11 @@ class ModelrouteServer:
 
     async def start(self) -> None:
         options = self.options
+        if not options.etcd_endpoints:
+            # The data dir's embedded etcd belongs to one instance: a second one refuses
+            # at once, before it prints or starts anything.
+            self.data_dir_lock = DataDirLock(options.data_dir)
+            self.data_dir_lock.acquire()
         # Security options are checked first: a typo must not start an open server.
         tls = TlsFiles.from_options(options.tls_cert, options.tls_key, options.tls_client_ca)
         grpc_credentials = server_credentials(tls) if tls is not None else None
@@ -270,6 +277,8 @@ class ModelrouteServer:
             self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
         await self._start_admin_http(admin_service)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.describe(f"{options.host}:{self.port}")
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
@@ -470,6 +479,8 @@ class ModelrouteServer:
             self.engine.dispose()
         if self.embedded_etcd is not None:
             await asyncio.to_thread(self.embedded_etcd.stop)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
         if self.metrics is not None:
             self.metrics.shutdown()
         shutdown_tracing()

@@ -152,6 +152,7 @@ def serve(
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -184,6 +185,8 @@ def serve(
         _fail(f"cannot start: {exc}", code=2)
     try:
         asyncio.run(serve_until_signalled(options))
+    except AlreadyRunningError as exc:
+        _fail(str(exc), code=3)
     except (TlsConfigError, AdminTokenFileError) as exc:
         _fail(f"cannot start: {exc}", code=2)
 
