@@ -27,7 +27,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 from modelroute.client._sync import ModelRouter
-from modelroute.client.decision import Decision, Outcome, Reason, Source
+from modelroute.client.decision import Decision, Outcome, Source
 from modelroute.client.errors import InvalidResolveRequestError, NoModelAvailableError
 from modelroute.v1 import router_pb2
 from openfeature.evaluation_context import EvaluationContext
@@ -41,14 +41,15 @@ from openfeature.track import TrackingEventDetails
 logger = logging.getLogger("modelroute.client.openfeature")
 T = TypeVar("T")
 
-# The same table as the server's OFREP endpoint (README "OpenFeature").
-REASONS: Final[Mapping[Reason, str]] = {
-    Reason.ENV_OVERRIDE: OpenFeatureReason.STATIC,
-    Reason.OPERATOR_OVERRIDE: OpenFeatureReason.STATIC,
-    Reason.USER_PREFERENCE: OpenFeatureReason.TARGETING_MATCH,
-    Reason.EXPERIMENT: OpenFeatureReason.SPLIT,
-    Reason.CONTEXT_DEFAULT: OpenFeatureReason.STATIC,
-    Reason.GLOBAL_DEFAULT: OpenFeatureReason.DEFAULT,
+# The same table as the server's OFREP endpoint (README "OpenFeature"), by reason name.
+REASONS: Final[Mapping[str, str]] = {
+    "ENV_OVERRIDE": OpenFeatureReason.STATIC,
+    "OPERATOR_OVERRIDE": OpenFeatureReason.STATIC,
+    "USER_PREFERENCE": OpenFeatureReason.TARGETING_MATCH,
+    "EXPERIMENT": OpenFeatureReason.SPLIT,
+    "ROLLOUT": OpenFeatureReason.SPLIT,
+    "CONTEXT_DEFAULT": OpenFeatureReason.STATIC,
+    "GLOBAL_DEFAULT": OpenFeatureReason.DEFAULT,
 }
 _TRACK_INTS: Final = ("input_tokens", "output_tokens", "latency_ms")
 
@@ -99,7 +100,7 @@ def _reason(decision: Decision) -> str:
         return OpenFeatureReason.DEFAULT
     if decision.source is Source.ENV:
         return OpenFeatureReason.STATIC
-    return REASONS.get(decision.reason, OpenFeatureReason.UNKNOWN)
+    return REASONS.get(decision.reason.name, OpenFeatureReason.UNKNOWN)
 
 
 class ModelrouteProvider(AbstractProvider):
