@@ -20,12 +20,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.api.admin_http import AdminHttpServer, create_admin_app
+from modelroute.server.api.admin_http import create_admin_app
 from modelroute.server.api.admin_service import AdminService
+from modelroute.server.api.application_http import application_routes
 from modelroute.server.api.auth import AdminTokens, AuthInterceptor
 from modelroute.server.api.config_apply import seed_if_empty
 from modelroute.server.api.config_history import ConfigHistory
+from modelroute.server.api.http_listener import HttpListener
 from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.local_calls import LocalRouterCalls
 from modelroute.server.api.operator_http import add_operator_routes
 from modelroute.server.api.router_service import ModelRouterService
 from modelroute.server.api.tls import TlsFiles, server_credentials
@@ -153,7 +156,7 @@ class ModelrouteServer:
         self.alerts: AlertSink | None = None
         self.quotas: QuotaTracker | None = None
         self._quota_publisher: QuotaPublisher | None = None
-        self.admin_http: AdminHttpServer | None = None
+        self.admin_http: HttpListener | None = None
         self.admin_port = 0
         self.metrics: ServerMetrics | None = None
         self.rollout_controller: RolloutController | None = None
@@ -250,6 +253,8 @@ class ModelrouteServer:
             metrics=self.metrics,
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
+        # The HTTP listener's application API calls the servicer through the same interceptor.
+        self.local_calls = LocalRouterCalls(router_service, auth)
         admin_service = AdminService(
             self.config,
             self.config_source,
@@ -339,6 +344,7 @@ class ModelrouteServer:
             verify_token=self.options.admin_verify_token or self.admin_tokens.verify,
             metrics=self.metrics.render,
             snapshot=self._current,
+            extensions=[application_routes(self.local_calls, self._current)],
         )
         add_operator_routes(
             app,
@@ -351,7 +357,7 @@ class ModelrouteServer:
             preferences=self.preferences,
             clock=lambda: datetime.now(UTC),
         )
-        admin_http = AdminHttpServer(
+        admin_http = HttpListener(
             app,
             self.options.host,
             self.options.admin_port,

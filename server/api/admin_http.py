@@ -8,19 +8,15 @@ the very same in-memory state (snapshot, cooldowns, quotas) as the replica it be
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import socket
-import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
-import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -177,6 +173,7 @@ def create_admin_app(
     rate_per_second: float = 20.0,
     burst: float = 40.0,
     max_body_bytes: int = MAX_BODY_BYTES,
+    extensions: Sequence[Callable[[FastAPI], None]] = (),
 ) -> FastAPI:
     """The admin HTTP app. `verify_token` (given the bearer token or None) guards every
     `/api/admin/*` path; `metrics` renders `/metrics` (body, content type); `snapshot`
@@ -350,77 +347,10 @@ def create_admin_app(
             raise StarletteHTTPException(404, "no such dashboard file")
         return FileResponse(target, headers={"Cache-Control": "no-cache"})
 
+    for extend in extensions:  # e.g. the application API (OFREP, Connect): server/api/
+        extend(app)
     limiter = TokenBucket(rate_per_second, burst) if rate_per_second > 0 else None
     app.add_middleware(
         GuardMiddleware, limiter=limiter, max_body=max_body_bytes, api_prefix=API_PREFIX
     )
     return app
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """The gRPC server owns SIGTERM/SIGINT (graceful drain); uvicorn must not replace them."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class AdminHttpServer:
-    """uvicorn inside the running event loop (no thread, no second process). `start()`
-    binds the socket itself, so a busy port raises OSError here instead of uvicorn
-    calling sys.exit, and the bound port (for port 0) is known at once."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        host: str,
-        port: int,
-        *,
-        tls_cert: Path | None = None,
-        tls_key: Path | None = None,
-        tls_client_ca: Path | None = None,
-    ) -> None:
-        tls: dict[str, Any] = {}
-        if tls_cert is not None and tls_key is not None:
-            tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
-            if tls_client_ca is not None:  # mutual TLS, as on the gRPC port
-                tls |= {"ssl_ca_certs": str(tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            **tls,
-        )
-        self._server = _EmbeddedUvicorn(config)
-        self._host, self._port = host, port
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
-
-    async def start(self) -> int:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError:
-            sock.close()
-            raise
-        sock.set_inheritable(True)
-        self.port = sock.getsockname()[1]
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="admin-http")
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("admin HTTP server exited during start")
-            await asyncio.sleep(0.005)
-        return self.port
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(self._task, timeout=5)

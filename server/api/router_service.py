@@ -232,6 +232,10 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 annotate_usage(records)
+            # GenAI client metrics: stored reports only (a retried duplicate counts once).
+            self._metrics.record_usage_reports(
+                [record for record, stored in zip(records, inserted, strict=True) if stored]
+            )
             return router_pb2.ReportUsageResponse(results=results)
 
     async def _store_usage(

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from modelroute.server.api.errors import ServiceError, ServicerContext
 from modelroute.server.core.resolver import Decision
+from modelroute.server.telemetry.semconv import feature_flag_attributes
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2
 from opentelemetry import context as otel_context
@@ -65,6 +66,16 @@ def annotate_decision(
             "modelroute.user_hash": hash_user(request.user.id),
             "modelroute.tier": request.user.tier,
         }
+    )
+    # The decision as an OpenFeature evaluation (flag key = context).
+    span.set_attributes(
+        feature_flag_attributes(
+            request.context,
+            decision.model_id,
+            decision.reason.name,
+            decision.variant_id,
+            decision.config_revision,
+        )
     )
     if decision.fallback_cause is not None:
         span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)

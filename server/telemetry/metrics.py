@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from modelroute.server.telemetry.semconv import GenAiMetrics, UsageFacts
+from modelroute.server.telemetry.tracing import otlp_metric_readers
 from modelroute.v1 import types_pb2
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -83,6 +85,9 @@ class MetricsRecorder:
     def record_usage_write(self, rows: int, seconds: float) -> None:
         pass
 
+    def record_usage_reports(self, reports: Iterable[UsageFacts]) -> None:
+        """Stored usage reports (not duplicates): the GenAI client metrics."""
+
 
 NO_METRICS = MetricsRecorder()
 
@@ -93,10 +98,12 @@ class ServerMetrics(MetricsRecorder):
         self.registry = CollectorRegistry()
         self._reader = PrometheusMetricReader(registry=self.registry)
         self._provider = MeterProvider(
-            metric_readers=[self._reader],
+            # /metrics, and OTLP too when the OTEL_* variables ask for it: one pipeline.
+            metric_readers=[self._reader, *otlp_metric_readers()],
             resource=Resource.create({"service.name": "modelroute"}),
         )
         meter = self._provider.get_meter("modelroute.server")
+        self._genai = GenAiMetrics(meter)
         self._decisions = meter.create_counter(
             "modelroute.decisions", unit="1", description="Model decisions (ResolveModel answers)"
         )
@@ -168,6 +175,9 @@ class ServerMetrics(MetricsRecorder):
         self._decision_latency.record(seconds, {"context": context})
         if fallback_cause is not None:
             self._fallbacks.add(1, {"context": context, "cause": _cause(fallback_cause)})
+
+    def record_usage_reports(self, reports: Iterable[UsageFacts]) -> None:
+        self._genai.record(reports)
 
     def record_usage_write(self, rows: int, seconds: float) -> None:
         self._written.add(rows)

@@ -4,6 +4,8 @@ Spans are always created (decisions are explainable in-process); they are export
 OTLP/gRPC when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when `OTEL_TRACES_EXPORTER=otlp` asks for the
 default endpoint. `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off.
+Metrics follow the same rules with OTEL_METRICS_EXPORTER / ..._METRICS_ENDPOINT
+(`otlp_metric_readers`, added to the replica's MeterProvider next to /metrics).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -30,6 +33,27 @@ def export_wanted(env: Mapping[str, str]) -> bool:
     return exporter == "otlp" or bool(
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
+
+
+def metrics_export_wanted(env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_METRICS_EXPORTER", "").lower()
+    if exporter == "none":
+        return False
+    return exporter == "otlp" or bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+def otlp_metric_readers(env: Mapping[str, str] | None = None) -> list[MetricReader]:
+    """An OTLP/gRPC metric reader when the OTEL_* variables ask for export (interval:
+    OTEL_METRIC_EXPORT_INTERVAL, default 60 s), else none: /metrics alone."""
+    if not metrics_export_wanted(os.environ if env is None else env):
+        return []
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return [PeriodicExportingMetricReader(OTLPMetricExporter())]
 
 
 def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:

@@ -15,6 +15,8 @@ const bin = process.env["MODELROUTE_BIN"] ?? join(repoRoot, ".venv/bin/modelrout
 
 export interface TestServer {
   baseUrl: string;
+  /** The HTTP listener (OFREP, Connect, admin API), when started with `{ http: true }`. */
+  httpUrl: string;
   dataDir: string;
   /** Runs Python with the server's venv interpreter (for reading its SQLite database). */
   sqlite(query: string): Promise<unknown[][]>;
@@ -36,23 +38,26 @@ export async function eventually<T>(fn: () => Promise<T> | T, timeoutMs = 15_000
   }
 }
 
-export async function startServer(): Promise<TestServer> {
+export async function startServer(options: { http?: boolean } = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "modelroute-ts-"));
   const child: ChildProcess = spawn(
     bin,
-    ["serve", "--port", "0", "--admin-port", "-1", "--data-dir", dataDir, "--bootstrap", join(repoRoot, "config/bootstrap.yaml")],
+    ["serve", "--port", "0", "--admin-port", options.http ? "0" : "-1", "--data-dir", dataDir, "--bootstrap", join(repoRoot, "config/bootstrap.yaml")],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";
   child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  let httpUrl = "";
   const baseUrl = await new Promise<string>((resolve, reject) => {
     let out = "";
     const timer = setTimeout(() => reject(new Error(`server did not start in 60 s:\n${stderr}`)), 60_000);
     child.stdout!.on("data", (d: Buffer) => {
       out += d.toString();
       const m = /serving gRPC on (\S+):(\d+)/.exec(out);
-      if (m) {
+      const dashboard = /dashboard at (http:\/\/\S+?)\/?\s/.exec(out);
+      if (m && (!options.http || dashboard)) {
         clearTimeout(timer);
+        httpUrl = dashboard ? dashboard[1]! : "";
         resolve(`http://${m[1]}:${m[2]}`);
       }
     });
@@ -75,6 +80,7 @@ export async function startServer(): Promise<TestServer> {
   const python = join(bin, "..", "python");
   return {
     baseUrl,
+    httpUrl,
     dataDir,
     async sqlite(query) {
       const script = "import json,sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(json.dumps(c.execute(sys.argv[2]).fetchall()))";
