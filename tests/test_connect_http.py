@@ -23,8 +23,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
-from tests.test_security import Pki, pki  # noqa: F401 - the throwaway CA fixture
+from tests.conftest import Pki, Running, eventually
 
 SERVICE = "/modelroute.v1.ModelRouterService/"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -355,7 +354,7 @@ async def test_http2_cleartext_prior_knowledge(running: Running) -> None:
 async def test_http2_over_tls_and_mutual_tls(
     seed: int,
     start_server: Callable[..., Awaitable[Running]],
-    pki: Pki,  # noqa: F811
+    pki: Pki,
 ) -> None:
     """With TLS the listener offers h2 by ALPN; with a client CA it refuses clients without a
     certificate, like the gRPC port."""

@@ -37,6 +37,11 @@ class Reason(enum.IntEnum):
     EXPERIMENT = types_pb2.REASON_EXPERIMENT
     CONTEXT_DEFAULT = types_pb2.REASON_CONTEXT_DEFAULT
     GLOBAL_DEFAULT = types_pb2.REASON_GLOBAL_DEFAULT
+    ROLLOUT = types_pb2.REASON_ROLLOUT
+
+    @classmethod
+    def _missing_(cls, value: object) -> Reason:
+        return cls.UNSPECIFIED  # a reason newer than this SDK must not fail the call
 
 
 class FallbackCause(enum.IntEnum):
@@ -50,6 +55,10 @@ class FallbackCause(enum.IntEnum):
     BUDGET = types_pb2.FALLBACK_CAUSE_BUDGET
     EXCLUDED_BY_CALLER = types_pb2.FALLBACK_CAUSE_EXCLUDED_BY_CALLER
     TIER_NOT_ALLOWED = types_pb2.FALLBACK_CAUSE_TIER_NOT_ALLOWED
+
+    @classmethod
+    def _missing_(cls, value: object) -> FallbackCause:
+        return cls.UNSPECIFIED  # a cause newer than this SDK must not fail the call
 
 
 class Source(enum.Enum):
