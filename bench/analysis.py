@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from modelroute.server.analysis import experiment_results
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.snapshot import SnapshotBuilder
+from modelroute.server.usage.analysis import experiment_results
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.database import create_engine_for, upgrade
 from modelroute.storage.tables import LlmUsageLog

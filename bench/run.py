@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import grpc
+from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP
-from modelroute.server.config_apply import load_config_file
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2

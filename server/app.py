@@ -20,23 +20,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.admin_http import AdminHttpServer, create_admin_app
-from modelroute.server.admin_service import AdminService
-from modelroute.server.alerts import AlertSink
-from modelroute.server.auth import AdminTokens, AuthInterceptor
-from modelroute.server.config_apply import apply_to_etcd, load_config_file
-from modelroute.server.config_manager import ConfigManager
-from modelroute.server.config_values import RUNTIME_KIND
-from modelroute.server.decision_keys import DecisionKeyManager
-from modelroute.server.metrics import ServerMetrics, Sources
-from modelroute.server.preferences import PreferenceCache
-from modelroute.server.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
-from modelroute.server.router_service import ModelRouterService
-from modelroute.server.runtime_state import RuntimeState, start_cooldown
-from modelroute.server.snapshot import Rejection, Snapshot, env_overrides_from
-from modelroute.server.telemetry import configure_tracing, shutdown_tracing
-from modelroute.server.tls import TlsFiles, server_credentials
-from modelroute.server.usage_writer import UsageWriter
+from modelroute.server.api.admin_http import AdminHttpServer, create_admin_app
+from modelroute.server.api.admin_service import AdminService
+from modelroute.server.api.auth import AdminTokens, AuthInterceptor
+from modelroute.server.api.config_apply import apply_to_etcd, load_config_file
+from modelroute.server.api.router_service import ModelRouterService
+from modelroute.server.api.tls import TlsFiles, server_credentials
+from modelroute.server.core.config_values import RUNTIME_KIND
+from modelroute.server.core.snapshot import Rejection, Snapshot, env_overrides_from
+from modelroute.server.runtime.config_manager import ConfigManager
+from modelroute.server.runtime.decision_keys import DecisionKeyManager
+from modelroute.server.runtime.preferences import PreferenceCache
+from modelroute.server.runtime.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
+from modelroute.server.runtime.runtime_state import RuntimeState, start_cooldown
+from modelroute.server.telemetry.metrics import ServerMetrics, Sources
+from modelroute.server.telemetry.tracing import configure_tracing, shutdown_tracing
+from modelroute.server.usage.alerts import AlertSink
+from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade

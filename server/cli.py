@@ -16,14 +16,14 @@ import grpc
 import typer
 from google.protobuf import json_format
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.config_apply import (
+from modelroute.server.api.config_apply import (
     ConfigFileError,
     Plan,
     apply_to_etcd,
     load_config_file,
     validate_standalone,
 )
-from modelroute.server.errors import decode_details
+from modelroute.server.api.errors import decode_details
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
     EtcdConflictError,
@@ -146,9 +146,9 @@ def serve(
     ] = 8081,
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
+    from modelroute.server.api.auth import AdminTokenFileError
+    from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
-    from modelroute.server.auth import AdminTokenFileError
-    from modelroute.server.tls import TlsConfigError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -568,7 +568,7 @@ def experiments_results(
 @cooldown_app.command("list")
 def cooldown_list(etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Active cooldowns (shared by every replica), as JSON."""
-    from modelroute.server.runtime_state import COOLDOWN_DIR
+    from modelroute.server.runtime.runtime_state import COOLDOWN_DIR
 
     async def run() -> dict[str, Any]:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
@@ -591,7 +591,7 @@ def cooldown_clear(
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
     """End a cooldown now, on every replica."""
-    from modelroute.server.runtime_state import clear_cooldown
+    from modelroute.server.runtime.runtime_state import clear_cooldown
 
     key = (
         f"providers/{subject.removeprefix('provider:')}"

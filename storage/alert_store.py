@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelroute.storage.database import dialect_insert
-from modelroute.storage.tables import Alert
+from modelroute.storage.tables import Alert, table_of
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Engine
 
-_table: Table = Alert.__table__  # type: ignore[attr-defined]
+_table: Table = table_of(Alert)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from modelroute.storage.tables import LlmFeedback, LlmUsageLog
+from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
 from sqlalchemy import Float, Table, and_, case, cast, distinct, func, select, true
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-_usage: Table = LlmUsageLog.__table__  # type: ignore[attr-defined]
-_feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
+_usage: Table = table_of(LlmUsageLog)
+_feedback: Table = table_of(LlmFeedback)
 GROUPS: Final = ("model", "context", "provider", "day")
 PERCENTILES: Final = (50, 95, 99)
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelroute.storage.database import dialect_insert
-from modelroute.storage.tables import LlmFeedback, UserModelPreference
+from modelroute.storage.tables import LlmFeedback, UserModelPreference, table_of
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
 
-_preferences: Table = UserModelPreference.__table__  # type: ignore[attr-defined]
-_feedback: Table = LlmFeedback.__table__  # type: ignore[attr-defined]
+_preferences: Table = table_of(UserModelPreference)
+_feedback: Table = table_of(LlmFeedback)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from modelroute.storage.database import dialect_insert
-from modelroute.storage.tables import LlmUsageLog
+from modelroute.storage.tables import LlmUsageLog, table_of
 from sqlalchemy import Engine, Table, func, select
 
-_table: Table = LlmUsageLog.__table__
+_table: Table = table_of(LlmUsageLog)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import aetcd
 import grpc
 import pytest
 from modelroute.admin.v1 import admin_pb2_grpc
+from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
-from modelroute.server.config_apply import load_config_file
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
 from modelroute.v1 import router_pb2_grpc

@@ -213,7 +213,8 @@ async def experiments(
     )
 
     async def loaded() -> None:
-        assert server.server.config.current.revision >= revision
+        current = server.server.config.current
+        assert current is not None and current.revision >= revision
 
     await eventually(loaded)
     rows = experiment_calls("ab", {"a": 10_000, "b": 10_000}, {"a": 0.05, "b": 0.10}, 1, 0)

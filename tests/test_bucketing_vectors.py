@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelroute.server.resolver import assign_variant, bucket_of
-from modelroute.server.snapshot import SnapshotBuilder
+from modelroute.server.core.resolver import assign_variant, bucket_of
+from modelroute.server.core.snapshot import SnapshotBuilder
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())
 

@@ -335,7 +335,7 @@ async def test_env_override_wins_over_etcd(
 async def test_invalid_request_is_invalid_argument_with_field(
     server: Running, request_fields: dict[str, object], bad_field: str
 ) -> None:
-    from modelroute.server.errors import decode_details
+    from modelroute.server.api.errors import decode_details
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await server.router.ResolveModel(router_pb2.ResolveModelRequest(**request_fields))  # type: ignore[arg-type]

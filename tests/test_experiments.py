@@ -11,8 +11,8 @@ from pathlib import Path
 
 import aetcd
 import grpc
-from modelroute.server.resolver import Reason, ResolveInput, bucket_of, resolve
-from modelroute.server.snapshot import Snapshot, SnapshotBuilder
+from modelroute.server.core.resolver import Reason, ResolveInput, bucket_of, resolve
+from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 

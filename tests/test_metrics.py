@@ -80,7 +80,9 @@ async def test_fallbacks_writes_and_levels_are_exported(http_server: Running) ->
     assert value(samples, "modelroute_usage_rows_written_total") >= 1
     assert value(samples, "modelroute_usage_write_duration_seconds_count") >= 1
     assert value(samples, "modelroute_etcd_connected") == 1
-    revision = http_server.server.config.current.revision
+    current = http_server.server.config.current
+    assert current is not None
+    revision = current.revision
     assert value(samples, "modelroute_config_revision") == revision
     assert value(samples, "modelroute_usage_queue_depth") == 0
     assert any(n == "modelroute_provider_quota_utilization" for n, _ in samples)

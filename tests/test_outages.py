@@ -20,9 +20,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.api.config_apply import load_config_file
+from modelroute.server.api.errors import decode_details
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
-from modelroute.server.config_apply import load_config_file
-from modelroute.server.errors import decode_details
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2

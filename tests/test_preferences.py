@@ -11,8 +11,8 @@ import aetcd
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from modelroute.server.decision_token import DecisionTokens, new_key
-from modelroute.server.errors import decode_details
+from modelroute.server.api.errors import decode_details
+from modelroute.server.core.decision_token import DecisionTokens, new_key
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy import create_engine, text

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.errors import decode_details, locale_from
+from modelroute.server.api.errors import decode_details, locale_from
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
@@ -72,7 +72,8 @@ async def put_values(etcd: aetcd.Client, prefix: str, values: dict[str, object])
 async def wait_for_revision(replicas: list[Running], revision: int) -> None:
     async def applied() -> None:
         for replica in replicas:
-            assert replica.server.config.current.revision >= revision
+            current = replica.server.config.current
+            assert current is not None and current.revision >= revision
 
     await eventually(applied)
 
@@ -83,6 +84,7 @@ async def alerts_settled(replicas: list[Running]) -> None:
     async def settled() -> None:
         for replica in replicas:
             sink = replica.server.alerts
+            assert sink is not None
             assert sink._queue.empty() and not sink._deliveries
 
     await eventually(settled)
@@ -163,7 +165,7 @@ async def test_request_limit_holds_across_two_replica_processes(
         await asyncio.gather(*(worker(i) for i in range(16)))
         assert datetime.now(UTC).replace(second=0, microsecond=0) == window, "crossed a minute"
 
-        # The documented bound (server/quotas.py): never over the limit. Nothing is
+        # The documented bound (server/runtime/quotas.py): never over the limit. Nothing is
         # refused early either: every request until the limit is admitted.
         assert served["gemini-3-flash-preview"] == limit, served
         assert served["gpt-4o-mini"] == 2 * limit - served["gemini-3-flash-preview"]

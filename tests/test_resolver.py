@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modelroute.server.resolver import (
+from modelroute.server.core.resolver import (
     BudgetBreach,
     Cause,
     NoModelAvailableError,
@@ -21,7 +21,7 @@ from modelroute.server.resolver import (
     bucket_of,
     resolve,
 )
-from modelroute.server.snapshot import ContextSpec, ModelSpec, Snapshot, SnapshotBuilder
+from modelroute.server.core.snapshot import ContextSpec, ModelSpec, Snapshot, SnapshotBuilder
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 MODELS = ["m0", "m1", "m2", "m3", "m4"]
@@ -342,7 +342,7 @@ def test_quota_reservation_from_an_ended_minute_admits_nothing_in_the_next() -> 
     a new one before admitting (else it would admit past the others' reservations)."""
     from datetime import timedelta
 
-    from modelroute.server.quotas import Admission, QuotaTracker
+    from modelroute.server.runtime.quotas import Admission, QuotaTracker
 
     values = dict(BASE)
     values["providers/p0"] = {"requests_per_minute": 100}

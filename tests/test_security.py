@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import message_factory
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.auth import AdminTokens, parse_bearer
-from modelroute.server.errors import decode_details
+from modelroute.server.api.auth import AdminTokens, parse_bearer
+from modelroute.server.api.errors import decode_details
 from modelroute.storage.embedded_etcd import etcd_binary, free_port
 from modelroute.storage.etcd import EtcdTls, connect, parse_endpoints, read_prefix
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
@@ -417,7 +417,7 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
 async def test_half_configured_tls_refuses_to_start(
     seed: int, start_server: StartServer, pki: Pki, tmp_path: Path
 ) -> None:
-    from modelroute.server.tls import TlsConfigError
+    from modelroute.server.api.tls import TlsConfigError
 
     with pytest.raises(TlsConfigError, match="together"):
         await start_server(tls_cert=pki.server_cert)

@@ -251,7 +251,7 @@ async def test_reports_acknowledged_before_sigterm_are_all_stored(
 async def test_full_queue_is_resource_exhausted_with_retry_info(
     seed: int, start_server: Callable[..., Awaitable[Running]]
 ) -> None:
-    from modelroute.server.errors import decode_details
+    from modelroute.server.api.errors import decode_details
 
     server = await start_server(usage_max_pending=150)
     batches = [

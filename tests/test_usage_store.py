@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from modelroute.server.usage_writer import (
+from modelroute.server.usage.usage_writer import (
     UsageQueueFullError,
     UsageStoreUnavailableError,
     UsageWriter,
@@ -34,7 +34,7 @@ from modelroute.storage.database import (
     normalise_url,
     upgrade,
 )
-from modelroute.storage.tables import LlmUsageLog
+from modelroute.storage.tables import LlmUsageLog, table_of
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlmodel import SQLModel
@@ -113,8 +113,7 @@ def records(prefix: str, count: int) -> list[UsageRecord]:
     return [record(f"{prefix}-{i}") for i in range(count)]
 
 
-# mypy sees modelroute.storage.* as Any (package-dir mapping it cannot follow).
-class GatedStore(UsageStore):  # type: ignore[misc]
+class GatedStore(UsageStore):
     """The real store, recording the size of every transaction. After hold(), the next
     insert_batch waits in its worker thread until release(), so a test can line up the
     writer's queue behind it deterministically."""
@@ -376,7 +375,7 @@ async def test_database_failure_acknowledges_nothing(engine: Engine) -> None:
         assert writer.pending == 0
 
         # The writer survives the outage: once the table is back, commits work again.
-        LlmUsageLog.__table__.create(engine)
+        table_of(LlmUsageLog).create(engine)
         assert await writer.submit([record("after")]) == [True]
     assert store.count() == 1
     assert store.get("lost0") is None

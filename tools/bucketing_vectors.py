@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from modelroute.server.resolver import BUCKETS, bucket_of
+from modelroute.server.core.resolver import BUCKETS, bucket_of
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "bucketing.json"
 WEIGHT_SETS = [[50, 50], [70, 30], [90, 10], [34, 33, 33], [100], [0, 100], [25, 25, 25, 25]]

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import aetcd
-from modelroute.server.quotas import QuotaTracker
-from modelroute.server.resolver import BudgetBreach, Cause, Unavailable
-from modelroute.server.snapshot import ContextSpec, ModelSpec
+from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
+from modelroute.server.core.snapshot import ContextSpec, ModelSpec
+from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.etcd import ConfigUpdate
 
 log = logging.getLogger("modelroute.runtime")

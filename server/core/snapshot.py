@@ -19,7 +19,7 @@ from typing import Final
 
 from google.protobuf.message import Message
 from modelroute.config.v1 import config_pb2
-from modelroute.server.config_values import (
+from modelroute.server.core.config_values import (
     RUNTIME_KIND,
     ConfigKey,
     ConfigValueError,

@@ -12,20 +12,20 @@ import aetcd
 import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.alerts import AlertSink
-from modelroute.server.analysis import experiment_results as compare_variants
-from modelroute.server.analysis import usage_row
-from modelroute.server.config_apply import apply_to_etcd
-from modelroute.server.config_manager import ConfigManager
-from modelroute.server.errors import (
+from modelroute.server.api.config_apply import apply_to_etcd
+from modelroute.server.api.errors import (
     ServiceError,
     database_unavailable,
     invalid_argument,
     unimplemented,
 )
-from modelroute.server.quotas import QuotaTracker
-from modelroute.server.router_service import model_list
-from modelroute.server.runtime_state import RuntimeState
+from modelroute.server.api.router_service import model_list
+from modelroute.server.runtime.config_manager import ConfigManager
+from modelroute.server.runtime.quotas import QuotaTracker
+from modelroute.server.runtime.runtime_state import RuntimeState
+from modelroute.server.usage.alerts import AlertSink
+from modelroute.server.usage.analysis import experiment_results as compare_variants
+from modelroute.server.usage.analysis import usage_row
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2

@@ -47,8 +47,8 @@ from enum import Enum
 from typing import Final
 
 import aetcd
-from modelroute.server.resolver import BudgetBreach, Cause, Unavailable
-from modelroute.server.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
+from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
+from modelroute.server.core.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
 from modelroute.storage.etcd import ConfigUpdate, prefix_range_end
 
 log = logging.getLogger("modelroute.quotas")

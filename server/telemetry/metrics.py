@@ -27,10 +27,15 @@ WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 class _LimitState(Protocol):
-    subject: str
-    metric: str
-    limit: float
-    used: float
+    # Read-only members, so frozen dataclasses (quotas.LimitState) satisfy the protocol.
+    @property
+    def subject(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def used(self) -> float: ...
 
 
 class _Quotas(Protocol):

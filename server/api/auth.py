@@ -27,8 +27,8 @@ from typing import Any, Final
 
 import grpc
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.errors import ServiceError
-from modelroute.server.snapshot import ClientSpec, Snapshot
+from modelroute.server.api.errors import ServiceError
+from modelroute.server.core.snapshot import ClientSpec, Snapshot
 from modelroute.v1 import router_pb2
 
 log = logging.getLogger("modelroute.auth")

@@ -17,12 +17,12 @@ from typing import Any
 
 import aetcd
 import yaml
-from modelroute.server.config_values import (
+from modelroute.server.core.config_values import (
     KIND_MESSAGES,
     RUNTIME_KIND,
     SINGLETON_KINDS,
 )
-from modelroute.server.snapshot import Rejection, SnapshotBuilder
+from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
 from modelroute.storage.etcd import read_prefix, write_changes
 
 # Directories whose concurrent modification makes a planned change stale.

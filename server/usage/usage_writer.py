@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from modelroute.server.metrics import NO_METRICS, MetricsRecorder
+from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 log = logging.getLogger("modelroute.usage")

@@ -31,9 +31,9 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.admin_service import AdminService
-from modelroute.server.errors import ServiceError
-from modelroute.server.snapshot import Snapshot
+from modelroute.server.api.admin_service import AdminService
+from modelroute.server.api.errors import ServiceError
+from modelroute.server.core.snapshot import Snapshot
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,7 +43,7 @@ log = logging.getLogger("modelroute.admin_http")
 
 API_PREFIX = "/api/admin"
 MAX_BODY_BYTES = 1024 * 1024
-DASHBOARD_DIR = Path(str(resources.files("modelroute.server").joinpath("dashboard"))).resolve()
+DASHBOARD_DIR = Path(str(resources.files("modelroute.server.api").joinpath("dashboard"))).resolve()
 
 # ServiceError (gRPC status) → HTTP status. Anything unlisted is a server fault: 500.
 HTTP_STATUS: Mapping[grpc.StatusCode, int] = {

@@ -15,16 +15,7 @@ from typing import Final
 import aetcd
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
-from modelroute.server.config_manager import ConfigManager
-from modelroute.server.config_values import ID_PATTERN
-from modelroute.server.decision_token import (
-    DecisionToken,
-    DecisionTokens,
-    MalformedTokenError,
-    UnknownTokenError,
-    new_key,
-)
-from modelroute.server.errors import (
+from modelroute.server.api.errors import (
     ServiceError,
     database_unavailable,
     invalid_argument,
@@ -32,10 +23,15 @@ from modelroute.server.errors import (
     not_ready,
     unimplemented,
 )
-from modelroute.server.metrics import NO_METRICS, MetricsRecorder
-from modelroute.server.preferences import PreferenceCache
-from modelroute.server.quotas import Admission, QuotaTracker
-from modelroute.server.resolver import (
+from modelroute.server.core.config_values import ID_PATTERN
+from modelroute.server.core.decision_token import (
+    DecisionToken,
+    DecisionTokens,
+    MalformedTokenError,
+    UnknownTokenError,
+    new_key,
+)
+from modelroute.server.core.resolver import (
     Cause,
     Decision,
     NoModelAvailableError,
@@ -43,8 +39,12 @@ from modelroute.server.resolver import (
     RuntimeLimits,
     resolve,
 )
-from modelroute.server.snapshot import Snapshot
-from modelroute.server.usage_writer import (
+from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.runtime.config_manager import ConfigManager
+from modelroute.server.runtime.preferences import PreferenceCache
+from modelroute.server.runtime.quotas import Admission, QuotaTracker
+from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
+from modelroute.server.usage.usage_writer import (
     UsageQueueFullError,
     UsageStoreUnavailableError,
     UsageWriter,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.snapshot import ExperimentSpec
+from modelroute.server.core.snapshot import ExperimentSpec
 from modelroute.storage.analysis_store import FeedbackGroup, UsageGroup
 from scipy import stats
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final
 
 import aetcd
-from modelroute.server.decision_token import DecisionTokens, new_key
+from modelroute.server.core.decision_token import DecisionTokens, new_key
 from modelroute.storage.etcd import ConfigUpdate
 
 log = logging.getLogger("modelroute.decision_keys")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from google.protobuf import json_format
-from modelroute.server.snapshot import Rejection, Snapshot, SnapshotBuilder
+from modelroute.server.core.snapshot import Rejection, Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import ConfigUpdate
 from opentelemetry import metrics, trace
 

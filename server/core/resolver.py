@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import Final, Protocol
 
 import mmh3
-from modelroute.server.snapshot import (
+from modelroute.server.core.snapshot import (
     ContextSpec,
     ExperimentSpec,
     ModelSpec,

@@ -1,0 +1,1 @@
+"""The edges clients talk to: gRPC services, admin HTTP and dashboard, auth, TLS, errors."""

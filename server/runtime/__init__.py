@@ -1,0 +1,1 @@
+"""State shared by replicas at run time: config manager, quotas, cooldowns, preferences, keys."""

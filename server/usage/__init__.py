@@ -1,0 +1,1 @@
+"""Usage after the decision: the batched usage writer, experiment analysis, alerts."""
