@@ -145,6 +145,22 @@ def h2load(
     return float(rate.group(1)), int(succeeded.group(1)), latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its descendants (workers), from /proc."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -226,7 +242,7 @@ def main() -> None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
 
     from modelroute.server.app import DEFAULT_BOOTSTRAP
-    from modelroute.server.config_apply import load_config_file
+    from modelroute.server.api.config_apply import load_config_file
     from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
     from modelroute.storage.etcd import connect, parse_endpoints, write_changes
     from modelroute.v1 import router_pb2, types_pb2
@@ -293,10 +309,13 @@ def main() -> None:
                 h2load(process.port, body, requests=2000, **common)
 
             rates: dict[str, list[float]] = {name: [] for name in sides}
+            cpu: dict[str, float] = {name: 0.0 for name in sides}
             latencies: dict[str, list[float]] = {name: [] for name in sides}
             for _ in range(args.rounds):
                 for name, process in sides.items():
+                    cpu_before = cpu_seconds(process.popen.pid)
                     rate, ok, _ = h2load(process.port, body, requests=args.requests, **common)
+                    cpu[name] += cpu_seconds(process.popen.pid) - cpu_before
                     assert ok == args.requests, f"{name}: {ok} of {args.requests} succeeded"
                     rates[name].append(rate)
             fixed = int(args.rate * args.rate_seconds)
@@ -329,6 +348,7 @@ def main() -> None:
                     f"  {name:10s} {rate:8.0f} req/s (rounds {', '.join(f'{r:.0f}' for r in rates[name])})"
                     f"  ratio {rate / base_rate:.2f}   p50 {statistics.median(latencies[name]):.2f} ms"
                     f"  p99 {tail:.2f} ms  ratio {tail / base_p99:.2f}"
+                    f"  server CPU {1e6 * cpu[name] / (args.requests * args.rounds):.0f} us/request"
                 )
             exporter = sides.get("export on") or sides["1 worker"]
             decisions, dropped = scrape_decisions(exporter.admin_port)
