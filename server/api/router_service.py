@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import re
 import time
@@ -43,6 +42,8 @@ from modelroute.server.core.snapshot import Snapshot
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quotas import Admission, QuotaTracker
+from modelroute.server.telemetry import decision_spans
+from modelroute.server.telemetry.decision_spans import hash_user as hash_user
 from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.server.usage.usage_writer import (
     UsageQueueFullError,
@@ -83,11 +84,6 @@ _OUTCOMES: Final = {
 }
 
 
-def hash_user(user_id: str) -> str:
-    """User ids never leave the process in clear (spans): a short stable digest instead."""
-    return hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else ""
-
-
 def _parent_context(context: grpc.aio.ServicerContext) -> otel_context.Context | None:  # type: ignore[type-arg]
     metadata = context.invocation_metadata() or ()
     carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
@@ -120,9 +116,8 @@ def validate_resolve(request: router_pb2.ResolveModelRequest) -> list[tuple[str,
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromTimedelta(timedelta(seconds=max(0.0, seconds)))
-    return value
+    whole = int(max(0.0, seconds))
+    return duration_pb2.Duration(seconds=whole, nanos=round((max(0.0, seconds) - whole) * 1e9))
 
 
 class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
@@ -167,34 +162,27 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.ResolveModelResponse:
         started = time.perf_counter()
-        with tracer.start_as_current_span(
-            "modelroute.resolve", context=_parent_context(context), kind=trace.SpanKind.SERVER
-        ) as span:
+        started_ns = time.time_ns()
+        try:
+            violations = validate_resolve(request)
+            if violations:
+                raise invalid_argument(violations)
+            snapshot = self._snapshot()
+            now = self._clock()
+            resolve_input = ResolveInput(
+                context=request.context,
+                user_id=request.user.id,
+                tier=request.user.tier,
+                exclude_models=frozenset(request.exclude_models),
+                request_id=request.request_id,
+                preferred_model=await self._preferred_model(snapshot, request),
+            )
             try:
-                violations = validate_resolve(request)
-                if violations:
-                    raise invalid_argument(violations)
-                snapshot = self._snapshot()
-                now = self._clock()
-                resolve_input = ResolveInput(
-                    context=request.context,
-                    user_id=request.user.id,
-                    tier=request.user.tier,
-                    exclude_models=frozenset(request.exclude_models),
-                    request_id=request.request_id,
-                    preferred_model=await self._preferred_model(snapshot, request),
-                )
-                try:
-                    decision = resolve(snapshot, resolve_input, now, self._runtime)
-                    if self._quotas is not None:
-                        decision, now = await self._admit(snapshot, resolve_input, decision, now)
-                except NoModelAvailableError as exc:
-                    raise _no_model_error(exc, now) from None
-            except ServiceError as error:
-                span.set_attribute("modelroute.context", request.context[:128])
-                span.set_attribute("modelroute.error", error.reason)
-                span.set_status(trace.StatusCode.ERROR, error.message)
-                await error.abort(context)
+                decision = resolve(snapshot, resolve_input, now, self._runtime)
+                if self._quotas is not None:
+                    decision, now = await self._admit(snapshot, resolve_input, decision, now)
+            except NoModelAvailableError as exc:
+                raise _no_model_error(exc, now) from None
             token = self._tokens.encode(
                 context=request.context,
                 model_id=decision.model_id,
@@ -204,31 +192,52 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 config_revision=decision.config_revision,
                 issued_at_ms=int(now.timestamp() * 1000),
             )
-            if span.is_recording():
-                _annotate_decision(span, request, decision)
-            response = router_pb2.ResolveModelResponse(
-                model_id=decision.model_id,
-                provider=decision.provider,
-                fallback_model_ids=decision.fallback_model_ids,
-                reason=int(decision.reason),  # type: ignore[arg-type]
-                experiment_id=decision.experiment_id,
-                variant_id=decision.variant_id,
-                decision_id=token,
-                config_revision=decision.config_revision,
-                warnings=decision.warnings,
-                cache_ttl=_duration(decision.cache_ttl_seconds),
-            )
-            if decision.fallback_cause is not None:
-                response.fallback.from_model_id = decision.fallback_from
-                response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
-            self.metrics.record_decision(
+        except ServiceError as error:
+            decision_spans.record_failure(
+                context.invocation_metadata(),
+                started_ns,
                 request.context,
-                decision.model_id,
-                int(decision.reason),
-                None if decision.fallback_cause is None else int(decision.fallback_cause),
-                time.perf_counter() - started,
+                error.reason,
+                error.message,
             )
-            return response
+            await error.abort(context)
+        except Exception as exc:
+            decision_spans.record_failure(
+                context.invocation_metadata(), started_ns, request.context, "INTERNAL", repr(exc)
+            )
+            raise
+        response = router_pb2.ResolveModelResponse(
+            model_id=decision.model_id,
+            provider=decision.provider,
+            fallback_model_ids=decision.fallback_model_ids,
+            reason=int(decision.reason),  # type: ignore[arg-type]
+            experiment_id=decision.experiment_id,
+            variant_id=decision.variant_id,
+            decision_id=token,
+            config_revision=decision.config_revision,
+            warnings=decision.warnings,
+            cache_ttl=_duration(decision.cache_ttl_seconds),
+        )
+        if decision.fallback_cause is not None:
+            response.fallback.from_model_id = decision.fallback_from
+            response.fallback.cause = int(decision.fallback_cause)  # type: ignore[assignment]
+        decision_spans.record_decision(
+            context.invocation_metadata(),
+            started_ns,
+            request.context,
+            request.user.id,
+            request.user.tier,
+            request.request_id,
+            decision,
+        )
+        self.metrics.record_decision(
+            request.context,
+            decision.model_id,
+            int(decision.reason),
+            None if decision.fallback_cause is None else int(decision.fallback_cause),
+            time.perf_counter() - started,
+        )
+        return response
 
     async def _preferred_model(
         self, snapshot: Snapshot, request: router_pb2.ResolveModelRequest
@@ -631,29 +640,6 @@ def _no_model_error(exc: NoModelAvailableError, now: datetime) -> ServiceError:
             **({"retry_at": exc.retry_at.isoformat()} if exc.retry_at is not None else {}),
         },
     )
-
-
-def _annotate_decision(
-    span: trace.Span, request: router_pb2.ResolveModelRequest, decision: Decision
-) -> None:
-    span.set_attributes(
-        {
-            "modelroute.context": request.context,
-            "modelroute.model_id": decision.model_id,
-            "modelroute.provider": decision.provider,
-            "modelroute.reason": decision.reason.name,
-            "modelroute.experiment_id": decision.experiment_id,
-            "modelroute.variant_id": decision.variant_id,
-            "modelroute.config_revision": decision.config_revision,
-            "modelroute.user_hash": hash_user(request.user.id),
-            "modelroute.tier": request.user.tier,
-        }
-    )
-    if decision.fallback_cause is not None:
-        span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)
-        span.set_attribute("modelroute.fallback_from", decision.fallback_from)
-    if request.request_id:
-        span.set_attribute("modelroute.request_id", request.request_id)
 
 
 def _annotate_usage(records: Sequence[UsageRecord]) -> None:

@@ -12,13 +12,14 @@ import logging
 import os
 from collections.abc import Mapping
 
+from modelroute.server.telemetry.export import OffloadingSpanProcessor
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 log = logging.getLogger("modelroute.telemetry")
 _provider: TracerProvider | None = None
+_offloader: OffloadingSpanProcessor | None = None
 
 
 def export_wanted(env: Mapping[str, str]) -> bool:
@@ -41,10 +42,11 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "modelroute")})
     provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, default on
     if export_wanted(env):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        log.info("exporting spans over OTLP/gRPC")
+        global _offloader
+        # Encoding and sending happen in a child process (export.py says why).
+        _offloader = OffloadingSpanProcessor(dict(resource.attributes), env=env)
+        provider.add_span_processor(_offloader)
+        log.info("exporting spans over OTLP/gRPC (from an exporter process)")
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
@@ -53,3 +55,8 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()  # flushes pending spans
+
+
+def spans_dropped() -> int:
+    """Spans that could not be exported since start (0 when export is off)."""
+    return _offloader.dropped if _offloader is not None else 0
