@@ -113,7 +113,7 @@ class OffloadingSpanProcessor(SpanProcessor):
         self._max_queue = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE)
         self._delay = _env_int(env, "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_DELAY_MS) / 1000
         self._log_interval = log_interval
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[ReadableSpan | SpanRecord] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
         self._dropped_full = 0  # written by on_end's callers (serving threads)
@@ -133,6 +133,10 @@ class OffloadingSpanProcessor(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
+        self.offer(span)
+
+    def offer(self, span: ReadableSpan | SpanRecord) -> None:
+        """Queue an SDK span, or a record already in the child's format (decision spans)."""
         queue = self._queue
         if len(queue) >= self._max_queue or self._stopping:
             with self._drop_lock:
@@ -206,7 +210,8 @@ class OffloadingSpanProcessor(SpanProcessor):
         while queue:
             batch: list[SpanRecord] = []
             while queue and len(batch) < SLICE_SIZE:
-                batch.append(span_record(queue.popleft()))
+                item = queue.popleft()
+                batch.append(item if isinstance(item, tuple) else span_record(item))
             if not self._send((SPANS, batch)):
                 self._count_dropped(len(batch))
 

@@ -1,9 +1,10 @@
 """OpenTelemetry setup from the standard `OTEL_*` environment variables.
 
-Spans are always created (decisions are explainable in-process); they are exported over
-OTLP/gRPC when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when `OTEL_TRACES_EXPORTER=otlp` asks for the
-default endpoint. `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off.
+Spans are exported over OTLP/gRPC when an OTLP endpoint is configured
+(`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when
+`OTEL_TRACES_EXPORTER=otlp` asks for the default endpoint; encoding and sending happen in an
+exporter child process (`export.py`). `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
+turn export off (decision spans are then not built at all: nothing would read them).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from modelroute.server.telemetry import decision_spans
 from modelroute.server.telemetry.export import OffloadingSpanProcessor
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -47,6 +49,11 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
         _offloader = OffloadingSpanProcessor(dict(resource.attributes), env=env)
         provider.add_span_processor(_offloader)
         log.info("exporting spans over OTLP/gRPC (from an exporter process)")
+        default_sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
+        if default_sampler == "parentbased_always_on":
+            decision_spans.use_direct_export(_offloader.offer)
+    else:
+        decision_spans.use_direct_export(None, skip=True)  # no processor reads spans
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
