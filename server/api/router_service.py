@@ -64,6 +64,7 @@ COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 MAX_ADMISSION_ROUNDS: Final = 8
 SYNC_TIMEOUT_SECONDS: Final = 0.25
+WORKER_METADATA: Final = "modelroute-worker"
 CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -137,7 +138,10 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         etcd: aetcd.Client | None = None,
         etcd_prefix: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        worker_name: str = "",
     ) -> None:
+        # `serve --workers N`: answers say which worker gave them (trailing metadata).
+        self._worker_metadata = ((WORKER_METADATA, worker_name),) if worker_name else None
         self._config = config
         self._preferences = preferences
         self._feedback = feedback
@@ -237,6 +241,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             None if decision.fallback_cause is None else int(decision.fallback_cause),
             time.perf_counter() - started,
         )
+        if self._worker_metadata is not None:
+            context.set_trailing_metadata(self._worker_metadata)
         return response
 
     async def _preferred_model(
@@ -339,6 +345,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                             now,
                         )
             await self._cool_down(request.reports, positions, records, inserted, snapshot)
+            if self._worker_metadata is not None:
+                context.set_trailing_metadata(self._worker_metadata)
             return router_pb2.ReportUsageResponse(results=results)
 
     async def _cool_down(
