@@ -97,7 +97,7 @@ class Supervisor:
             for index in range(self.count):
                 self._start(index)
             log.info(
-                "%d workers serving gRPC on %s:%d (pids %s)",
+                "started %d workers for gRPC port %s:%d (pids %s)",
                 self.count,
                 self.options.host,
                 self.options.port,
@@ -162,7 +162,7 @@ class Supervisor:
                 self._restart(worker)
 
     def _restart(self, worker: _Worker) -> None:
-        worker.process.join(0)
+        worker.process.join(5)  # the sentinel can fire just before the exit is reapable
         alive = time.monotonic() - worker.started
         failures = 0 if alive >= HEALTHY_AFTER else worker.failures + 1
         delay = min(RESTART_BACKOFF_MAX, 0.1 * 2**failures) if failures else 0.0

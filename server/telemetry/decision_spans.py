@@ -19,9 +19,8 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
-from modelroute.server.core.resolver import Decision
 from modelroute.server.telemetry.export import SpanRecord
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -54,6 +53,32 @@ def parent_context(
     return _propagator.extract(carrier) if carrier else None
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class DecisionFields(Protocol):
+    """What the span says about a decision (`core.resolver.Decision` has these)."""
+
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def reason(self) -> _Named: ...
+    @property
+    def experiment_id(self) -> str: ...
+    @property
+    def variant_id(self) -> str: ...
+    @property
+    def config_revision(self) -> int: ...
+    @property
+    def fallback_cause(self) -> _Named | None: ...
+    @property
+    def fallback_from(self) -> str: ...
+
+
 def record_decision(
     metadata: Sequence[tuple[str, str | bytes]] | None,
     started_ns: int,
@@ -61,7 +86,7 @@ def record_decision(
     user_id: str,
     tier: str,
     request_id: str,
-    decision: Decision,
+    decision: DecisionFields,
 ) -> None:
     """One finished SERVER span for a decision, with the documented attributes."""
     attributes: dict[str, str | int] = {
