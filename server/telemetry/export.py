@@ -188,7 +188,7 @@ class OffloadingSpanProcessor(SpanProcessor):
         reported = 0
         next_report = time.monotonic() + self._log_interval
         while not self._stopping:
-            self._wake.wait(self._delay)
+            self._wake.wait(max(0.0, min(self._delay, next_report - time.monotonic())))
             self._wake.clear()
             self._send_queued()
             if time.monotonic() >= next_report:

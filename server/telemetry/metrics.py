@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from modelroute.server.telemetry.decision_metrics import DecisionTally
+from modelroute.server.telemetry.tracing import spans_dropped
 from modelroute.v1 import types_pb2
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -143,6 +144,12 @@ class ServerMetrics(MetricsRecorder):
             unit="1",
             description="1 while the config watch on etcd is live",
         )
+        meter.create_observable_counter(
+            "modelroute.spans.dropped",
+            [self._spans_dropped],
+            unit="1",
+            description="Spans that could not be exported (queue full or collector refused)",
+        )
         meter.create_observable_gauge(
             "modelroute.usage.queue_depth",
             [self._queue_depth],
@@ -211,6 +218,9 @@ class ServerMetrics(MetricsRecorder):
     def _etcd(self, options: CallbackOptions) -> Iterable[Observation]:
         connected = self.sources.etcd_connected()
         return [] if connected is None else [Observation(1 if connected else 0)]
+
+    def _spans_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(spans_dropped())]
 
     def _queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.sources.usage_queue_depth())]
