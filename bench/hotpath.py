@@ -175,7 +175,9 @@ def scrape_decisions(admin_port: int) -> tuple[int, int]:
     )
     dropped = sum(
         float(m.group(1))
-        for m in re.finditer(r"^modelroute_spans_dropped_total(?:\{[^}]*\})? ([\d.e+]+)$", text, re.M)
+        for m in re.finditer(
+            r"^modelroute_spans_dropped_total(?:\{[^}]*\})? ([\d.e+]+)$", text, re.M
+        )
     )
     return int(decisions), int(dropped)
 
@@ -241,8 +243,8 @@ def main() -> None:
     if not subprocess.run(["which", "h2load"], capture_output=True).stdout:
         sys.exit("h2load not found: apt-get install nghttp2-client")
 
-    from modelroute.server.app import DEFAULT_BOOTSTRAP
     from modelroute.server.api.config_apply import load_config_file
+    from modelroute.server.app import DEFAULT_BOOTSTRAP
     from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
     from modelroute.storage.etcd import connect, parse_endpoints, write_changes
     from modelroute.v1 import router_pb2, types_pb2
@@ -282,7 +284,12 @@ def main() -> None:
             else:
                 on = start_modelroute("on", tmp, etcd.endpoint, prefix, args.workers, export_env)
                 off = start_modelroute(
-                    "off", tmp, etcd.endpoint, prefix, args.workers, {"OTEL_TRACES_EXPORTER": "none"}
+                    "off",
+                    tmp,
+                    etcd.endpoint,
+                    prefix,
+                    args.workers,
+                    {"OTEL_TRACES_EXPORTER": "none"},
                 )
                 sides = {"export on": on, "export off": off}
             processes += sides.values()
@@ -344,9 +351,11 @@ def main() -> None:
             for name in sides:
                 rate = statistics.median(rates[name])
                 tail = p99(latencies[name])
+                each = ", ".join(f"{r:.0f}" for r in rates[name])
+                p50 = statistics.median(latencies[name])
                 print(
-                    f"  {name:10s} {rate:8.0f} req/s (rounds {', '.join(f'{r:.0f}' for r in rates[name])})"
-                    f"  ratio {rate / base_rate:.2f}   p50 {statistics.median(latencies[name]):.2f} ms"
+                    f"  {name:10s} {rate:8.0f} req/s (rounds {each})"
+                    f"  ratio {rate / base_rate:.2f}   p50 {p50:.2f} ms"
                     f"  p99 {tail:.2f} ms  ratio {tail / base_p99:.2f}"
                     f"  server CPU {1e6 * cpu[name] / (args.requests * args.rounds):.0f} us/request"
                 )
