@@ -377,11 +377,12 @@ def main() -> None:
         sink_out = sink.stop()
     match = re.search(r'spans received: (\d+) .*"modelroute.resolve": (\d+)', sink_out)
     resolve_spans = int(match.group(2)) if match else 0
-    print(
-        f"  spans: sink received {resolve_spans} modelroute.resolve spans for {decisions}"
-        f" decisions counted by the exporting server (missing {decisions - resolve_spans});"
-        f" dropped (server metric): {dropped}"
-    )
+    if not args.compare_workers:  # with workers, /metrics is worker 0's alone
+        print(
+            f"  spans: sink received {resolve_spans} modelroute.resolve spans for {decisions}"
+            f" decisions counted by the exporting server (missing {decisions - resolve_spans});"
+            f" dropped (server metric): {dropped}"
+        )
     for name, output in outputs.items():
         if "Traceback" in output:
             print(f"--- {name} output ---\n{output[-3000:]}")
