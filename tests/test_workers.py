@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections import Counter
 from pathlib import Path
 
+import aetcd
 import grpc
 import pytest
 from modelroute.server.api.router_service import WORKER_METADATA
 from modelroute.storage.database import create_engine_for
+from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import text
 
@@ -52,30 +55,43 @@ def serve_workers(tmp_path: Path, etcd_endpoint: str, prefix: str) -> ServerProc
     )
 
 
-async def answering_worker(address: str) -> str:
-    """Which worker answers a resolve on a new connection (new source port)."""
+async def answering_worker(address: str, context: str = "rag.answer") -> tuple[str, str]:
+    """(worker, model) of a resolve on a new connection (new source port)."""
     async with grpc.aio.insecure_channel(address) as channel:
         call = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(
-            router_pb2.ResolveModelRequest(context="rag.answer")
+            router_pb2.ResolveModelRequest(context=context)
         )
-        await call
-        return str(dict(await call.trailing_metadata())[WORKER_METADATA])
+        reply = await call
+        return str(dict(await call.trailing_metadata())[WORKER_METADATA]), reply.model_id
 
 
-async def test_requests_spread_over_every_worker_and_sigterm_stops_all(
-    tmp_path: Path, etcd_endpoint: str, prefix: str, seed: int
+async def test_requests_spread_over_every_worker_config_reaches_all_sigterm_stops_all(
+    tmp_path: Path, etcd_endpoint: str, prefix: str, seed: int, etcd: aetcd.Client
 ) -> None:
     server = await asyncio.to_thread(serve_workers, tmp_path, etcd_endpoint, prefix)
+    address = f"127.0.0.1:{server.port}"
     try:
         assert len(worker_pids(server.process.pid)) == 2
         seen: Counter[str] = Counter()
 
         async def both_answered() -> None:
-            seen[await answering_worker(f"127.0.0.1:{server.port}")] += 1
+            seen[(await answering_worker(address))[0]] += 1
             assert set(seen) == {"0", "1"}, seen
 
         # Each worker starts serving on its own schedule; connections spread once both do.
         await eventually(both_answered, timeout=60)
+
+        value = json.dumps({"model": "claude-3-sonnet", "fallbacks": []}).encode()
+        await write_changes(etcd, prefix, {"contexts/workers.test": value}, 0, [])
+        answered_new: set[str] = set()
+
+        async def every_worker_serves_the_change() -> None:
+            worker, model = await answering_worker(address, "workers.test")
+            assert model == "claude-3-sonnet"
+            answered_new.add(worker)
+            assert answered_new == {"0", "1"}, answered_new
+
+        await eventually(every_worker_serves_the_change, timeout=30)
         workers = worker_pids(server.process.pid)
     finally:
         assert await asyncio.to_thread(server.stop) == 0
