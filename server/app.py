@@ -23,18 +23,29 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.api.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.auth import AdminTokens, AuthInterceptor
-from modelroute.server.api.config_apply import apply_to_etcd, load_config_file
+from modelroute.server.api.config_apply import seed_if_empty
+from modelroute.server.api.config_history import ConfigHistory
+from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.operator_http import add_operator_routes
 from modelroute.server.api.router_service import ModelRouterService
 from modelroute.server.api.tls import TlsFiles, server_credentials
-from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.server.core.snapshot import Rejection, Snapshot, env_overrides_from
+from modelroute.server.core.snapshot import (
+    DEFAULT_HISTORY_DAYS,
+    Rejection,
+    Snapshot,
+    env_overrides_from,
+)
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
+from modelroute.server.runtime.history_recorder import HistoryRecorder
 from modelroute.server.runtime.preferences import PreferenceCache
-from modelroute.server.runtime.quotas import QuotaAlert, QuotaPublisher, QuotaTracker
+from modelroute.server.runtime.quota_counts import QuotaAlert
+from modelroute.server.runtime.quota_publisher import QuotaPublisher
+from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.runtime_state import RuntimeState, start_cooldown
 from modelroute.server.telemetry.metrics import ServerMetrics, Sources
 from modelroute.server.telemetry.tracing import configure_tracing, shutdown_tracing
+from modelroute.server.usage import alert_rules
 from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
@@ -45,13 +56,13 @@ from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
     ConfigUpdate,
     EtcdConfigSource,
-    EtcdConflictError,
     EtcdTls,
     connect,
     parse_endpoints,
-    read_prefix,
 )
+from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
+from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
@@ -173,11 +184,13 @@ class ModelrouteServer:
             endpoints_text = self.embedded_etcd.endpoint
         endpoints = parse_endpoints(endpoints_text)
 
+        self.quotas = QuotaTracker(self.replica_id, self._current, on_alert=self._quota_alert)
+        self.metrics = self._create_metrics()
         database_url = options.database_url or default_sqlite_url(options.data_dir)
         await asyncio.to_thread(upgrade, database_url)
         self.engine = create_engine_for(database_url)
         self.usage_writer = UsageWriter(
-            UsageStore(self.engine), max_pending=options.usage_max_pending
+            UsageStore(self.engine), max_pending=options.usage_max_pending, metrics=self.metrics
         )
         await self.usage_writer.start()
 
@@ -187,6 +200,7 @@ class ModelrouteServer:
             "tls": etcd_tls,
         }
         self.etcd = connect(endpoints, **credentials)
+        self.runtime_store = EtcdRuntimeStore(self.etcd, options.etcd_prefix)
         if options.seed or (options.seed is None and self.embedded_etcd is not None):
             await self._seed_if_empty()
 
@@ -194,10 +208,12 @@ class ModelrouteServer:
         self.alerts = AlertSink(
             AlertStore(self.engine), self._webhook_url, replica_id=self.replica_id
         )
-        self.quotas = QuotaTracker(self.replica_id, self._current, on_alert=self._quota_alert)
         self.runtime = RuntimeState(self.quotas)
         self.decision_keys = DecisionKeyManager.starting(options.data_dir / "decision-key")
         self.preferences = PreferenceCache(PreferenceStore(self.engine))
+        self.history_recorder = HistoryRecorder(
+            HistoryStore(self.engine), history_days=self._history_days
+        )
         self.config = ConfigManager(
             self.config_source,
             env_overrides_from(),
@@ -205,7 +221,7 @@ class ModelrouteServer:
             on_rejection=self._rejection_alert,
             last_good_file=options.last_good_file or options.data_dir / "last-good-config.json",
         )
-        self._quota_publisher = QuotaPublisher(self.quotas, self.etcd, options.etcd_prefix)
+        self._quota_publisher = QuotaPublisher(self.quotas, self.runtime_store)
         self.health = health.aio.HealthServicer()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -229,8 +245,8 @@ class ModelrouteServer:
             tokens=self.decision_keys.tokens,
             preferences=self.preferences,
             feedback=FeedbackStore(self.engine),
-            etcd=self.etcd,
-            etcd_prefix=options.etcd_prefix,
+            runtime_store=self.runtime_store,
+            metrics=self.metrics,
             worker_name=options.worker_name,
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
@@ -242,6 +258,10 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            history=ConfigHistory(
+                self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
+            ),
+            impact=ImpactPreview(self.engine, self.etcd, options.etcd_prefix),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
@@ -255,15 +275,19 @@ class ModelrouteServer:
         else:
             self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
-        await self._start_admin_http(admin_service, router_service)
+        await self._start_admin_http(admin_service)
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
+        self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
+        self._tasks.append(
+            asyncio.create_task(self.history_recorder.prune_periodically(), name="history-prune")
+        )
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
         self._tasks.append(
             asyncio.create_task(
-                self.decision_keys.ensure_in_etcd(self.etcd, options.etcd_prefix),
+                self.decision_keys.ensure_in_etcd(self.runtime_store),
                 name="decision-key",
             )
         )
@@ -279,13 +303,9 @@ class ModelrouteServer:
             database_url.split("@")[-1],  # never log credentials
         )
 
-    async def _start_admin_http(
-        self, admin_service: AdminService, router_service: ModelRouterService
-    ) -> None:
-        """Metrics, then the admin HTTP server (API, dashboard, /metrics) in this event loop."""
-        assert self.usage_writer is not None
-        usage_writer = self.usage_writer
-        self.metrics = ServerMetrics(
+    def _create_metrics(self) -> ServerMetrics:
+        """Instruments read the parts when scraped, so they may be created before them."""
+        return ServerMetrics(
             Sources(
                 quotas=self.quotas,
                 config_revision=lambda: (
@@ -293,12 +313,14 @@ class ModelrouteServer:
                 ),
                 rejected_total=lambda: self.config.rejected_total,
                 etcd_connected=lambda: self.config_source.connected,
-                usage_queue_depth=lambda: usage_writer.pending,
+                usage_queue_depth=lambda: self.usage_writer.pending if self.usage_writer else 0,
                 contexts=lambda: self.config.current.contexts if self.config.current else (),
             )
         )
-        router_service.metrics = self.metrics
-        usage_writer.metrics = self.metrics
+
+    async def _start_admin_http(self, admin_service: AdminService) -> None:
+        """The admin HTTP server (API, dashboard, /metrics) in this event loop."""
+        assert self.metrics is not None
         if self.options.admin_port is None:
             return
         app = create_admin_app(
@@ -306,6 +328,17 @@ class ModelrouteServer:
             verify_token=self.options.admin_verify_token or self.admin_tokens.verify,
             metrics=self.metrics.render,
             snapshot=self._current,
+        )
+        add_operator_routes(
+            app,
+            admin_service,
+            identify=self._operator_name,
+            etcd=self.etcd,
+            prefix=self.options.etcd_prefix,
+            runtime=self.runtime_store,
+            snapshot=self._current,
+            preferences=self.preferences,
+            clock=lambda: datetime.now(UTC),
         )
         admin_http = AdminHttpServer(
             app,
@@ -331,26 +364,30 @@ class ModelrouteServer:
         )
 
     async def _start_cooldown(self, subject: str, duration: timedelta, reason: str) -> None:
-        assert self.etcd is not None and self.alerts is not None
-        until = await start_cooldown(self.etcd, self.options.etcd_prefix, subject, duration, reason)
-        # One alert per subject per 10 minutes: a flapping provider must not page in a loop.
-        window = int(until.timestamp() // 600)
-        self.alerts.raise_alert(
-            "cooldown_started",
-            "warning",
-            subject,
-            f"{subject} in cooldown until {until:%H:%M:%S} UTC after a {reason} report",
-            f"cooldown_started|{subject}|{window}",
-        )
+        assert self.alerts is not None
+        until = await start_cooldown(self.runtime_store, subject, duration, reason)
+        alert_rules.cooldown_started(self.alerts, subject, until, reason)
 
     def _on_watched_update(self, update: ConfigUpdate) -> None:
         """Runtime state rides the config watch: cooldowns, counters, the decision key."""
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _operator_name(self, token: str | None) -> str | None:
+        """The admin HTTP caller's token name (None: refused)."""
+        verify = self.options.admin_verify_token
+        if verify is not None:  # a custom check (tests, embedding) names no one
+            return "operator" if verify(token) else None
+        return self.admin_tokens.name_of(token)
+
+    def _history_days(self) -> int:
+        snapshot = self.config.current
+        return snapshot.settings.history_days if snapshot else DEFAULT_HISTORY_DAYS
 
     def _decision_context(self, decision_id: str) -> str | None:
         """The context a decision id was issued for (None if it cannot be read)."""
@@ -371,15 +408,7 @@ class ModelrouteServer:
 
     def _rejection_alert(self, rejection: Rejection) -> None:
         assert self.alerts is not None
-        kept = "previous value stays in force" if rejection.previous_in_force else "key ignored"
-        self.alerts.raise_alert(
-            "config_rejected",
-            "warning",
-            rejection.key,
-            f"config value {rejection.key} rejected at revision {rejection.revision}: "
-            f"{rejection.error} ({kept})",
-            f"config_rejected|{rejection.key}|{rejection.revision}",
-        )
+        alert_rules.config_rejected(self.alerts, rejection)
 
     async def _watch_etcd_health(self) -> None:
         """Alert once per outage when etcd stays unreachable; at start, fall back to the
@@ -397,32 +426,15 @@ class ModelrouteServer:
             if since is not None:
                 down = (datetime.now(UTC) - since).total_seconds()
                 if down >= options.etcd_alert_after_seconds:
-                    self.alerts.raise_alert(
-                        "etcd_unreachable",
-                        "critical",
-                        self.replica_id,
-                        f"replica {self.replica_id} cannot reach etcd "
-                        f"({self.options.etcd_endpoints or 'embedded'}) since "
-                        f"{since:%H:%M:%S} UTC; serving the last good config",
-                        f"etcd_unreachable|{self.replica_id}|{since.isoformat()}",
-                    )
+                    endpoints = options.etcd_endpoints or "embedded"
+                    alert_rules.etcd_unreachable(self.alerts, self.replica_id, endpoints, since)
             await asyncio.sleep(1.0)
 
     async def _seed_if_empty(self) -> None:
-        prefix = self.options.etcd_prefix
-        _, stored = await read_prefix(self.etcd, prefix)
-        if any(not key.startswith(RUNTIME_KIND + "/") for key in stored):
-            return
-        values = load_config_file(self.options.bootstrap)
-        try:
-            plan, revision = await apply_to_etcd(self.etcd, prefix, dict(values))
-        except EtcdConflictError:
-            return  # another replica seeded first
-        if not plan.ok:
-            raise RuntimeError(f"bootstrap config is invalid: {plan.rejections}")
-        log.info(
-            "seeded %d keys from %s at revision %d", len(values), self.options.bootstrap, revision
-        )
+        assert self.etcd is not None
+        seeded = await seed_if_empty(self.etcd, self.options.etcd_prefix, self.options.bootstrap)
+        if seeded is not None:
+            log.info("seeded %d keys from %s at revision %d", *seeded)
 
     async def _serving_when_ready(self) -> None:
         snapshot = await self.config.wait_ready()

@@ -16,6 +16,7 @@ import grpc
 import typer
 from google.protobuf import json_format
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.api import cli_history
 from modelroute.server.api.config_apply import (
     ConfigFileError,
     Plan,
@@ -24,6 +25,7 @@ from modelroute.server.api.config_apply import (
     validate_standalone,
 )
 from modelroute.server.api.errors import decode_details
+from modelroute.server.runtime.change_meta import ACTOR_OPERATOR
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
     EtcdConflictError,
@@ -42,6 +44,7 @@ app.add_typer(config_app, name="config")
 cooldown_app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cooldown_app, name="cooldown")
+cli_history.register(config_app)
 
 DATA_DIR = Path(os.environ.get("MODELROUTE_DATA_DIR", ".modelroute"))
 ServerOpt = Annotated[
@@ -248,18 +251,44 @@ def config_apply(
     ] = False,
     etcd_endpoints: EtcdOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    note: cli_history.NoteOpt = "",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELROUTE_SERVER",
+            help="Apply through this server (ApplyConfig): the history records your admin "
+            "token's name. Without it the file goes straight to etcd as `operator`.",
+        ),
+    ] = None,
+    impact: Annotated[
+        bool, typer.Option(help="Replay recorded traffic under the change; write nothing.")
+    ] = False,
+    window: Annotated[str, typer.Option(help="Traffic replayed by --impact.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="--impact: print JSON.")] = False,
 ) -> None:
     """Validate, diff and write a config file in one guarded etcd transaction."""
     try:
         values = load_config_file(file)
     except ConfigFileError as exc:
         _fail(str(exc))
+    if impact:
+        return cli_history.print_impact(server or "127.0.0.1:50051", values, window, as_json)
+    if server:
+        if prune:
+            _fail("--prune writes straight to etcd: use it without --server")
+        return cli_history.apply_through_server(server, values, note=note, dry_run=dry_run)
 
     async def run() -> tuple[Plan, int]:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
         try:
             return await apply_to_etcd(
-                client, etcd_prefix, dict(values), prune=prune, dry_run=dry_run
+                client,
+                etcd_prefix,
+                dict(values),
+                prune=prune,
+                dry_run=dry_run,
+                actor=ACTOR_OPERATOR,
+                note=note,
             )
         finally:
             await client.close()
@@ -580,7 +609,7 @@ def experiments_results(
 @cooldown_app.command("list")
 def cooldown_list(etcd_endpoints: EtcdOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Active cooldowns (shared by every replica), as JSON."""
-    from modelroute.server.runtime.runtime_state import COOLDOWN_DIR
+    from modelroute.server.runtime.keys import COOLDOWN_DIR
 
     async def run() -> dict[str, Any]:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
@@ -604,6 +633,7 @@ def cooldown_clear(
 ) -> None:
     """End a cooldown now, on every replica."""
     from modelroute.server.runtime.runtime_state import clear_cooldown
+    from modelroute.storage.runtime_store import EtcdRuntimeStore
 
     key = (
         f"providers/{subject.removeprefix('provider:')}"
@@ -614,7 +644,7 @@ def cooldown_clear(
     async def run() -> bool:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
         try:
-            return await clear_cooldown(client, etcd_prefix, key)
+            return await clear_cooldown(EtcdRuntimeStore(client, etcd_prefix), key)
         finally:
             await client.close()
 

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.database import database_call, dialect_insert
 from modelroute.storage.tables import Alert, table_of
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Engine
@@ -43,6 +43,7 @@ class AlertStore:
             .returning(_table.c.id)
         )
 
+    @database_call
     def insert_once(self, alert: AlertRecord) -> bool:
         """True if this call stored the alert; False if an earlier one (any replica) did."""
         row = {
@@ -57,6 +58,7 @@ class AlertStore:
         with self.engine.begin() as connection:
             return connection.execute(self._insert, row).first() is not None
 
+    @database_call
     def recent(self, limit: int, since: datetime | None = None) -> list[AlertRecord]:
         query = select(
             _table.c.id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from modelroute.storage.database import database_call
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
 from sqlalchemy import Float, Table, and_, case, cast, distinct, func, select, true
 from sqlalchemy.engine import Engine
@@ -134,6 +135,7 @@ class AnalysisStore:
         }
         return columns[group_by]
 
+    @database_call
     def usage(
         self,
         group_by: str,
@@ -190,6 +192,7 @@ class AnalysisStore:
         groups = [acc.finish(units.get(k)) for k, acc in accumulators.items()]
         return sorted(groups, key=lambda g: g.key)
 
+    @database_call
     def feedback_by_variant(
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, FeedbackGroup]:

@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
+from modelroute.storage.errors import StoreUnavailableError
+from sqlalchemy import Connection, Table, create_engine, event, make_url, text
+from sqlalchemy import Engine as Engine  # re-exported: services name the type, not the driver
+from sqlalchemy.exc import SQLAlchemyError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Any constant works; it only has to be the same in every replica running upgrade().
 _PG_MIGRATION_LOCK = 0x6D726F757465  # "mroute"
+
+
+def database_call(method: Callable[P, R]) -> Callable[P, R]:
+    """Make a store method raise `StoreUnavailableError` for any database failure.
+
+    Only the exception's class is kept in the message: a driver's message may quote
+    other callers' rows or the connection URL.
+    """
+
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError("database", type(exc).__name__) from exc
+
+    return translated
 
 
 def normalise_url(url: str) -> str:

@@ -15,14 +15,22 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import aetcd
 import grpc
 from aetcd import rpc as etcd_rpc
 from aetcd.utils import prefix_range_end
+from modelroute.storage.errors import StoreUnavailableError
+from modelroute.storage.updates import ConfigUpdate, StoredValue
 
 log = logging.getLogger("modelroute.etcd")
+
+# The client type callers hold and pass back to these functions; only the wiring creates
+# one (`connect`), so modules above storage never import aetcd themselves.
+EtcdClient: TypeAlias = aetcd.Client
+# What a lost or failing etcd connection raises through aetcd.
+ETCD_FAILURES: Final = (aetcd.exceptions.ClientError, grpc.RpcError, ConnectionError, OSError)
 
 DEFAULT_PREFIX: Final = "/modelroute/"
 _CHANNEL_OPTIONS: Final = {
@@ -182,35 +190,34 @@ def connect(
     return aetcd.Client(**settings) if tls is None else _TlsClient(tls, **settings)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredValue:
-    value: bytes
-    mod_revision: int
+async def head_revision(client: aetcd.Client, key: str) -> int:
+    """etcd's current revision, read through a get of `key` (cheap: one key at most).
+
+    Raises:
+        StoreUnavailableError: etcd cannot be reached.
+    """
+    try:
+        return int((await client.get_prefix(key.encode())).header.revision)
+    except ETCD_FAILURES as exc:
+        raise StoreUnavailableError("etcd", str(exc) or type(exc).__name__) from exc
 
 
 async def read_prefix(client: aetcd.Client, prefix: str) -> tuple[int, dict[str, StoredValue]]:
-    """All keys under the prefix (relative names) and the revision they were read at."""
-    result = await client.get_prefix(prefix.encode())
+    """All keys under the prefix (relative names) and the revision they were read at.
+
+    Raises:
+        StoreUnavailableError: etcd cannot be reached.
+    """
+    try:
+        result = await client.get_prefix(prefix.encode())
+    except StoreUnavailableError:
+        raise
+    except ETCD_FAILURES as exc:
+        raise StoreUnavailableError("etcd", str(exc) or type(exc).__name__) from exc
     values = {
         kv.key.decode()[len(prefix) :]: StoredValue(kv.value, kv.mod_revision) for kv in result.kvs
     }
     return result.header.revision, values
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigUpdate:
-    """Changes of one etcd revision (relative key → value, None when deleted).
-
-    With `full_state` the mapping is the whole prefix (after a connect, reconnect or
-    compaction): keys absent from it no longer exist.
-    """
-
-    revision: int
-    changes: Mapping[str, bytes | None]
-    full_state: bool
-    # Full state only: each key's mod revision, so the served revision can be that of the
-    # newest change that matters rather than the read's (which any runtime write moves).
-    key_revisions: Mapping[str, int] | None = None
 
 
 class EtcdConfigSource:
@@ -368,8 +375,8 @@ async def write_changes(
     ]
     try:
         succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
-    except grpc.aio.AioRpcError as exc:  # pragma: no cover - aetcd maps most of these
-        raise ConnectionError(exc.details()) from exc
+    except ETCD_FAILURES as exc:
+        raise StoreUnavailableError("etcd", str(exc) or type(exc).__name__) from exc
     if not succeeded:
         raise EtcdConflictError(
             f"the configuration changed after revision {expected_revision}; "

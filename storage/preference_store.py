@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.database import database_call, dialect_insert
 from modelroute.storage.tables import LlmFeedback, UserModelPreference, table_of
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
@@ -49,6 +49,7 @@ class PreferenceStore:
             set_={"model_id": upsert.excluded.model_id, "updated_at": upsert.excluded.updated_at},
         )
 
+    @database_call
     def for_user(self, user_id: str) -> dict[str, StoredPreference]:
         """All of a user's preferences by context (one query: the cache holds users)."""
         query = select(
@@ -60,6 +61,7 @@ class PreferenceStore:
         with self.engine.connect() as connection:
             return {row[1]: StoredPreference(*row) for row in connection.execute(query)}
 
+    @database_call
     def set(self, preference: StoredPreference) -> None:
         row = {
             "user_id": preference.user_id,
@@ -75,6 +77,7 @@ class FeedbackStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @database_call
     def insert(self, record: FeedbackRecord) -> int:
         row = {
             "decision_id": record.decision_id,

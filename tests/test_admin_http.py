@@ -15,7 +15,8 @@ import pytest
 from fastapi.routing import APIRoute
 from google.protobuf.json_format import MessageToDict
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.admin_http import API_PREFIX, UsageRow, create_admin_app
+from modelroute.server.api.admin_http import API_PREFIX, create_admin_app
+from modelroute.server.api.admin_http_models import UsageRow
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, types_pb2
 

@@ -143,6 +143,25 @@ def test_each_part_imports_only_the_parts_below_it() -> None:
     assert offending == [], "\n".join(map(str, offending))
 
 
+def test_only_the_wiring_touches_etcd_and_no_service_touches_sqlalchemy() -> None:
+    """etcd is reached through storage/ (the RuntimeStore port, the config source);
+    database failures arrive as storage's StoreUnavailableError."""
+    offending = [
+        found
+        for found in all_imports()
+        if within(found.importer, "modelroute.server")
+        and (
+            (within(found.target, "aetcd") and found.importer != "modelroute.server.app")
+            or (
+                within(found.target, "sqlalchemy")
+                and part_of(found.importer)
+                in ("modelroute.server.api", "modelroute.server.runtime")
+            )
+        )
+    ]
+    assert offending == [], "\n".join(map(str, offending))
+
+
 def test_the_checker_sees_the_imports_the_rules_are_about() -> None:
     """Guards the checker itself, so the tests above cannot pass by seeing nothing."""
     imports = all_imports()

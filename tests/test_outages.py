@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aetcd
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +23,7 @@ from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.api.errors import decode_details
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
+from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import create_engine, text
@@ -90,7 +90,7 @@ async def set_context_model(endpoints: str, model: str) -> int:
         for attempt in range(20):
             try:
                 return await write_changes(client, PREFIX, {"contexts/rag.answer": value}, 0, [])
-            except aetcd.exceptions.ClientError:
+            except StoreUnavailableError:
                 if attempt == 19:
                     raise
         raise AssertionError("unreachable")

@@ -342,7 +342,8 @@ def test_quota_reservation_from_an_ended_minute_admits_nothing_in_the_next() -> 
     a new one before admitting (else it would admit past the others' reservations)."""
     from datetime import timedelta
 
-    from modelroute.server.runtime.quotas import Admission, QuotaTracker
+    from modelroute.server.runtime.quota_counts import Admission
+    from modelroute.server.runtime.quotas import QuotaTracker
 
     values = dict(BASE)
     values["providers/p0"] = {"requests_per_minute": 100}

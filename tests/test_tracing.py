@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from modelroute.server.api.router_service import hash_user
+from modelroute.server.api.router_spans import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 

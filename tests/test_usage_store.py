@@ -142,8 +142,10 @@ class GatedStore(UsageStore):
 
 
 @asynccontextmanager
-async def running(store: GatedStore, **options: int) -> AsyncIterator[UsageWriter]:
-    writer = UsageWriter(store, **options)
+async def running(
+    store: GatedStore, max_pending: int = 50_000, max_batch: int = 5_000
+) -> AsyncIterator[UsageWriter]:
+    writer = UsageWriter(store, max_pending=max_pending, max_batch=max_batch)
     await writer.start()
     try:
         yield writer

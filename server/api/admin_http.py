@@ -13,7 +13,6 @@ import logging
 import math
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -31,13 +30,27 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
+from modelroute.server.api.admin_http_models import (
+    Alert,
+    AlertList,
+    ConfigStatus,
+    CooldownList,
+    ErrorResponse,
+    Experiment,
+    ExperimentList,
+    ExperimentResults,
+    ModelList,
+    UsageSummary,
+    VariantConfig,
+    Violation,
+    error_response,
+)
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.errors import ServiceError
+from modelroute.server.api.http_guard import GuardMiddleware, TokenBucket
 from modelroute.server.core.snapshot import Snapshot
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.types import Message as AsgiMessage
 
 log = logging.getLogger("modelroute.admin_http")
 
@@ -60,181 +73,6 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-
-
-# --- response models (mirror admin.proto, so the OpenAPI spec is precise) ---------------
-
-
-class Violation(BaseModel):
-    field: str
-    description: str
-
-
-class ErrorBody(BaseModel):
-    reason: str = Field(description="Machine-readable reason, e.g. INVALID_ARGUMENT")
-    message: str
-    violations: list[Violation] = []
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class UsageRow(BaseModel):
-    key: str = Field(description="Context, model, provider or YYYY-MM-DD")
-    calls: int
-    errors: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    latency_p50_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    error_rate: float = Field(description="errors / calls")
-    cost_per_call_usd: float
-    calls_by_outcome: dict[str, int] = Field(
-        description="Calls per outcome name (OK, TIMEOUT, ...)"
-    )
-    latency_mean_ms: float
-
-
-class UsageSummary(BaseModel):
-    group_by: Literal["model", "context", "provider", "day"]
-    rows: list[UsageRow]
-
-
-class VariantConfig(BaseModel):
-    variant_id: str
-    model: str
-    weight: int
-
-
-class Experiment(BaseModel):
-    experiment_id: str
-    context: str
-    variants: list[VariantConfig]
-    start: datetime | None
-    end: datetime | None
-    enabled: bool
-    running: bool = Field(description="Enabled and inside its time window now")
-
-
-class ExperimentList(BaseModel):
-    experiments: list[Experiment]
-
-
-class VariantResult(BaseModel):
-    variant_id: str
-    model_id: str
-    weight: int
-    usage: UsageRow | None = None
-    error_rate: float
-    mean_quality_score: float
-    quality_ci_low: float
-    quality_ci_high: float
-    thumbs_up_rate: float
-    error_rate_effect: float
-    error_rate_p_value: float
-    latency_p_value: float
-    significant: bool = Field(description="Any difference against the control significant at 5%")
-    assignments: int = Field(description="Distinct users (USER bucketing) or calls (REQUEST)")
-    latency_effect_ms: float
-    quality_scores: int
-    quality_effect: float
-    quality_p_value: float
-    thumbs: int
-    thumbs_up_effect: float
-    thumbs_up_p_value: float
-
-
-class ExperimentResults(BaseModel):
-    experiment_id: str
-    context: str
-    variants: list[VariantResult] = Field(description="The first is the control")
-    sample_ratio_p_value: float
-    sample_ratio_mismatch: bool = Field(description="Assignment does not match the weights")
-    bucket_by: str
-
-
-class RejectedKey(BaseModel):
-    key: str
-    error: str
-    revision: int
-    previous_value_in_force: bool
-
-
-class EnvOverride(BaseModel):
-    variable: str
-    model_id: str
-
-
-class QuotaStatus(BaseModel):
-    provider: str
-    limit: str
-    limit_value: int
-    remaining: int
-    reset_at: datetime | None = None
-    is_exceeded: bool
-
-
-class BudgetStatus(BaseModel):
-    context: str
-    limit_usd: float
-    spent_usd: float
-    reset_at: datetime | None = None
-    is_exceeded: bool
-    on_exceeded: str
-
-
-class ConfigStatus(BaseModel):
-    config_revision: int
-    last_reload: datetime | None = None
-    rejected_keys: list[RejectedKey]
-    env_overrides: list[EnvOverride]
-    etcd_connected: bool
-    etcd_endpoints: list[str]
-    degraded_since: datetime | None = None
-    key_counts: dict[str, int]
-    rejected_total: int
-    quotas: list[QuotaStatus]
-    budgets: list[BudgetStatus]
-    serving_last_good_file: bool
-    live_replicas: int
-
-
-class Alert(BaseModel):
-    alert_id: str
-    kind: str
-    severity: Literal["unspecified", "info", "warning", "critical"]
-    message: str
-    subject: str
-    created_at: datetime | None = None
-
-
-class AlertList(BaseModel):
-    alerts: list[Alert]
-
-
-class Cooldown(BaseModel):
-    subject: str = Field(description="models/<model id> or providers/<name>")
-    until: datetime
-
-
-class CooldownList(BaseModel):
-    cooldowns: list[Cooldown]
-
-
-class ModelInfo(BaseModel):
-    model_id: str
-    provider: str
-    tiers: list[str]
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
-    enabled: bool
-
-
-class ModelList(BaseModel):
-    models: list[ModelInfo]
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -276,13 +114,8 @@ def _timestamp(name: str, value: datetime | None) -> timestamp_pb2.Timestamp | N
     return stamp
 
 
-def _error(status: int, reason: str, message: str, violations: list[Violation]) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(reason=reason, message=message, violations=violations))
-    return JSONResponse(body.model_dump(), status_code=status)
-
-
 def service_error_response(error: ServiceError) -> JSONResponse:
-    response = _error(
+    response = error_response(
         HTTP_STATUS.get(error.code, 500),
         error.reason,
         error.message,
@@ -295,68 +128,6 @@ def service_error_response(error: ServiceError) -> JSONResponse:
     return response
 
 
-class TokenBucket:
-    """Per-client token buckets: `rate` requests/s sustained, bursts up to `burst`.
-    Keeps at most `max_clients` buckets (oldest dropped) so spoofed sources cannot grow it."""
-
-    def __init__(self, rate: float, burst: float, max_clients: int = 10_000) -> None:
-        self.rate, self.burst, self.max_clients = rate, burst, max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # client → (tokens, last refill)
-
-    def take(self, client: str, now: float | None = None) -> float:
-        """0 if the request may pass, else seconds until it would."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) >= self.max_clients:
-            self._buckets.pop(next(iter(self._buckets)))
-        if tokens >= 1:
-            self._buckets[client] = (tokens - 1, now)
-            return 0.0
-        self._buckets[client] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
-class GuardMiddleware:
-    """Pure ASGI (no body buffering): rejects bodies over `max_body` with 413 and rate-limits
-    `/api/admin/*` per client address with 429 + Retry-After."""
-
-    def __init__(self, app: ASGIApp, *, limiter: TokenBucket | None, max_body: int) -> None:
-        self.app, self.limiter, self.max_body = app, limiter, max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body:
-            await _error(
-                413, "PAYLOAD_TOO_LARGE", f"bodies are limited to {self.max_body} bytes", []
-            )(scope, receive, send)
-            return
-        if self.limiter is not None and scope["path"].startswith(API_PREFIX + "/"):
-            client = (scope.get("client") or ("unknown", 0))[0]
-            wait = self.limiter.take(client)
-            if wait > 0:
-                response = _error(429, "RATE_LIMITED", "too many requests; slow down", [])
-                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                await response(scope, receive, send)
-                return
-        received = 0
-
-        async def limited_receive() -> AsgiMessage:
-            # Chunked bodies have no content-length: count as they stream in.
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise StarletteHTTPException(413, "body too large")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 FromQuery = Annotated[
     datetime | None, Query(alias="from", description="Inclusive start (ISO 8601; naive = UTC)")
 ]
@@ -366,6 +137,7 @@ ToQuery = Annotated[
 
 
 # Module level: FastAPI resolves (postponed) annotations against module globals.
+
 BEARER = HTTPBearer(auto_error=False, description="Operator token")
 
 # --- the app -----------------------------------------------------------------------------
@@ -534,12 +306,12 @@ def create_admin_app(
             for e in error.errors()
         ]
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        return _error(400, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+        return error_response(400, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
         reasons = {401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-        response = _error(
+        response = error_response(
             error.status_code,
             reasons.get(error.status_code, "HTTP_ERROR"),
             str(error.detail),
@@ -570,7 +342,9 @@ def create_admin_app(
         return FileResponse(target, headers={"Cache-Control": "no-cache"})
 
     limiter = TokenBucket(rate_per_second, burst) if rate_per_second > 0 else None
-    app.add_middleware(GuardMiddleware, limiter=limiter, max_body=max_body_bytes)
+    app.add_middleware(
+        GuardMiddleware, limiter=limiter, max_body=max_body_bytes, api_prefix=API_PREFIX
+    )
     return app
 
 

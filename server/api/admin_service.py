@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from datetime import UTC, datetime
 
-import aetcd
 import grpc
-from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.api.config_apply import apply_to_etcd
+from modelroute.server.api.config_history import ConfigHistory, conflict
 from modelroute.server.api.errors import (
     ServiceError,
-    database_unavailable,
+    ServicerContext,
     invalid_argument,
+    rpc,
+    store_unavailable,
     unimplemented,
 )
-from modelroute.server.api.router_service import model_list
+from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.mapping import model_list, timestamp
+from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.runtime_state import RuntimeState
@@ -28,28 +29,9 @@ from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.analysis import experiment_results as compare_variants
 from modelroute.server.usage.analysis import usage_row
 from modelroute.storage.analysis_store import AnalysisStore
-from modelroute.storage.etcd import EtcdConfigSource, EtcdConflictError
+from modelroute.storage.errors import StoreUnavailableError
+from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2
-from sqlalchemy.exc import SQLAlchemyError
-
-
-def _timestamp(value: object) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)  # type: ignore[arg-type]
-    return stamp
-
-
-T = TypeVar("T")
-
-
-async def _answer(operation: Awaitable[T], context: grpc.aio.ServicerContext) -> T:  # type: ignore[type-arg]
-    """Run an operation for a gRPC call: a ServiceError becomes the call's status."""
-    try:
-        return await operation
-    except ServiceError as error:
-        await error.abort(context)
-        raise  # abort() raises; this keeps the type checker informed
-
 
 GROUP_BY = {
     admin_pb2.USAGE_GROUP_BY_UNSPECIFIED: "model",
@@ -83,13 +65,17 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self,
         config: ConfigManager,
         source: EtcdConfigSource,
-        etcd: aetcd.Client,
+        etcd: EtcdClient,
         *,
         quotas: QuotaTracker | None = None,
         alerts: AlertSink | None = None,
         runtime: RuntimeState | None = None,
         analysis: AnalysisStore | None = None,
+        history: ConfigHistory | None = None,
+        impact: ImpactPreview | None = None,
     ) -> None:
+        self.history = history
+        self.impact = impact
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -103,37 +89,80 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetConfigStatus(
         self,
         request: admin_pb2.GetConfigStatusRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: ServicerContext,
     ) -> admin_pb2.GetConfigStatusResponse:
         return self.config_status()
 
+    @rpc
     async def ApplyConfig(
         self,
         request: admin_pb2.ApplyConfigRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: ServicerContext,
     ) -> admin_pb2.ApplyConfigResponse:
-        return await _answer(self.apply_config(request), context)
+        return await self.apply_config(request)
 
+    @rpc
     async def GetUsageSummary(
         self,
         request: admin_pb2.GetUsageSummaryRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: ServicerContext,
     ) -> admin_pb2.GetUsageSummaryResponse:
-        return await _answer(self.usage_summary(request), context)
+        return await self.usage_summary(request)
 
+    @rpc
     async def GetExperimentResults(
         self,
         request: admin_pb2.GetExperimentResultsRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: ServicerContext,
     ) -> admin_pb2.GetExperimentResultsResponse:
-        return await _answer(self.experiment_results(request), context)
+        return await self.experiment_results(request)
 
+    @rpc
     async def ListAlerts(
         self,
         request: admin_pb2.ListAlertsRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: ServicerContext,
     ) -> admin_pb2.ListAlertsResponse:
-        return await _answer(self.list_alerts(request), context)
+        return await self.list_alerts(request)
+
+    @rpc
+    async def ListConfigChanges(
+        self,
+        request: admin_pb2.ListConfigChangesRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.ListConfigChangesResponse:
+        return await self._require_history().list_changes(request)
+
+    @rpc
+    async def GetConfigAt(
+        self,
+        request: admin_pb2.GetConfigAtRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.GetConfigAtResponse:
+        return await self._require_history().config_at(request)
+
+    @rpc
+    async def RollbackConfig(
+        self,
+        request: admin_pb2.RollbackConfigRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.RollbackConfigResponse:
+        return await self._require_history().rollback(request)
+
+    @rpc
+    async def PreviewConfigChange(
+        self,
+        request: admin_pb2.PreviewConfigChangeRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.PreviewConfigChangeResponse:
+        if self.impact is None:
+            raise unimplemented("impact preview", "no database configured")
+        return await self.impact.preview(request)
+
+    def _require_history(self) -> ConfigHistory:
+        if self.history is None:
+            raise unimplemented("config history", "no database configured")
+        return self.history
 
     # --- operations (shared by gRPC and the admin HTTP API; raise ServiceError) ----------
 
@@ -146,7 +175,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
         degraded_since = self._config.from_file_since or self._source.disconnected_since
         if degraded_since is not None:
-            response.degraded_since.CopyFrom(_timestamp(degraded_since))
+            response.degraded_since.CopyFrom(timestamp(degraded_since))
         response.serving_last_good_file = self._config.from_file_since is not None
         if self._quotas is not None:
             now = datetime.now(UTC)
@@ -157,14 +186,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     limit=state.metric,
                     limit_value=int(state.limit),
                     remaining=int(state.remaining),
-                    reset_at=_timestamp(state.reset_at),
+                    reset_at=timestamp(state.reset_at),
                     is_exceeded=state.exceeded,
                 )
         snapshot = self._config.current
         if snapshot is None:
             return response
         response.config_revision = snapshot.revision
-        response.last_reload.CopyFrom(_timestamp(snapshot.applied_at))
+        response.last_reload.CopyFrom(timestamp(snapshot.applied_at))
         for rejection in sorted(snapshot.rejections.values(), key=lambda r: r.key):
             response.rejected_keys.add(
                 key=self._source.prefix + rejection.key,
@@ -192,7 +221,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     context=state.subject,
                     limit_usd=state.limit,
                     spent_usd=state.used,
-                    reset_at=_timestamp(state.reset_at),
+                    reset_at=timestamp(state.reset_at),
                     is_exceeded=state.exceeded,
                     on_exceeded="deny" if budget and budget.deny_when_exceeded else "fallback",
                 )
@@ -210,6 +239,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             changes[change.key] = None if change.delete else change.value_json.encode()
         if not changes:
             raise invalid_argument([("changes", "at least one change is required")])
+        if len(request.note) > MAX_NOTE_CHARS:
+            raise invalid_argument([("note", f"at most {MAX_NOTE_CHARS} characters")])
         try:
             plan, revision = await apply_to_etcd(
                 self._etcd,
@@ -217,13 +248,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 changes,
                 expected_revision=request.expected_revision,
                 dry_run=request.dry_run,
+                actor=CURRENT_ACTOR.get(),
+                note=request.note,
             )
-        except EtcdConflictError as exc:
-            raise ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)) from None
-        except (ConnectionError, aetcd.exceptions.ClientError) as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, "ETCD_UNAVAILABLE", f"etcd unreachable: {exc}"
-            ) from None
+        except EtcdConflictError:
+            raise conflict(request.expected_revision) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         if not plan.ok:
             raise invalid_argument([(r.key, r.error) for r in plan.rejections])
         return admin_pb2.ApplyConfigResponse(
@@ -240,8 +271,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         store = self._require_analysis()
         try:
             groups = await asyncio.to_thread(store.usage, group_by, since, until)
-        except SQLAlchemyError as exc:
-            raise database_unavailable(exc) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return admin_pb2.GetUsageSummaryResponse(rows=[usage_row(g) for g in groups])
 
     async def experiment_results(
@@ -273,8 +304,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             feedback = await asyncio.to_thread(
                 store.feedback_by_variant, experiment.experiment_id, since, until
             )
-        except SQLAlchemyError as exc:
-            raise database_unavailable(exc) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
 
     def _require_analysis(self) -> AnalysisStore:
@@ -293,13 +324,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.ListAlertsResponse()
         try:
             records = await asyncio.to_thread(self._alerts.recent, limit, since)
-        except SQLAlchemyError as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-                f"alerts cannot be read: database unavailable ({type(exc).__name__})",
-                retry_after=timedelta(seconds=1),
-            ) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return admin_pb2.ListAlertsResponse(
             alerts=[
                 admin_pb2.Alert(
@@ -308,7 +334,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     severity=SEVERITY_VALUES.get(r.severity, admin_pb2.ALERT_SEVERITY_UNSPECIFIED),
                     message=r.message,
                     subject=r.subject,
-                    created_at=_timestamp(r.created_at),
+                    created_at=timestamp(r.created_at),
                 )
                 for r in records
             ]

@@ -4,15 +4,21 @@ retry may help) and LocalizedMessage (a sentence fit to show an end user)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Final, NoReturn
+from datetime import datetime, timedelta
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from modelroute.server.core.resolver import Cause, NoModelAvailableError
+from modelroute.storage.errors import StoreUnavailableError
+
+# The servicer context of a grpc.aio call (request and response types are not tracked).
+ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 ERROR_DOMAIN: Final = "modelroute.dev"
 DEFAULT_LOCALE: Final = "en"
@@ -59,7 +65,7 @@ def locale_from(accept_language: str | None) -> str:
     return best
 
 
-def request_locale(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+def request_locale(context: ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "accept-language":
             return locale_from(value if isinstance(value, str) else value.decode())
@@ -129,9 +135,31 @@ class ServiceError(Exception):
         )
         return rpc_status.to_status(status)
 
-    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:  # type: ignore[type-arg]
+    async def abort(self, context: ServicerContext) -> NoReturn:
         await context.abort_with_status(self.to_status(request_locale(context)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler: TypeAlias = Callable[[Servicer, Request, ServicerContext], Awaitable[Response]]
+
+
+def rpc(handler: Handler[Servicer, Request, Response]) -> Handler[Servicer, Request, Response]:
+    """Answer a unary gRPC handler's `ServiceError` as the call's status (with details).
+
+    The one place where domain errors become gRPC statuses; handlers just raise.
+    """
+
+    @functools.wraps(handler)
+    async def answering(servicer: Servicer, request: Request, context: ServicerContext) -> Response:
+        try:
+            return await handler(servicer, request, context)
+        except ServiceError as error:
+            await error.abort(context)
+
+    return answering
 
 
 def invalid_argument(violations: Sequence[tuple[str, str]]) -> ServiceError:
@@ -148,11 +176,19 @@ def not_found(reason: str, message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message)
 
 
-def database_unavailable(exc: Exception) -> ServiceError:
+def store_unavailable(exc: StoreUnavailableError) -> ServiceError:
+    """UNAVAILABLE (retry in a second) for a store that cannot be reached."""
+    if exc.backend == "etcd":
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            "ETCD_UNAVAILABLE",
+            f"etcd unreachable: {exc.detail}",
+            retry_after=timedelta(seconds=1),
+        )
     return ServiceError(
         grpc.StatusCode.UNAVAILABLE,
         "DATABASE_UNAVAILABLE",
-        f"the database is unavailable ({type(exc).__name__}); nothing was stored, retry",
+        f"the database is unavailable ({exc.detail}); nothing was read or stored, retry",
         retry_after=timedelta(seconds=1),
     )
 
@@ -172,6 +208,29 @@ def unimplemented(rpc: str, capability: str) -> ServiceError:
         grpc.StatusCode.UNIMPLEMENTED,
         "NOT_IMPLEMENTED",
         f"{rpc} is not available in this modelroute version yet ({capability}).",
+    )
+
+
+def no_model_available(exc: NoModelAvailableError, now: datetime) -> ServiceError:
+    """RESOURCE_EXHAUSTED: nothing in the chain can serve; when to retry, and why."""
+    retry_after = exc.retry_at - now if exc.retry_at is not None else None
+    causes = {s.unavailable.cause for s in exc.skipped}
+    budget_only = causes == {Cause.BUDGET}
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "BUDGET_EXCEEDED" if budget_only else "NO_MODEL_AVAILABLE",
+        str(exc),
+        retry_after=retry_after,
+        user_message="The AI assistant is temporarily unavailable. Please try again later.",
+        metadata={
+            "context": exc.context,
+            "skipped": ",".join(f"{s.model_id}:{s.unavailable.cause.name}" for s in exc.skipped),
+            # Which limits: the distinct details (provider limit, budget, cooldown end).
+            "limits": "; ".join(
+                dict.fromkeys(s.unavailable.detail for s in exc.skipped if s.unavailable.detail)
+            ),
+            **({"retry_at": exc.retry_at.isoformat()} if exc.retry_at is not None else {}),
+        },
     )
 
 

@@ -212,6 +212,8 @@ def _validate_settings(key: ConfigKey, m: Message) -> None:
         _require_id("default_model", m.default_model)
     for model in m.default_fallbacks:
         _require_id("default_fallbacks", model)
+    if m.HasField("history_days") and m.history_days == 0:
+        raise ConfigValueError("field 'history_days' must be at least 1 (absent: 90)")
     if m.alert_webhook_url and not re.match(r"^https?://", m.alert_webhook_url):
         raise ConfigValueError("field 'alert_webhook_url' must be an http(s) URL")
 

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from google.protobuf import json_format
 from modelroute.server.core.snapshot import Rejection, Snapshot, SnapshotBuilder
-from modelroute.storage.etcd import ConfigUpdate
+from modelroute.server.runtime.keys import QUIET_RUNTIME_KEYS
+from modelroute.storage.updates import ConfigSource, ConfigUpdate
 from opentelemetry import metrics, trace
 
 log = logging.getLogger("modelroute.config")
@@ -31,19 +32,7 @@ _rejected_counter = meter.create_counter(
 _reload_counter = meter.create_counter(
     "modelroute.config.reloads", description="Config snapshots applied"
 )
-# Runtime keys that change every second (per-replica usage counters): they feed runtime
-# state only and must not produce a new snapshot (WatchConfig clients would drop caches).
-QUIET_RUNTIME_DIRS: Final = ("runtime/usage/", "runtime/preferences/", "runtime/decision-key")
 LAST_GOOD_FORMAT: Final = 1
-
-
-class ConfigSource(Protocol):
-    """Anything that yields config updates (etcd in production; one small interface)."""
-
-    connected: bool
-    disconnected_since: datetime | None
-
-    def updates(self) -> AsyncIterator[ConfigUpdate]: ...
 
 
 class ConfigManager:
@@ -79,7 +68,7 @@ class ConfigManager:
             if (
                 not update.full_state
                 and self.current is not None
-                and all(key.startswith(QUIET_RUNTIME_DIRS) for key in update.changes)
+                and all(key.startswith(QUIET_RUNTIME_KEYS) for key in update.changes)
             ):
                 continue
             self.apply(update)
@@ -158,7 +147,7 @@ class ConfigManager:
                 (
                     r
                     for k, r in update.key_revisions.items()
-                    if not k.startswith(QUIET_RUNTIME_DIRS)
+                    if not k.startswith(QUIET_RUNTIME_KEYS)
                 ),
                 default=update.revision,
             )

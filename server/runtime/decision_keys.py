@@ -14,14 +14,13 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Final
 
-import aetcd
 from modelroute.server.core.decision_token import DecisionTokens, new_key
-from modelroute.storage.etcd import ConfigUpdate
+from modelroute.server.runtime.keys import DECISION_KEY
+from modelroute.storage.runtime_store import RuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.decision_keys")
-DECISION_KEY: Final = "runtime/decision-key"
 
 
 def load_local_key(path: Path) -> bytes | None:
@@ -70,18 +69,12 @@ class DecisionKeyManager:
         if self.tokens.adopt(key) or not self._local_file.exists():
             save_local_key(self._local_file, key)
 
-    async def ensure_in_etcd(self, etcd: aetcd.Client, prefix: str) -> None:
+    async def ensure_in_etcd(self, store: RuntimeStore) -> None:
         """Propose this replica's key until etcd holds one (retries while etcd is down)."""
-        full_key = f"{prefix}{DECISION_KEY}".encode()
         proposal = self.tokens.key
         while True:
             try:
-                tx = etcd.transactions
-                await etcd.transaction(
-                    compare=[tx.create(full_key) == 0],
-                    success=[tx.put(full_key, proposal.hex().encode())],
-                    failure=[],
-                )
+                await store.create_if_absent(DECISION_KEY, proposal.hex().encode())
                 return
             except asyncio.CancelledError:
                 raise

@@ -20,12 +20,12 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Final
 
-import aetcd
-from modelroute.storage.etcd import ConfigUpdate
+from modelroute.server.runtime.keys import PREFERENCES_DIR
 from modelroute.storage.preference_store import PreferenceStore, StoredPreference
+from modelroute.storage.runtime_store import RuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.preferences")
-PREFERENCES_DIR: Final = "runtime/preferences/"
 ENTRY_TTL: Final = 60.0  # seconds; the bound on staleness when etcd cannot carry a change
 INVALIDATION_LEASE: Final = 600  # seconds an invalidation key lives in etcd
 DEFAULT_CAPACITY: Final = 100_000  # users
@@ -81,23 +81,18 @@ class PreferenceCache:
             if changed.startswith(PREFERENCES_DIR):
                 self.invalidate(changed[len(PREFERENCES_DIR) :])
 
-    async def set(
-        self, preference: StoredPreference, etcd: aetcd.Client | None, prefix: str
-    ) -> None:
+    async def set(self, preference: StoredPreference, runtime: RuntimeStore | None) -> None:
         await asyncio.to_thread(self._store.set, preference)
-        await self._announce(preference.user_id, preference.updated_at, etcd, prefix)
+        await self._announce(preference.user_id, preference.updated_at, runtime)
 
-    async def _announce(
-        self, user_id: str, at: datetime, etcd: aetcd.Client | None, prefix: str
-    ) -> None:
+    async def _announce(self, user_id: str, at: datetime, runtime: RuntimeStore | None) -> None:
         key = user_key(user_id)
         self.invalidate(key)
-        if etcd is None:
+        if runtime is None:
             return
         try:
-            lease = await etcd.lease(INVALIDATION_LEASE)
             value = json.dumps({"updated_at": at.isoformat()}).encode()
-            await etcd.put(f"{prefix}{PREFERENCES_DIR}{key}".encode(), value, lease=lease)
+            await runtime.put_leased(f"{PREFERENCES_DIR}{key}", value, INVALIDATION_LEASE)
         except Exception as exc:  # noqa: BLE001 - stored; other replicas catch up by TTL
             log.warning(
                 "preference stored, but other replicas will see it only within %.0f s (etcd: %s)",

@@ -2,9 +2,9 @@
 
 Each replica counts what it sees (admissions at ResolveModel; tokens and cost from accepted
 usage reports) for the current windows (UTC minute and UTC day) and publishes its counts to
-`runtime/usage/<replica id>` about once a second. Every replica reads the others' keys through
-the config watch and adds them to its own counts. Nothing is read from etcd on the resolve
-path: the totals are in memory.
+`runtime/usage/<replica id>` about once a second (quota_publisher.py). Every replica reads
+the others' keys through the config watch and adds them to its own counts. Nothing is read
+from etcd on the resolve path: the totals are in memory.
 
 How far N replicas can overshoot a request limit L: not at all while etcd is reachable.
 Admission works on *reservations*: a replica admits only up to a reservation it has
@@ -16,10 +16,9 @@ replica's recent demand needs for two publication intervals (an idle replica hol
 nothing; a busy one rarely waits), at least 1 while anything is left. The write is an etcd
 transaction guarded on the other replicas' keys being unchanged since the view the share
 was computed from (else: re-read, recompute, retry), so the reservations in etcd always
-add up to at most L, and
-    admitted <= L
-tests/test_quotas.py checks it with L = 600 and two replica processes under concurrent
-load. The price: a replica whose reservation is used while the others' reservations cover
+add up to at most L, and admitted <= L. tests/test_quotas.py checks it with two replica
+processes under load, tests/test_runtime_store.py with three trackers on one store.
+The price: a replica whose reservation is used while the others' reservations cover
 the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the others
 hold unused is at most about two publication intervals of their demand.
 A replica that stops publishing for 5 s (crash) is counted with its use only, not its
@@ -35,185 +34,37 @@ outage is bounded by what the other replicas admit in that time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from enum import Enum
-from typing import Final
+from datetime import UTC, datetime
 
-import aetcd
 from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
-from modelroute.server.core.snapshot import ContextSpec, ModelSpec, ProviderSpec, Snapshot
-from modelroute.storage.etcd import ConfigUpdate, prefix_range_end
+from modelroute.server.core.snapshot import ContextSpec, ModelSpec, Snapshot
+from modelroute.server.runtime.keys import USAGE_DIR
+from modelroute.server.runtime.quota_counts import (
+    DEFAULT_WARN_RATIO,
+    LIVENESS,
+    MINUTE_METRICS,
+    PROVIDER_LIMITS,
+    PUBLISH_INTERVAL,
+    REQUEST_LIMITS,
+    SPEND_PER_DAY,
+    TOKENS_PER_DAY,
+    TOKENS_PER_MINUTE,
+    Admission,
+    Counts,
+    LimitState,
+    QuotaAlert,
+    day_window,
+    minute_window,
+    provider_limit,
+    window_end,
+)
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.quotas")
-
-USAGE_DIR: Final = "runtime/usage/"
-PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
-PUBLISH_TIMEOUT: Final = 2.0  # seconds before a publication counts as failed
-MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
-LIVENESS: Final = 5.0  # a replica that has not published for this long is not counted in N
-DEFAULT_WARN_RATIO: Final = 0.8
-
-# Metric → (config field, window). Minute metrics reset every UTC minute, day metrics at
-# UTC midnight.
-REQUESTS_PER_MINUTE: Final = "requests_per_minute"
-TOKENS_PER_MINUTE: Final = "tokens_per_minute"
-REQUESTS_PER_DAY: Final = "requests_per_day"
-TOKENS_PER_DAY: Final = "tokens_per_day"
-SPEND_PER_DAY: Final = "usd_per_day"  # subject: context
-PROVIDER_LIMITS: Final = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, REQUESTS_PER_DAY, TOKENS_PER_DAY)
-REQUEST_LIMITS: Final = (REQUESTS_PER_MINUTE, REQUESTS_PER_DAY)
-MINUTE_METRICS: Final = frozenset({REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE})
-
-
-def minute_window(now: datetime) -> int:
-    return int(now.timestamp() // 60)
-
-
-def day_window(now: datetime) -> int:
-    return now.date().toordinal()
-
-
-def window_end(metric: str, now: datetime) -> datetime:
-    if metric in MINUTE_METRICS:
-        return datetime.fromtimestamp((minute_window(now) + 1) * 60, UTC)
-    tomorrow = date.fromordinal(day_window(now) + 1)
-    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC)
-
-
-def provider_limit(spec: ProviderSpec, metric: str) -> int:
-    return int(getattr(spec, metric))
-
-
-@dataclass
-class Counts:
-    """One replica's counts for one pair of windows: metric → subject → amount."""
-
-    minute: int
-    day: int
-    values: dict[str, dict[str, float]] = field(default_factory=dict)
-    heartbeat: float = 0.0  # epoch seconds of the publication (peers only)
-    # Request limits: the most this replica may have admitted before it publishes again.
-    reserved: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def _current(self, metric: str, minute: int, day: int) -> bool:
-        window = self.minute if metric in MINUTE_METRICS else self.day
-        return window == (minute if metric in MINUTE_METRICS else day)
-
-    def get(self, metric: str, subject: str, minute: int, day: int) -> float:
-        if not self._current(metric, minute, day):
-            return 0.0  # counts from an earlier window no longer apply
-        return self.values.get(metric, {}).get(subject, 0.0)
-
-    def get_reserved(self, metric: str, subject: str, minute: int, day: int) -> float:
-        if not self._current(metric, minute, day):
-            return 0.0
-        return max(
-            self.reserved.get(metric, {}).get(subject, 0.0),
-            self.values.get(metric, {}).get(subject, 0.0),
-        )
-
-    def reservation(self, metric: str, subject: str, minute: int, day: int) -> float:
-        """The reservation published for the current window (0 for an earlier one)."""
-        if not self._current(metric, minute, day):
-            return 0.0
-        return self.reserved.get(metric, {}).get(subject, 0.0)
-
-    def add(self, metric: str, subject: str, amount: float) -> None:
-        by_subject = self.values.setdefault(metric, {})
-        by_subject[subject] = by_subject.get(subject, 0.0) + amount
-
-    def roll(self, minute: int, day: int) -> None:
-        """Drop counts of windows that ended."""
-        if minute != self.minute:
-            self.minute = minute
-            for metric in MINUTE_METRICS:
-                self.values.pop(metric, None)
-                self.reserved.pop(metric, None)
-        if day != self.day:
-            self.day = day
-            for table in (self.values, self.reserved):
-                for metric in list(table):
-                    if metric not in MINUTE_METRICS:
-                        table.pop(metric)
-
-    def copy(self) -> Counts:
-        return Counts(
-            self.minute,
-            self.day,
-            {m: dict(s) for m, s in self.values.items()},
-            self.heartbeat,
-            {m: dict(s) for m, s in self.reserved.items()},
-        )
-
-    def to_json(self, replica_id: str, now: datetime) -> bytes:
-        return json.dumps(
-            {
-                "replica": replica_id,
-                "heartbeat": now.timestamp(),
-                "minute": self.minute,
-                "day": self.day,
-                "counts": self.values,
-                "reserved": self.reserved,
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Counts:
-        data = json.loads(raw)
-        values = {
-            str(metric): {str(s): float(v) for s, v in by_subject.items()}
-            for metric, by_subject in data["counts"].items()
-        }
-        reserved = {
-            str(metric): {str(s): float(v) for s, v in by_subject.items()}
-            for metric, by_subject in data.get("reserved", {}).items()
-        }
-        return cls(
-            int(data["minute"]), int(data["day"]), values, float(data["heartbeat"]), reserved
-        )
-
-
-class Admission(Enum):
-    ADMITTED = "admitted"
-    SYNC_NEEDED = "sync_needed"  # this replica's share is used: publish, then ask again
-    EXCEEDED = "exceeded"
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaAlert:
-    """A threshold crossing; `dedup_key` is the same on every replica for one condition
-    and window, so the alert sink can send it once."""
-
-    kind: str  # quota_warning, quota_exhausted, budget_warning, budget_exceeded
-    severity: str  # warning / critical
-    subject: str
-    message: str
-    dedup_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class LimitState:
-    subject: str  # provider, or context for budgets
-    metric: str
-    limit: float
-    used: float
-    reset_at: datetime
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self.limit - self.used)
-
-    @property
-    def exceeded(self) -> bool:
-        return self.used >= self.limit
 
 
 class QuotaTracker:
@@ -226,11 +77,16 @@ class QuotaTracker:
         snapshot: Callable[[], Snapshot | None],
         *,
         on_alert: Callable[[QuotaAlert], None] = lambda alert: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.replica_id = replica_id
         self._snapshot = snapshot
         self._on_alert = on_alert
-        now = datetime.now(UTC)
+        # Wall clock for windows and heartbeats; monotonic clock for demand rates.
+        self.clock = clock
+        self._monotonic = monotonic
+        now = clock()
         self.mine = Counts(minute_window(now), day_window(now))
         # What the others have seen, with the reservations in force (published, so the
         # others already leave room for them).
@@ -250,7 +106,7 @@ class QuotaTracker:
         self._sync_waiters: asyncio.Future[bool] | None = None
         # Demand (admission attempts, granted or not) drives the size of new reservations.
         self._demand = 0
-        self._demand_mark = (0, time.monotonic())
+        self._demand_mark = (0, monotonic())
 
     # --- totals -------------------------------------------------------------------------
 
@@ -486,7 +342,7 @@ class QuotaTracker:
                 peers_changed = True
         self.seen_revision = max(self.seen_revision, update.revision)
         if peers_changed:
-            self.check_all_thresholds(datetime.now(UTC))
+            self.check_all_thresholds(self.clock())
 
     def check_all_thresholds(self, now: datetime) -> None:
         """Totals grew through the others' counts: raise what they crossed (deduplicated;
@@ -553,9 +409,9 @@ class QuotaTracker:
             return counts
         live = self.live_replicas(now)
         demand, since = self._demand_mark
-        elapsed = max(time.monotonic() - since, 0.001)
+        elapsed = max(self._monotonic() - since, 0.001)
         wanted = max(1, math.ceil(2 * PUBLISH_INTERVAL * (self._demand - demand) / elapsed))
-        self._demand_mark = (self._demand, time.monotonic())
+        self._demand_mark = (self._demand, self._monotonic())
         for provider, spec in snapshot.providers.items():
             for metric in REQUEST_LIMITS:
                 limit = provider_limit(spec, metric)
@@ -592,88 +448,3 @@ class QuotaTracker:
         that asked so far are answered by it; later ones wait for the next."""
         waiters, self._sync_waiters = self._sync_waiters, None
         return waiters
-
-
-class QuotaPublisher:
-    """Publishes this replica's counts to `runtime/usage/<replica>` once a second, and at
-    once when an admission needs a new share. The key is bound to a lease that outlives
-    the day window, so a replica that stops still counts for the rest of the day."""
-
-    def __init__(self, tracker: QuotaTracker, etcd: aetcd.Client, prefix: str) -> None:
-        self._tracker = tracker
-        self._etcd = etcd
-        self._directory = f"{prefix}{USAGE_DIR}".encode()
-        self._key = self._directory + tracker.replica_id.encode()
-        self._lease: aetcd.Lease | None = None
-        self._lease_day = -1
-
-    async def run(self) -> None:
-        tracker = self._tracker
-        first = True  # publish at once: peers count this replica in N from the start
-        while True:
-            if not first:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(tracker.sync_requested.wait(), PUBLISH_INTERVAL)
-            first = False
-            tracker.sync_requested.clear()
-            waiters = tracker.take_sync_waiters()
-            try:
-                await asyncio.wait_for(self.publish_once(), PUBLISH_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - etcd down: count locally, retry
-                if tracker.publishing_ok:
-                    log.warning("usage counts not published (admitting locally): %s", exc)
-                tracker.publishing_ok = False
-                _answer(waiters, False)
-                await asyncio.sleep(0.2)
-            else:
-                if not tracker.publishing_ok:
-                    log.info("usage counts published again")
-                tracker.publishing_ok = True
-                _answer(waiters, True)
-
-    async def publish_once(self) -> None:
-        """Write this replica's counts and reservations, guarded: the transaction fails if
-        any other replica's key changed after the view the reservations were computed
-        from; then the directory is read directly and the publication recomputed. So
-        every reservation leaves room for all others as they stand (no stale views)."""
-        tracker = self._tracker
-        etcd = self._etcd
-        tx = etcd.transactions
-        directory = self._directory
-        for _ in range(MAX_PUBLISH_ATTEMPTS):
-            now = datetime.now(UTC)
-            day = day_window(now)
-            if self._lease is None or self._lease_day != day:
-                # Lives until the end of tomorrow: day counts must outlast this replica.
-                ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds())
-                self._lease = await etcd.lease(ttl + 86_400)
-                self._lease_day = day
-            counts = tracker.publication(now)
-            seen = tracker.seen_revision
-            unchanged = [  # every key of the directory but this replica's own
-                tx.mod(directory, range_end=self._key) < seen + 1,
-                tx.mod(self._key + b"\0", range_end=prefix_range_end(directory)) < seen + 1,
-            ]
-            put = tx.put(self._key, counts.to_json(tracker.replica_id, now), lease=self._lease)
-            succeeded, _ = await etcd.transaction(compare=unchanged, success=[put], failure=[])
-            if succeeded:
-                tracker.mark_published(counts)
-                return
-            result = await etcd.get_prefix(directory)
-            stored = {
-                kv.key[len(directory) :].decode(): (kv.value, kv.mod_revision) for kv in result.kvs
-            }
-            tracker.refresh_peers(stored, result.header.revision)
-        raise RuntimeError("usage counts not published: other replicas kept publishing")
-
-    async def withdraw(self) -> None:
-        """On shutdown: publish the final counts (they keep counting for the window)."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.publish_once(), 2)
-
-
-def _answer(waiters: asyncio.Future[bool] | None, ok: bool) -> None:
-    if waiters is not None and not waiters.done():
-        waiters.set_result(ok)

@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import aetcd
 from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
 from modelroute.server.core.snapshot import ContextSpec, ModelSpec
+from modelroute.server.runtime.keys import COOLDOWN_DIR, cooldown_key
 from modelroute.server.runtime.quotas import QuotaTracker
-from modelroute.storage.etcd import ConfigUpdate
+from modelroute.storage.runtime_store import RuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.runtime")
-COOLDOWN_DIR: Final = "runtime/cooldowns/"
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 
 
@@ -78,8 +78,7 @@ class RuntimeState:
 
 
 async def start_cooldown(
-    etcd: aetcd.Client,
-    prefix: str,
+    store: RuntimeStore,
     subject: str,
     duration: timedelta,
     reason: str,
@@ -89,13 +88,13 @@ async def start_cooldown(
     now = now or datetime.now(UTC)
     until = now + duration
     # Lease TTL rounds up: the key must outlive `until`; resolution uses `until` itself.
-    lease = await etcd.lease(max(2, math.ceil(duration.total_seconds()) + 1))
     value = json.dumps({"until": until.isoformat(), "reason": reason}).encode()
-    await etcd.put(f"{prefix}{COOLDOWN_DIR}{subject}".encode(), value, lease=lease)
+    ttl = max(2, math.ceil(duration.total_seconds()) + 1)
+    await store.put_leased(cooldown_key(subject), value, ttl)
     log.info("cooldown %s until %s (%s)", subject, until.isoformat(), reason)
     return until
 
 
-async def clear_cooldown(etcd: aetcd.Client, prefix: str, subject: str) -> bool:
-    result = await etcd.delete(f"{prefix}{COOLDOWN_DIR}{subject}".encode())
-    return bool(result and result.deleted)
+async def clear_cooldown(store: RuntimeStore, subject: str) -> bool:
+    """End `subject`'s cooldown on every replica; False if it had none."""
+    return await store.delete(cooldown_key(subject))

@@ -47,11 +47,18 @@ class _Unit:
 
 
 class UsageWriter:
-    metrics: MetricsRecorder = NO_METRICS  # replaced by the server wiring
+    """Batches usage reports into group commits; replies once they are durable."""
 
     def __init__(
-        self, store: UsageStore, *, max_pending: int = 50_000, max_batch: int = 5_000
+        self,
+        store: UsageStore,
+        *,
+        max_pending: int = 50_000,
+        max_batch: int = 5_000,
+        metrics: MetricsRecorder = NO_METRICS,
     ) -> None:
+        """Write to `store`; refuse new reports while `max_pending` wait."""
+        self.metrics = metrics
         if max_pending < 1 or max_batch < 1:
             raise ValueError("max_pending and max_batch must be positive")
         self._store = store

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/admin/v1/admin.proto.
  */
 export const file_modelroute_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPBAoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBIswBChxHZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRI0Cgh2YXJpYW50cxgDIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudFJlc3VsdBIcChRzYW1wbGVfcmF0aW9fcF92YWx1ZRgEIAEoARIdChVzYW1wbGVfcmF0aW9fbWlzbWF0Y2gYBSABKAgSEQoJYnVja2V0X2J5GAYgASgJIhgKFkdldENvbmZpZ1N0YXR1c1JlcXVlc3QiXAoLUmVqZWN0ZWRLZXkSCwoDa2V5GAEgASgJEg0KBWVycm9yGAIgASgJEhAKCHJldmlzaW9uGAMgASgDEh8KF3ByZXZpb3VzX3ZhbHVlX2luX2ZvcmNlGAQgASgIIjEKC0Vudk92ZXJyaWRlEhAKCHZhcmlhYmxlGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJIpkBCgtRdW90YVN0YXR1cxIQCghwcm92aWRlchgBIAEoCRINCgVsaW1pdBgCIAEoCRITCgtsaW1pdF92YWx1ZRgDIAEoBBIRCglyZW1haW5pbmcYBCABKAQSLAoIcmVzZXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2lzX2V4Y2VlZGVkGAYgASgIIogFChdHZXRDb25maWdTdGF0dXNSZXNwb25zZRIXCg9jb25maWdfcmV2aXNpb24YASABKAMSLwoLbGFzdF9yZWxvYWQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDXJlamVjdGVkX2tleXMYAyADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlJlamVjdGVkS2V5EjcKDWVudl9vdmVycmlkZXMYBCADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLkVudk92ZXJyaWRlEhYKDmV0Y2RfY29ubmVjdGVkGAUgASgIEhYKDmV0Y2RfZW5kcG9pbnRzGAYgAygJEjIKDmRlZ3JhZGVkX3NpbmNlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJPCgprZXlfY291bnRzGAggAygLMjsubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZS5LZXlDb3VudHNFbnRyeRIWCg5yZWplY3RlZF90b3RhbBgJIAEoAxIwCgZxdW90YXMYCiADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlF1b3RhU3RhdHVzEjIKB2J1ZGdldHMYCyADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkJ1ZGdldFN0YXR1cxIeChZzZXJ2aW5nX2xhc3RfZ29vZF9maWxlGAwgASgIEhUKDWxpdmVfcmVwbGljYXMYDSABKAUSFQoNc3BhbnNfZHJvcHBlZBgOIAEoAxowCg5LZXlDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIp0BCgxCdWRnZXRTdGF0dXMSDwoHY29udGV4dBgBIAEoCRIRCglsaW1pdF91c2QYAiABKAESEQoJc3BlbnRfdXNkGAMgASgBEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtpc19leGNlZWRlZBgFIAEoCBITCgtvbl9leGNlZWRlZBgGIAEoCSKvAQoFQWxlcnQSEAoIYWxlcnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRI0CghzZXZlcml0eRgDIAEoDjIiLm1vZGVscm91dGUuYWRtaW4udjEuQWxlcnRTZXZlcml0eRIPCgdtZXNzYWdlGAQgASgJEg8KB3N1YmplY3QYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoRTGlzdEFsZXJ0c1JlcXVlc3QSDQoFbGltaXQYASABKAUSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEkxpc3RBbGVydHNSZXNwb25zZRIqCgZhbGVydHMYASADKAsyGi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0IjwKCUtleUNoYW5nZRILCgNrZXkYASABKAkSEgoKdmFsdWVfanNvbhgCIAEoCRIOCgZkZWxldGUYAyABKAgicQoSQXBwbHlDb25maWdSZXF1ZXN0Ei8KB2NoYW5nZXMYASADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLktleUNoYW5nZRIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIPCgdkcnlfcnVuGAMgASgIIksKE0FwcGx5Q29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUqmQEKDFVzYWdlR3JvdXBCeRIeChpVU0FHRV9HUk9VUF9CWV9VTlNQRUNJRklFRBAAEhoKFlVTQUdFX0dST1VQX0JZX0NPTlRFWFQQARIYChRVU0FHRV9HUk9VUF9CWV9NT0RFTBACEhsKF1VTQUdFX0dST1VQX0JZX1BST1ZJREVSEAMSFgoSVVNBR0VfR1JPVVBfQllfREFZEAQqgQEKDUFsZXJ0U2V2ZXJpdHkSHgoaQUxFUlRfU0VWRVJJVFlfVU5TUEVDSUZJRUQQABIXChNBTEVSVF9TRVZFUklUWV9JTkZPEAESGgoWQUxFUlRfU0VWRVJJVFlfV0FSTklORxACEhsKF0FMRVJUX1NFVkVSSVRZX0NSSVRJQ0FMEAMyqAQKDEFkbWluU2VydmljZRJsCg9HZXRVc2FnZVN1bW1hcnkSKy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldFVzYWdlU3VtbWFyeVJlcXVlc3QaLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldFVzYWdlU3VtbWFyeVJlc3BvbnNlEnsKFEdldEV4cGVyaW1lbnRSZXN1bHRzEjAubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRFeHBlcmltZW50UmVzdWx0c1JlcXVlc3QaMS5tb2RlbHJvdXRlLmFkbWluLnYxLkdldEV4cGVyaW1lbnRSZXN1bHRzUmVzcG9uc2USbAoPR2V0Q29uZmlnU3RhdHVzEisubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXF1ZXN0GiwubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZRJdCgpMaXN0QWxlcnRzEiYubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0QWxlcnRzUmVxdWVzdBonLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdEFsZXJ0c1Jlc3BvbnNlEmAKC0FwcGx5Q29uZmlnEicubW9kZWxyb3V0ZS5hZG1pbi52MS5BcHBseUNvbmZpZ1JlcXVlc3QaKC5tb2RlbHJvdXRlLmFkbWluLnYxLkFwcGx5Q29uZmlnUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPBAoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBIswBChxHZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRI0Cgh2YXJpYW50cxgDIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudFJlc3VsdBIcChRzYW1wbGVfcmF0aW9fcF92YWx1ZRgEIAEoARIdChVzYW1wbGVfcmF0aW9fbWlzbWF0Y2gYBSABKAgSEQoJYnVja2V0X2J5GAYgASgJIhgKFkdldENvbmZpZ1N0YXR1c1JlcXVlc3QiXAoLUmVqZWN0ZWRLZXkSCwoDa2V5GAEgASgJEg0KBWVycm9yGAIgASgJEhAKCHJldmlzaW9uGAMgASgDEh8KF3ByZXZpb3VzX3ZhbHVlX2luX2ZvcmNlGAQgASgIIjEKC0Vudk92ZXJyaWRlEhAKCHZhcmlhYmxlGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJIpkBCgtRdW90YVN0YXR1cxIQCghwcm92aWRlchgBIAEoCRINCgVsaW1pdBgCIAEoCRITCgtsaW1pdF92YWx1ZRgDIAEoBBIRCglyZW1haW5pbmcYBCABKAQSLAoIcmVzZXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2lzX2V4Y2VlZGVkGAYgASgIIogFChdHZXRDb25maWdTdGF0dXNSZXNwb25zZRIXCg9jb25maWdfcmV2aXNpb24YASABKAMSLwoLbGFzdF9yZWxvYWQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDXJlamVjdGVkX2tleXMYAyADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlJlamVjdGVkS2V5EjcKDWVudl9vdmVycmlkZXMYBCADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLkVudk92ZXJyaWRlEhYKDmV0Y2RfY29ubmVjdGVkGAUgASgIEhYKDmV0Y2RfZW5kcG9pbnRzGAYgAygJEjIKDmRlZ3JhZGVkX3NpbmNlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJPCgprZXlfY291bnRzGAggAygLMjsubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZS5LZXlDb3VudHNFbnRyeRIWCg5yZWplY3RlZF90b3RhbBgJIAEoAxIwCgZxdW90YXMYCiADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlF1b3RhU3RhdHVzEjIKB2J1ZGdldHMYCyADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkJ1ZGdldFN0YXR1cxIeChZzZXJ2aW5nX2xhc3RfZ29vZF9maWxlGAwgASgIEhUKDWxpdmVfcmVwbGljYXMYDSABKAUSFQoNc3BhbnNfZHJvcHBlZBgOIAEoAxowCg5LZXlDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIp0BCgxCdWRnZXRTdGF0dXMSDwoHY29udGV4dBgBIAEoCRIRCglsaW1pdF91c2QYAiABKAESEQoJc3BlbnRfdXNkGAMgASgBEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtpc19leGNlZWRlZBgFIAEoCBITCgtvbl9leGNlZWRlZBgGIAEoCSKvAQoFQWxlcnQSEAoIYWxlcnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRI0CghzZXZlcml0eRgDIAEoDjIiLm1vZGVscm91dGUuYWRtaW4udjEuQWxlcnRTZXZlcml0eRIPCgdtZXNzYWdlGAQgASgJEg8KB3N1YmplY3QYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoRTGlzdEFsZXJ0c1JlcXVlc3QSDQoFbGltaXQYASABKAUSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEkxpc3RBbGVydHNSZXNwb25zZRIqCgZhbGVydHMYASADKAsyGi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0IjwKCUtleUNoYW5nZRILCgNrZXkYASABKAkSEgoKdmFsdWVfanNvbhgCIAEoCRIOCgZkZWxldGUYAyABKAgifwoSQXBwbHlDb25maWdSZXF1ZXN0Ei8KB2NoYW5nZXMYASADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLktleUNoYW5nZRIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIPCgdkcnlfcnVuGAMgASgIEgwKBG5vdGUYBCABKAkiSwoTQXBwbHlDb25maWdSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIMCgRkaWZmGAIgAygJEhQKDGNoYW5nZWRfa2V5cxgDIAEoBSLkAQoMQ29uZmlnQ2hhbmdlEhAKCHJldmlzaW9uGAEgASgDEi4KCmNoYW5nZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2tleRgDIAEoCRIeChF2YWx1ZV9iZWZvcmVfanNvbhgEIAEoCUgAiAEBEh0KEHZhbHVlX2FmdGVyX2pzb24YBSABKAlIAYgBARINCgVhY3RvchgGIAEoCRIMCgRub3RlGAcgASgJQhQKEl92YWx1ZV9iZWZvcmVfanNvbkITChFfdmFsdWVfYWZ0ZXJfanNvbiKAAQoYTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0EhIKCmtleV9wcmVmaXgYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAMgASgFEhYKDnVwX3RvX3JldmlzaW9uGAQgASgDImgKGUxpc3RDb25maWdDaGFuZ2VzUmVzcG9uc2USMgoHY2hhbmdlcxgBIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQ29uZmlnQ2hhbmdlEhcKD29sZGVzdF9yZXZpc2lvbhgCIAEoAyImChJHZXRDb25maWdBdFJlcXVlc3QSEAoIcmV2aXNpb24YASABKAMiwgEKE0dldENvbmZpZ0F0UmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSTQoLdmFsdWVzX2pzb24YAiADKAsyOC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2UuVmFsdWVzSnNvbkVudHJ5EhcKD29sZGVzdF9yZXZpc2lvbhgDIAEoAxoxCg9WYWx1ZXNKc29uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJjChVSb2xsYmFja0NvbmZpZ1JlcXVlc3QSEAoIcmV2aXNpb24YASABKAMSDwoHZHJ5X3J1bhgCIAEoCBIMCgRub3RlGAMgASgJEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgDImUKFlJvbGxiYWNrQ29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUSFQoNYmFzZV9yZXZpc2lvbhgEIAEoAyJlChpQcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USFgoOd2luZG93X3NlY29uZHMYAiABKAMiQAoJTW9kZWxNb3ZlEhIKCmZyb21fbW9kZWwYASABKAkSEAoIdG9fbW9kZWwYAiABKAkSDQoFY2FsbHMYAyABKAMiRgoLVmFyaWFudE1vdmUSFAoMZnJvbV92YXJpYW50GAEgASgJEhIKCnRvX3ZhcmlhbnQYAiABKAkSDQoFdXNlcnMYAyABKAMivgIKDUNvbnRleHRJbXBhY3QSDwoHY29udGV4dBgBIAEoCRINCgVjYWxscxgCIAEoAxIVCg1jaGFuZ2VkX2NhbGxzGAMgASgDEhUKDWNoYW5nZWRfc2hhcmUYBCABKAESLQoFbW92ZXMYBSADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLk1vZGVsTW92ZRI3Cg12YXJpYW50X21vdmVzGAYgAygLMiAubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50TW92ZRIfChdjb3N0X3Blcl9kYXlfYmVmb3JlX3VzZBgHIAEoARIeChZjb3N0X3Blcl9kYXlfYWZ0ZXJfdXNkGAggASgBEhoKEnVucmVhY2hhYmxlX21vZGVscxgJIAMoCRIaChJjYWxsc193aXRob3V0X3VzZXIYCiABKAMigwIKG1ByZXZpZXdDb25maWdDaGFuZ2VSZXNwb25zZRI0Cghjb250ZXh0cxgBIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuQ29udGV4dEltcGFjdBIWCg5jYWxsc19yZXBsYXllZBgCIAEoAxIwCgx3aW5kb3dfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWJhc2VfcmV2aXNpb24YBSABKAMSDAoEZGlmZhgGIAMoCRIPCgdjYXZlYXRzGAcgAygJKpkBCgxVc2FnZUdyb3VwQnkSHgoaVVNBR0VfR1JPVVBfQllfVU5TUEVDSUZJRUQQABIaChZVU0FHRV9HUk9VUF9CWV9DT05URVhUEAESGAoUVVNBR0VfR1JPVVBfQllfTU9ERUwQAhIbChdVU0FHRV9HUk9VUF9CWV9QUk9WSURFUhADEhYKElVTQUdFX0dST1VQX0JZX0RBWRAEKoEBCg1BbGVydFNldmVyaXR5Eh4KGkFMRVJUX1NFVkVSSVRZX1VOU1BFQ0lGSUVEEAASFwoTQUxFUlRfU0VWRVJJVFlfSU5GTxABEhoKFkFMRVJUX1NFVkVSSVRZX1dBUk5JTkcQAhIbChdBTEVSVF9TRVZFUklUWV9DUklUSUNBTBADMuMHCgxBZG1pblNlcnZpY2USbAoPR2V0VXNhZ2VTdW1tYXJ5EisubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXF1ZXN0GiwubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRVc2FnZVN1bW1hcnlSZXNwb25zZRJ7ChRHZXRFeHBlcmltZW50UmVzdWx0cxIwLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0GjEubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEmwKD0dldENvbmZpZ1N0YXR1cxIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnU3RhdHVzUmVzcG9uc2USXQoKTGlzdEFsZXJ0cxImLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdEFsZXJ0c1JlcXVlc3QaJy5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXNwb25zZRJgCgtBcHBseUNvbmZpZxInLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXF1ZXN0GigubW9kZWxyb3V0ZS5hZG1pbi52MS5BcHBseUNvbmZpZ1Jlc3BvbnNlEnIKEUxpc3RDb25maWdDaGFuZ2VzEi0ubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0Q29uZmlnQ2hhbmdlc1JlcXVlc3QaLi5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RDb25maWdDaGFuZ2VzUmVzcG9uc2USYAoLR2V0Q29uZmlnQXQSJy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVxdWVzdBooLm1vZGVscm91dGUuYWRtaW4udjEuR2V0Q29uZmlnQXRSZXNwb25zZRJpCg5Sb2xsYmFja0NvbmZpZxIqLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbGJhY2tDb25maWdSZXF1ZXN0GisubW9kZWxyb3V0ZS5hZG1pbi52MS5Sb2xsYmFja0NvbmZpZ1Jlc3BvbnNlEngKE1ByZXZpZXdDb25maWdDaGFuZ2USLy5tb2RlbHJvdXRlLmFkbWluLnYxLlByZXZpZXdDb25maWdDaGFuZ2VSZXF1ZXN0GjAubW9kZWxyb3V0ZS5hZG1pbi52MS5QcmV2aWV3Q29uZmlnQ2hhbmdlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetUsageSummaryRequest selects usage to aggregate.
@@ -910,6 +910,13 @@ export type ApplyConfigRequest = Message<"modelroute.admin.v1.ApplyConfigRequest
    * @generated from field: bool dry_run = 3;
    */
   dryRun: boolean;
+
+  /**
+   * Why: recorded with the change in the config history (at most 2000 characters).
+   *
+   * @generated from field: string note = 4;
+   */
+  note: string;
 };
 
 /**
@@ -953,6 +960,527 @@ export type ApplyConfigResponse = Message<"modelroute.admin.v1.ApplyConfigRespon
  */
 export const ApplyConfigResponseSchema: GenMessage<ApplyConfigResponse> = /*@__PURE__*/
   messageDesc(file_modelroute_admin_v1_admin, 17);
+
+/**
+ * ConfigChange is one key changed at one etcd revision.
+ *
+ * @generated from message modelroute.admin.v1.ConfigChange
+ */
+export type ConfigChange = Message<"modelroute.admin.v1.ConfigChange"> & {
+  /**
+   * The etcd revision of the change.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * When it was made (modelroute writes) or first seen by a replica (etcd writes).
+   *
+   * @generated from field: google.protobuf.Timestamp changed_at = 2;
+   */
+  changedAt?: Timestamp | undefined;
+
+  /**
+   * The key relative to the prefix, e.g. `overrides/rag.answer`.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * The value before; absent when the key did not exist.
+   *
+   * @generated from field: optional string value_before_json = 4;
+   */
+  valueBeforeJson?: string | undefined;
+
+  /**
+   * The value after; absent when the key was deleted.
+   *
+   * @generated from field: optional string value_after_json = 5;
+   */
+  valueAfterJson?: string | undefined;
+
+  /**
+   * Who: the admin token's name (`operator` for a bare token), `etcd` for a write made
+   * straight into etcd, `rollout-controller` for automatic rollout steps.
+   *
+   * @generated from field: string actor = 6;
+   */
+  actor: string;
+
+  /**
+   * The note given with the change (`--note`), if any.
+   *
+   * @generated from field: string note = 7;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ConfigChange.
+ * Use `create(ConfigChangeSchema)` to create a new message.
+ */
+export const ConfigChangeSchema: GenMessage<ConfigChange> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 18);
+
+/**
+ * ListConfigChangesRequest selects changes.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesRequest
+ */
+export type ListConfigChangesRequest = Message<"modelroute.admin.v1.ListConfigChangesRequest"> & {
+  /**
+   * Only keys starting with this (e.g. `overrides/`); empty: every key.
+   *
+   * @generated from field: string key_prefix = 1;
+   */
+  keyPrefix: string;
+
+  /**
+   * Only changes at or after this instant.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Maximum number of changes (default 100, at most 1000).
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * Paging: only changes at or before this revision (0: up to the newest).
+   *
+   * @generated from field: int64 up_to_revision = 4;
+   */
+  upToRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesRequest.
+ * Use `create(ListConfigChangesRequestSchema)` to create a new message.
+ */
+export const ListConfigChangesRequestSchema: GenMessage<ListConfigChangesRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 19);
+
+/**
+ * ListConfigChangesResponse lists changes, newest first.
+ *
+ * @generated from message modelroute.admin.v1.ListConfigChangesResponse
+ */
+export type ListConfigChangesResponse = Message<"modelroute.admin.v1.ListConfigChangesResponse"> & {
+  /**
+   * The changes, newest revision first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ConfigChange changes = 1;
+   */
+  changes: ConfigChange[];
+
+  /**
+   * The oldest revision the history can still show in full or roll back to.
+   *
+   * @generated from field: int64 oldest_revision = 2;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ListConfigChangesResponse.
+ * Use `create(ListConfigChangesResponseSchema)` to create a new message.
+ */
+export const ListConfigChangesResponseSchema: GenMessage<ListConfigChangesResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 20);
+
+/**
+ * GetConfigAtRequest names a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtRequest
+ */
+export type GetConfigAtRequest = Message<"modelroute.admin.v1.GetConfigAtRequest"> & {
+  /**
+   * The etcd revision; 0 means the newest recorded.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtRequest.
+ * Use `create(GetConfigAtRequestSchema)` to create a new message.
+ */
+export const GetConfigAtRequestSchema: GenMessage<GetConfigAtRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 21);
+
+/**
+ * GetConfigAtResponse is the configuration in force at a revision.
+ *
+ * @generated from message modelroute.admin.v1.GetConfigAtResponse
+ */
+export type GetConfigAtResponse = Message<"modelroute.admin.v1.GetConfigAtResponse"> & {
+  /**
+   * The revision shown.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Key relative to the prefix → value (proto-JSON; `clients/` secrets redacted).
+   *
+   * @generated from field: map<string, string> values_json = 2;
+   */
+  valuesJson: { [key: string]: string };
+
+  /**
+   * The oldest revision kept.
+   *
+   * @generated from field: int64 oldest_revision = 3;
+   */
+  oldestRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetConfigAtResponse.
+ * Use `create(GetConfigAtResponseSchema)` to create a new message.
+ */
+export const GetConfigAtResponseSchema: GenMessage<GetConfigAtResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 22);
+
+/**
+ * RollbackConfigRequest names the revision to go back to.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigRequest
+ */
+export type RollbackConfigRequest = Message<"modelroute.admin.v1.RollbackConfigRequest"> & {
+  /**
+   * The revision whose values are restored.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * Compute the diff only; write nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Why: recorded with the rollback in the history.
+   *
+   * @generated from field: string note = 3;
+   */
+  note: string;
+
+  /**
+   * Fail with ABORTED if the configuration changed after this revision (e.g. the one a
+   * form was loaded at); 0: the revision read when the rollback is planned.
+   *
+   * @generated from field: int64 expected_revision = 4;
+   */
+  expectedRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigRequest.
+ * Use `create(RollbackConfigRequestSchema)` to create a new message.
+ */
+export const RollbackConfigRequestSchema: GenMessage<RollbackConfigRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 23);
+
+/**
+ * RollbackConfigResponse reports what was (or would be) written.
+ *
+ * @generated from message modelroute.admin.v1.RollbackConfigResponse
+ */
+export type RollbackConfigResponse = Message<"modelroute.admin.v1.RollbackConfigResponse"> & {
+  /**
+   * The etcd revision after the write (0 for a dry run or when nothing changes).
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * A unified diff from the current values to the restored ones.
+   *
+   * @generated from field: repeated string diff = 2;
+   */
+  diff: string[];
+
+  /**
+   * Keys written or deleted.
+   *
+   * @generated from field: int32 changed_keys = 3;
+   */
+  changedKeys: number;
+
+  /**
+   * The revision the rollback was planned against.
+   *
+   * @generated from field: int64 base_revision = 4;
+   */
+  baseRevision: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RollbackConfigResponse.
+ * Use `create(RollbackConfigResponseSchema)` to create a new message.
+ */
+export const RollbackConfigResponseSchema: GenMessage<RollbackConfigResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 24);
+
+/**
+ * PreviewConfigChangeRequest is a proposed change and the traffic to replay.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeRequest
+ */
+export type PreviewConfigChangeRequest = Message<"modelroute.admin.v1.PreviewConfigChangeRequest"> & {
+  /**
+   * The proposed changes (as for ApplyConfig).
+   *
+   * @generated from field: repeated modelroute.admin.v1.KeyChange changes = 1;
+   */
+  changes: KeyChange[];
+
+  /**
+   * How much recorded usage to replay, ending now (default 24 hours, at most 90 days).
+   *
+   * @generated from field: int64 window_seconds = 2;
+   */
+  windowSeconds: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeRequest.
+ * Use `create(PreviewConfigChangeRequestSchema)` to create a new message.
+ */
+export const PreviewConfigChangeRequestSchema: GenMessage<PreviewConfigChangeRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 25);
+
+/**
+ * ModelMove counts calls that would move from one model to another.
+ *
+ * @generated from message modelroute.admin.v1.ModelMove
+ */
+export type ModelMove = Message<"modelroute.admin.v1.ModelMove"> & {
+  /**
+   * The model served under the configuration in force (`(none)`: no model available).
+   *
+   * @generated from field: string from_model = 1;
+   */
+  fromModel: string;
+
+  /**
+   * The model that would serve under the proposed one.
+   *
+   * @generated from field: string to_model = 2;
+   */
+  toModel: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 3;
+   */
+  calls: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ModelMove.
+ * Use `create(ModelMoveSchema)` to create a new message.
+ */
+export const ModelMoveSchema: GenMessage<ModelMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 26);
+
+/**
+ * VariantMove counts users whose experiment variant would change.
+ *
+ * @generated from message modelroute.admin.v1.VariantMove
+ */
+export type VariantMove = Message<"modelroute.admin.v1.VariantMove"> & {
+  /**
+   * `experiment/variant` before; empty when not in an experiment.
+   *
+   * @generated from field: string from_variant = 1;
+   */
+  fromVariant: string;
+
+  /**
+   * `experiment/variant` after; empty when not in an experiment.
+   *
+   * @generated from field: string to_variant = 2;
+   */
+  toVariant: string;
+
+  /**
+   * Distinct users.
+   *
+   * @generated from field: int64 users = 3;
+   */
+  users: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.VariantMove.
+ * Use `create(VariantMoveSchema)` to create a new message.
+ */
+export const VariantMoveSchema: GenMessage<VariantMove> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 27);
+
+/**
+ * ContextImpact is what a change would do to one context's recorded traffic.
+ *
+ * @generated from message modelroute.admin.v1.ContextImpact
+ */
+export type ContextImpact = Message<"modelroute.admin.v1.ContextImpact"> & {
+  /**
+   * The context.
+   *
+   * @generated from field: string context = 1;
+   */
+  context: string;
+
+  /**
+   * Replayed calls.
+   *
+   * @generated from field: int64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * Calls whose model would change.
+   *
+   * @generated from field: int64 changed_calls = 3;
+   */
+  changedCalls: bigint;
+
+  /**
+   * changed_calls / calls.
+   *
+   * @generated from field: double changed_share = 4;
+   */
+  changedShare: number;
+
+  /**
+   * From → to matrix of the changed calls, most calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ModelMove moves = 5;
+   */
+  moves: ModelMove[];
+
+  /**
+   * Users moved between experiment variants.
+   *
+   * @generated from field: repeated modelroute.admin.v1.VariantMove variant_moves = 6;
+   */
+  variantMoves: VariantMove[];
+
+  /**
+   * Estimated cost per day: recorded tokens × prices of the model served, in force.
+   *
+   * @generated from field: double cost_per_day_before_usd = 7;
+   */
+  costPerDayBeforeUsd: number;
+
+  /**
+   * The same under the proposed configuration (its models and prices).
+   *
+   * @generated from field: double cost_per_day_after_usd = 8;
+   */
+  costPerDayAfterUsd: number;
+
+  /**
+   * Models that serve or back up this context now and would not any more.
+   *
+   * @generated from field: repeated string unreachable_models = 9;
+   */
+  unreachableModels: string[];
+
+  /**
+   * Replayed calls that carried no user id (experiments bucketed by user skip them).
+   *
+   * @generated from field: int64 calls_without_user = 10;
+   */
+  callsWithoutUser: bigint;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.ContextImpact.
+ * Use `create(ContextImpactSchema)` to create a new message.
+ */
+export const ContextImpactSchema: GenMessage<ContextImpact> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 28);
+
+/**
+ * PreviewConfigChangeResponse is the impact of a proposed change.
+ *
+ * @generated from message modelroute.admin.v1.PreviewConfigChangeResponse
+ */
+export type PreviewConfigChangeResponse = Message<"modelroute.admin.v1.PreviewConfigChangeResponse"> & {
+  /**
+   * Per context, most changed calls first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.ContextImpact contexts = 1;
+   */
+  contexts: ContextImpact[];
+
+  /**
+   * Usage rows replayed.
+   *
+   * @generated from field: int64 calls_replayed = 2;
+   */
+  callsReplayed: bigint;
+
+  /**
+   * The window replayed.
+   *
+   * @generated from field: google.protobuf.Timestamp window_start = 3;
+   */
+  windowStart?: Timestamp | undefined;
+
+  /**
+   * The end of the window (now).
+   *
+   * @generated from field: google.protobuf.Timestamp window_end = 4;
+   */
+  windowEnd?: Timestamp | undefined;
+
+  /**
+   * The configuration revision the change was planned against.
+   *
+   * @generated from field: int64 base_revision = 5;
+   */
+  baseRevision: bigint;
+
+  /**
+   * The diff of the proposed change.
+   *
+   * @generated from field: repeated string diff = 6;
+   */
+  diff: string[];
+
+  /**
+   * What the replay cannot reproduce (runtime cooldowns and quotas, calls without a
+   * user id, experiments bucketed by request), in words.
+   *
+   * @generated from field: repeated string caveats = 7;
+   */
+  caveats: string[];
+};
+
+/**
+ * Describes the message modelroute.admin.v1.PreviewConfigChangeResponse.
+ * Use `create(PreviewConfigChangeResponseSchema)` to create a new message.
+ */
+export const PreviewConfigChangeResponseSchema: GenMessage<PreviewConfigChangeResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 29);
 
 /**
  * UsageGroupBy is the dimension usage is aggregated on.
@@ -1122,6 +1650,84 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ApplyConfigRequestSchema;
     output: typeof ApplyConfigResponseSchema;
+  },
+  /**
+   * ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+   * entry per key and etcd revision, with the values before and after (secrets of
+   * `clients/` values redacted), who made it and their note. Kept in the database, so
+   * it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: limit out of range.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.ListConfigChanges
+   */
+  listConfigChanges: {
+    methodKind: "unary";
+    input: typeof ListConfigChangesRequestSchema;
+    output: typeof ListConfigChangesResponseSchema;
+  },
+  /**
+   * GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: a negative revision.
+   * - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+   *   metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.GetConfigAt
+   */
+  getConfigAt: {
+    methodKind: "unary";
+    input: typeof GetConfigAtRequestSchema;
+    output: typeof GetConfigAtResponseSchema;
+  },
+  /**
+   * RollbackConfig puts every decision-shaping key back to its value at `revision`
+   * (deleting keys created after it) in one etcd transaction, guarded by the revision it
+   * read (or `expected_revision`). The rollback is itself recorded as a change.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+   * - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+   * - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+   *   history (names the keys; re-create those clients by hand).
+   * - ABORTED: the configuration changed concurrently; nothing was written.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.RollbackConfig
+   */
+  rollbackConfig: {
+    methodKind: "unary";
+    input: typeof RollbackConfigRequestSchema;
+    output: typeof RollbackConfigResponseSchema;
+  },
+  /**
+   * PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+   * each row) through the resolver under the configuration in force and under the
+   * proposed one, and reports per context what would move. It writes nothing.
+   *
+   * Errors:
+   * - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+   *   window that is not positive or longer than 90 days.
+   * - UNAVAILABLE: etcd or the database is unreachable.
+   * - UNIMPLEMENTED: the server has no database.
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.PreviewConfigChange
+   */
+  previewConfigChange: {
+    methodKind: "unary";
+    input: typeof PreviewConfigChangeRequestSchema;
+    output: typeof PreviewConfigChangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_modelroute_admin_v1_admin, 0);
