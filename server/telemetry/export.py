@@ -12,8 +12,9 @@ the GIL), so the serving loop waits at most one short slice for the interpreter.
 Nothing is lost silently: the queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, default 20,000); a
 span that finds it full, or that the child reports it could not export, is counted in
 `dropped`, logged once per `log_interval`, exposed as the `modelroute_spans_dropped_total`
-metric and in `modelroute config status`. A dead child is restarted (its unsent spans are
-counted as dropped).
+metric and in `modelroute config status`. A dead child is restarted; a batch that could not be
+written to it is counted as dropped, but spans the child had already read and not yet exported
+die with it uncounted (the one gap: a crash of the exporter process itself).
 """
 
 from __future__ import annotations
