@@ -47,9 +47,12 @@ from modelroute.server.telemetry.metrics import ServerMetrics, Sources
 from modelroute.server.telemetry.tracing import configure_tracing, shutdown_tracing
 from modelroute.server.usage import alert_rules
 from modelroute.server.usage.alerts import AlertSink
+from modelroute.server.usage.rollout_controller import RolloutController
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
+from modelroute.storage.data_dir_lock import DataDirLock
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
@@ -62,6 +65,7 @@ from modelroute.storage.etcd import (
 )
 from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
+from modelroute.storage.rollout_store import EtcdRolloutStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
@@ -142,6 +146,7 @@ class ModelrouteServer:
         self.options = options
         self.port = 0
         self.embedded_etcd: EmbeddedEtcd | None = None
+        self.data_dir_lock: DataDirLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         # Set during start(); stop() releases whatever was acquired, even after a failed start.
@@ -158,9 +163,15 @@ class ModelrouteServer:
         self.admin_http: AdminHttpServer | None = None
         self.admin_port = 0
         self.metrics: ServerMetrics | None = None
+        self.rollout_controller: RolloutController | None = None
 
     async def start(self) -> None:
         options = self.options
+        if not options.etcd_endpoints:
+            # The data dir's embedded etcd belongs to one instance: a second one refuses
+            # at once, before it prints or starts anything.
+            self.data_dir_lock = DataDirLock(options.data_dir)
+            self.data_dir_lock.acquire()
         # Security options are checked first: a typo must not start an open server.
         tls = TlsFiles.from_options(options.tls_cert, options.tls_key, options.tls_client_ca)
         grpc_credentials = server_credentials(tls) if tls is not None else None
@@ -258,6 +269,7 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            rollout_metrics=RolloutMetricsReader(self.engine),
             history=ConfigHistory(
                 self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
             ),
@@ -276,6 +288,8 @@ class ModelrouteServer:
             self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
         await self._start_admin_http(admin_service)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.describe(f"{options.host}:{self.port}")
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
@@ -285,6 +299,14 @@ class ModelrouteServer:
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
+        self.rollout_controller = RolloutController(
+            EtcdRolloutStore(self.etcd, options.etcd_prefix),
+            self._current,
+            RolloutMetricsReader(self.engine),
+            self.alerts,
+            self.replica_id,
+        )
+        self._tasks.append(asyncio.create_task(self.rollout_controller.run(), name="rollouts"))
         self._tasks.append(
             asyncio.create_task(
                 self.decision_keys.ensure_in_etcd(self.runtime_store),
@@ -373,6 +395,8 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        if self.rollout_controller is not None:
+            self.rollout_controller.notice(update)
         self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:
@@ -475,6 +499,8 @@ class ModelrouteServer:
             self.engine.dispose()
         if self.embedded_etcd is not None:
             await asyncio.to_thread(self.embedded_etcd.stop)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
         if self.metrics is not None:
             self.metrics.shutdown()
         shutdown_tracing()

@@ -159,6 +159,7 @@ def serve(
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -196,6 +197,8 @@ def serve(
         raise typer.Exit(Supervisor(options, count, log_level).run())
     try:
         asyncio.run(serve_until_signalled(options))
+    except AlreadyRunningError as exc:
+        _fail(str(exc), code=3)
     except (TlsConfigError, AdminTokenFileError) as exc:
         _fail(f"cannot start: {exc}", code=2)
 
@@ -665,6 +668,12 @@ def db_upgrade(
     url = database_url or default_sqlite_url(DATA_DIR)
     upgrade(url)
     typer.echo(f"database at {url.split('@')[-1]} is up to date")
+
+
+# `modelroute rollout ...` lives in its own module (guarded rollouts, issue 12).
+from modelroute.server.api.rollout_cli import rollout_app  # noqa: E402
+
+app.add_typer(rollout_app, name="rollout")
 
 
 def main() -> None:

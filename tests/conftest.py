@@ -156,7 +156,11 @@ async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> 
 class ServerProcess:
     """`modelroute serve` as a real process on a free port (for signals and env tests)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, *, own_group: bool = False
+    ) -> None:
+        """`own_group`: a process group of its own, as a shell gives a foreground job (so
+        a test can send Ctrl-C's SIGINT to the whole group)."""
         import re
         import subprocess
         import sys
@@ -178,6 +182,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+            process_group=0 if own_group else None,
         )
         assert self.process.stdout is not None
         self.output: list[str] = []

@@ -26,6 +26,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -48,6 +49,7 @@ from modelroute.server.api.admin_http_models import (
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.errors import ServiceError
 from modelroute.server.api.http_guard import GuardMiddleware, TokenBucket
+from modelroute.server.api.rollout_http import RolloutList
 from modelroute.server.core.snapshot import Snapshot
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -179,7 +181,9 @@ def create_admin_app(
     """The admin HTTP app. `verify_token` (given the bearer token or None) guards every
     `/api/admin/*` path; `metrics` renders `/metrics` (body, content type); `snapshot`
     gives the config in force (for the experiment list, which has no gRPC counterpart)."""
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with their assets served from this process (the
+    # stock pages load them from a CDN and are blank offline).
+    app = FastAPIOffline(
         title="modelroute admin API",
         version="1",
         description="Read-only operator API: usage, experiments, config status, alerts, "
@@ -255,6 +259,11 @@ def create_admin_app(
             to_time=_timestamp("to", to),
         )
         return _to_model(ExperimentResults, await admin.experiment_results(request))
+
+    @admin_get("/rollouts", RolloutList, "rollouts")
+    async def rollouts() -> RolloutList:
+        """Guarded rollouts: step, share, calls per arm, guardrails, controller decisions."""
+        return _to_model(RolloutList, await admin.rollout_status(""))
 
     @admin_get("/config/status", ConfigStatus, "config")
     async def config_status() -> ConfigStatus:

@@ -20,6 +20,7 @@ from modelroute.server.api.errors import (
 )
 from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.api.mapping import model_list, timestamp
+from modelroute.server.api.rollout_status import rollout_status
 from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.quotas import QuotaTracker
@@ -28,6 +29,7 @@ from modelroute.server.telemetry.tracing import spans_dropped
 from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.analysis import experiment_results as compare_variants
 from modelroute.server.usage.analysis import usage_row
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
@@ -73,9 +75,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         analysis: AnalysisStore | None = None,
         history: ConfigHistory | None = None,
         impact: ImpactPreview | None = None,
+        rollout_metrics: RolloutMetricsReader | None = None,
     ) -> None:
         self.history = history
         self.impact = impact
+        self._rollout_metrics = rollout_metrics
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -116,6 +120,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         context: ServicerContext,
     ) -> admin_pb2.GetExperimentResultsResponse:
         return await self.experiment_results(request)
+
+    @rpc
+    async def GetRolloutStatus(
+        self,
+        request: admin_pb2.GetRolloutStatusRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.GetRolloutStatusResponse:
+        return await self.rollout_status(request.rollout_id)
 
     @rpc
     async def ListAlerts(
@@ -307,6 +319,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except StoreUnavailableError as exc:
             raise store_unavailable(exc) from None
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
+
+    async def rollout_status(self, rollout_id: str) -> admin_pb2.GetRolloutStatusResponse:
+        return await rollout_status(self._config.current, self._rollout_metrics, rollout_id)
 
     def _require_analysis(self) -> AnalysisStore:
         if self._analysis is None:
