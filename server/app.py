@@ -132,6 +132,13 @@ class ServeOptions:
     admin_port: int | None = None
     # Checks the admin HTTP bearer token (None: no token required).
     admin_verify_token: Callable[[str | None], bool] | None = None
+    # --- set by `serve --workers N` (server/workers.py) for each worker ---
+    # Named in the `modelroute-worker` trailing metadata of ResolveModel/ReportUsage.
+    worker_name: str = ""
+    # The supervising parent: a worker whose parent is gone stops (no orphans).
+    parent_pid: int | None = None
+    # Bind the gRPC port with SO_REUSEPORT (workers share it).
+    reuse_port: bool = False
 
 
 class ModelrouteServer:
@@ -238,7 +245,10 @@ class ModelrouteServer:
         )
         self.grpc_server = grpc.aio.server(
             interceptors=[auth],
-            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+            options=[
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.so_reuseport", 1 if options.reuse_port else 0),
+            ],
         )
         router_service = ModelRouterService(
             self.config,
@@ -251,6 +261,7 @@ class ModelrouteServer:
             feedback=FeedbackStore(self.engine),
             runtime_store=self.runtime_store,
             metrics=self.metrics,
+            worker_name=options.worker_name,
         )
         router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
         # The HTTP listener's application API calls the servicer through the same interceptor.
@@ -510,6 +521,8 @@ async def serve_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if options.parent_pid is not None:
+        watchdog = asyncio.create_task(_stop_when_orphaned(options.parent_pid, stop))
     try:
         await server.start()
         print(f"modelroute: serving gRPC on {options.host}:{server.port}", flush=True)
@@ -523,3 +536,13 @@ async def serve_until_signalled(
         log.info("signal received: shutting down")
     finally:
         await server.stop()
+        if options.parent_pid is not None:
+            watchdog.cancel()
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    # Polled: no event says "my parent died" (prctl PDEATHSIG would, but Linux-only).
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    log.error("supervising process %d is gone: shutting down", parent_pid)
+    stop.set()

@@ -25,6 +25,7 @@ from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.runtime_state import RuntimeState
+from modelroute.server.telemetry.tracing import spans_dropped
 from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.analysis import experiment_results as compare_variants
 from modelroute.server.usage.analysis import usage_row
@@ -182,6 +183,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             etcd_connected=self._source.connected,
             etcd_endpoints=[str(e) for e in self._source.endpoints],
             rejected_total=self._config.rejected_total,
+            spans_dropped=spans_dropped(),
         )
         degraded_since = self._config.from_file_since or self._source.disconnected_since
         if degraded_since is not None:

@@ -7,7 +7,7 @@ filled the same way in every answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -54,9 +54,9 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 def duration(seconds: float) -> duration_pb2.Duration:
     """A protobuf Duration (negative values clamp to zero)."""
-    value = duration_pb2.Duration()
-    value.FromTimedelta(timedelta(seconds=max(0.0, seconds)))
-    return value
+    seconds = max(0.0, seconds)
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
 def model_list(snapshot: Snapshot | None, tier: str = "") -> router_pb2.ListModelsResponse:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import grpc
 from modelroute.server.api.errors import (
@@ -34,7 +35,6 @@ from modelroute.server.api.mapping import (
     usage_records,
 )
 from modelroute.server.api.router_spans import (
-    annotate_decision,
     annotate_usage,
     mark_failed,
     parent_context,
@@ -60,6 +60,7 @@ from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.report_effects import CooldownStarter, ReportEffects
+from modelroute.server.telemetry import decision_spans
 from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.server.usage.usage_writer import (
     AfterCommit,
@@ -75,6 +76,7 @@ from modelroute.v1 import router_pb2, router_pb2_grpc
 from opentelemetry import trace
 
 log = logging.getLogger("modelroute.router")
+WORKER_METADATA: Final = "modelroute-worker"
 
 
 class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
@@ -94,8 +96,11 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         runtime_store: RuntimeStore | None = None,
         metrics: MetricsRecorder = NO_METRICS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        worker_name: str = "",
     ) -> None:
         """Serve from `config`'s snapshot; optional parts switch their RPCs on."""
+        # `serve --workers N`: answers say which worker gave them (trailing metadata).
+        self._worker_metadata = ((WORKER_METADATA, worker_name),) if worker_name else None
         self._config = config
         self._preferences = preferences
         self._feedback = feedback
@@ -120,43 +125,35 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.ResolveModelResponse:
         """Decide which model serves this call (and what to fall back to)."""
         started = time.perf_counter()
-        with tracer.start_as_current_span(
-            "modelroute.resolve",
-            context=parent_context(context),
-            kind=trace.SpanKind.SERVER,
-            set_status_on_exception=False,
-        ) as span:
+        started_ns = time.time_ns()
+        try:
+            violations = validate_resolve(request)
+            if violations:
+                raise invalid_argument(violations)
+            snapshot = self._snapshot()
+            now = self._clock()
+            resolve_input = ResolveInput(
+                context=request.context,
+                user_id=request.user.id,
+                tier=request.user.tier,
+                exclude_models=frozenset(request.exclude_models),
+                request_id=request.request_id,
+                preferred_model=await self._preferred_model(snapshot, request),
+            )
             try:
-                violations = validate_resolve(request)
-                if violations:
-                    raise invalid_argument(violations)
-                snapshot = self._snapshot()
-                now = self._clock()
-                resolve_input = ResolveInput(
-                    context=request.context,
-                    user_id=request.user.id,
-                    tier=request.user.tier,
-                    exclude_models=frozenset(request.exclude_models),
-                    request_id=request.request_id,
-                    preferred_model=await self._preferred_model(snapshot, request),
-                )
-                try:
-                    decision = resolve(snapshot, resolve_input, now, self._runtime)
-                    if self._quotas is not None:
-                        decision, now = await admit(
-                            self._quotas,
-                            snapshot,
-                            resolve_input,
-                            decision,
-                            now,
-                            self._runtime,
-                            self._clock,
-                        )
-                except NoModelAvailableError as exc:
-                    raise no_model_available(exc, now) from None
-            except ServiceError as error:
-                mark_failed(span, error, request.context)
-                raise
+                decision = resolve(snapshot, resolve_input, now, self._runtime)
+                if self._quotas is not None:
+                    decision, now = await admit(
+                        self._quotas,
+                        snapshot,
+                        resolve_input,
+                        decision,
+                        now,
+                        self._runtime,
+                        self._clock,
+                    )
+            except NoModelAvailableError as exc:
+                raise no_model_available(exc, now) from None
             token = self._tokens.encode(
                 context=request.context,
                 model_id=decision.model_id,
@@ -166,16 +163,41 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 config_revision=decision.config_revision,
                 issued_at_ms=int(now.timestamp() * 1000),
             )
-            if span.is_recording():
-                annotate_decision(span, request, decision)
-            self._metrics.record_decision(
+        except ServiceError as error:
+            decision_spans.record_failure(
+                context.invocation_metadata(),
+                started_ns,
                 request.context,
-                decision.model_id,
-                int(decision.reason),
-                None if decision.fallback_cause is None else int(decision.fallback_cause),
-                time.perf_counter() - started,
+                error.reason,
+                error.message,
             )
-            return decision_response(decision, token)
+            raise
+        except Exception as exc:
+            decision_spans.record_failure(
+                context.invocation_metadata(), started_ns, request.context, "INTERNAL", repr(exc)
+            )
+            raise
+        response = decision_response(decision, token)
+        # The span is built once, now that everything about the decision is known.
+        decision_spans.record_decision(
+            context.invocation_metadata(),
+            started_ns,
+            request.context,
+            request.user.id,
+            request.user.tier,
+            request.request_id,
+            decision,
+        )
+        self._metrics.record_decision(
+            request.context,
+            decision.model_id,
+            int(decision.reason),
+            None if decision.fallback_cause is None else int(decision.fallback_cause),
+            time.perf_counter() - started,
+        )
+        if self._worker_metadata is not None:
+            context.set_trailing_metadata(self._worker_metadata)
+        return response
 
     async def _preferred_model(
         self, snapshot: Snapshot, request: router_pb2.ResolveModelRequest
@@ -236,6 +258,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             self._metrics.record_usage_reports(
                 [record for record, stored in zip(records, inserted, strict=True) if stored]
             )
+            if self._worker_metadata is not None:
+                context.set_trailing_metadata(self._worker_metadata)
             return router_pb2.ReportUsageResponse(results=results)
 
     async def _store_usage(

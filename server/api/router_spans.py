@@ -1,6 +1,7 @@
-"""Spans of ModelRouterService: one per decision and per usage call, one per model in a
-usage call (one per report made span export the main cost of ingestion: a 100-report call
-was 101 spans to build, serialise and send; now reports of one model are summed).
+"""Spans of ModelRouterService: one per usage call and one per model in it (one per report
+made span export the main cost of ingestion: a 100-report call was 101 spans to build,
+serialise and send; now reports of one model are summed). The decision span is built in one
+step by telemetry/decision_spans.py.
 
 Attributes follow OpenTelemetry's GenAI semantic conventions where they exist; user ids
 never leave the process in clear (`hash_user`).
@@ -8,26 +9,18 @@ never leave the process in clear (`hash_user`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any, Final
 
 from modelroute.server.api.errors import ServiceError, ServicerContext
-from modelroute.server.core.resolver import Decision
-from modelroute.server.telemetry.semconv import feature_flag_attributes
+from modelroute.server.telemetry.decision_spans import hash_user as hash_user
 from modelroute.storage.usage_store import UsageRecord
-from modelroute.v1 import router_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 tracer = trace.get_tracer("modelroute.router")
 _propagator: Final = TraceContextTextMapPropagator()
-
-
-def hash_user(user_id: str) -> str:
-    """User ids never leave the process in clear (spans): a short stable digest instead."""
-    return hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else ""
 
 
 def parent_context(context: ServicerContext) -> otel_context.Context | None:
@@ -48,40 +41,6 @@ def mark_failed(span: trace.Span, error: ServiceError, context_name: str | None 
         span.set_attribute("modelroute.context", context_name[:128])
         span.set_attribute("modelroute.error", error.reason)
     span.set_status(trace.StatusCode.ERROR, error.message)
-
-
-def annotate_decision(
-    span: trace.Span, request: router_pb2.ResolveModelRequest, decision: Decision
-) -> None:
-    """What was decided, and why, on the decision's span."""
-    span.set_attributes(
-        {
-            "modelroute.context": request.context,
-            "modelroute.model_id": decision.model_id,
-            "modelroute.provider": decision.provider,
-            "modelroute.reason": decision.reason.name,
-            "modelroute.experiment_id": decision.experiment_id,
-            "modelroute.variant_id": decision.variant_id,
-            "modelroute.config_revision": decision.config_revision,
-            "modelroute.user_hash": hash_user(request.user.id),
-            "modelroute.tier": request.user.tier,
-        }
-    )
-    # The decision as an OpenFeature evaluation (flag key = context).
-    span.set_attributes(
-        feature_flag_attributes(
-            request.context,
-            decision.model_id,
-            decision.reason.name,
-            decision.variant_id,
-            decision.config_revision,
-        )
-    )
-    if decision.fallback_cause is not None:
-        span.set_attribute("modelroute.fallback_cause", decision.fallback_cause.name)
-        span.set_attribute("modelroute.fallback_from", decision.fallback_from)
-    if request.request_id:
-        span.set_attribute("modelroute.request_id", request.request_id)
 
 
 def annotate_usage(records: Sequence[UsageRecord]) -> None:

@@ -78,6 +78,13 @@ def serve(
     admin_port: Annotated[
         int, typer.Option(help="Admin HTTP API + dashboard + /metrics (0: any, -1: off).")
     ] = 8081,
+    workers: Annotated[
+        str,
+        typer.Option(
+            envvar="MODELROUTE_WORKERS",
+            help="Worker processes sharing the gRPC port (auto: one per core).",
+        ),
+    ] = "1",
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.api.auth import AdminTokenFileError
@@ -112,8 +119,13 @@ def serve(
     )
     try:
         options.etcd_tls()  # validates the etcd TLS combination before anything starts
+        from modelroute.server.workers import Supervisor, worker_count
+
+        count = worker_count(workers)
     except ValueError as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
+    if count > 1:
+        raise typer.Exit(Supervisor(options, count, log_level).run())
     try:
         asyncio.run(serve_until_signalled(options, on_serving=publish_instance))
     except AlreadyRunningError as exc:

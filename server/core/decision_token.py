@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -58,7 +59,20 @@ def _unb64(text: str) -> bytes:
 
 
 def _sign(key: bytes, body: str) -> str:
-    return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES])
+    return _b64(hmac.digest(key, body.encode(), hashlib.sha256)[:SIGNATURE_BYTES])
+
+
+@functools.lru_cache(maxsize=1024)
+def _payload_middle(
+    context: str,
+    model_id: str,
+    reason: int,
+    experiment_id: str,
+    variant_id: str,
+    config_revision: int,
+) -> str:
+    fields = [context, model_id, int(reason), experiment_id, variant_id, int(config_revision)]
+    return json.dumps(fields, separators=(",", ":"))[1:-1]
 
 
 class DecisionTokens:
@@ -93,17 +107,13 @@ class DecisionTokens:
         config_revision: int,
         issued_at_ms: int,
     ) -> str:
-        payload = [
-            secrets.token_hex(6),
-            context,
-            model_id,
-            reason,
-            experiment_id,
-            variant_id,
-            config_revision,
-            issued_at_ms,
-        ]
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        # The same JSON list as json.dumps([nonce, context, ..., issued_at_ms]) would give;
+        # the middle is the same for every decision of one (context, model, ...) and cached.
+        middle = _payload_middle(
+            context, model_id, reason, experiment_id, variant_id, config_revision
+        )
+        payload = f'["{secrets.token_hex(6)}",{middle},{int(issued_at_ms)}]'
+        body = _b64(payload.encode())
         return f"{PREFIX}{body}.{_sign(self._key, body)}"
 
     def decode(self, token: str) -> DecisionToken:

@@ -9,13 +9,15 @@ observable instrument read at scrape time, so it costs nothing between scrapes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from modelroute.server.telemetry.decision_metrics import DecisionTally
 from modelroute.server.telemetry.semconv import GenAiMetrics, UsageFacts
-from modelroute.server.telemetry.tracing import otlp_metric_readers
+from modelroute.server.telemetry.tracing import otlp_metric_readers, spans_dropped
 from modelroute.v1 import types_pb2
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -65,10 +67,12 @@ def _enum_label(enum: Any, value: int, prefix: str) -> str:
     return name.removeprefix(prefix).lower()
 
 
+@functools.cache
 def _reason(value: int) -> str:
     return _enum_label(types_pb2.Reason, value, "REASON_")
 
 
+@functools.cache
 def _cause(value: int) -> str:
     return _enum_label(types_pb2.FallbackCause, value, "FALLBACK_CAUSE_")
 
@@ -104,18 +108,9 @@ class ServerMetrics(MetricsRecorder):
         )
         meter = self._provider.get_meter("modelroute.server")
         self._genai = GenAiMetrics(meter)
-        self._decisions = meter.create_counter(
-            "modelroute.decisions", unit="1", description="Model decisions (ResolveModel answers)"
-        )
-        self._decision_latency = meter.create_histogram(
-            "modelroute.decision.duration",
-            unit="s",
-            description="Time to decide a model, quota admission included",
-            explicit_bucket_boundaries_advisory=DECISION_BUCKETS,
-        )
-        self._fallbacks = meter.create_counter(
-            "modelroute.fallbacks", unit="1", description="Decisions that served a fallback"
-        )
+        # Decisions are tallied outside the SDK (cheaper on the hot path), same exposition.
+        self._decision_tally = DecisionTally(DECISION_BUCKETS)
+        self.registry.register(self._decision_tally)
         self._write_latency = meter.create_histogram(
             "modelroute.usage.write.duration",
             unit="s",
@@ -155,6 +150,12 @@ class ServerMetrics(MetricsRecorder):
             unit="1",
             description="1 while the config watch on etcd is live",
         )
+        meter.create_observable_counter(
+            "modelroute.spans.dropped",
+            [self._spans_dropped],
+            unit="1",
+            description="Spans that could not be exported (queue full or collector refused)",
+        )
         meter.create_observable_gauge(
             "modelroute.usage.queue_depth",
             [self._queue_depth],
@@ -170,11 +171,13 @@ class ServerMetrics(MetricsRecorder):
         """One ResolveModel answer. Label values come from the config (bounded)."""
         if context not in self.sources.contexts():
             context = "(unknown)"
-        attributes = {"context": context, "model": model_id, "reason": _reason(reason)}
-        self._decisions.add(1, attributes)
-        self._decision_latency.record(seconds, {"context": context})
-        if fallback_cause is not None:
-            self._fallbacks.add(1, {"context": context, "cause": _cause(fallback_cause)})
+        self._decision_tally.record(
+            context,
+            model_id,
+            _reason(reason),
+            None if fallback_cause is None else _cause(fallback_cause),
+            seconds,
+        )
 
     def record_usage_reports(self, reports: Iterable[UsageFacts]) -> None:
         self._genai.record(reports)
@@ -224,6 +227,9 @@ class ServerMetrics(MetricsRecorder):
     def _etcd(self, options: CallbackOptions) -> Iterable[Observation]:
         connected = self.sources.etcd_connected()
         return [] if connected is None else [Observation(1 if connected else 0)]
+
+    def _spans_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(spans_dropped())]
 
     def _queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.sources.usage_queue_depth())]

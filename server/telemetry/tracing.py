@@ -1,9 +1,10 @@
 """OpenTelemetry setup from the standard `OTEL_*` environment variables.
 
-Spans are always created (decisions are explainable in-process); they are exported over
-OTLP/gRPC when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when `OTEL_TRACES_EXPORTER=otlp` asks for the
-default endpoint. `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off.
+Spans are exported over OTLP/gRPC when an OTLP endpoint is configured
+(`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), or when
+`OTEL_TRACES_EXPORTER=otlp` asks for the default endpoint; encoding and sending happen in an
+exporter child process (`export.py`). `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
+turn export off (decision spans are then not built at all: nothing would read them).
 Metrics follow the same rules with OTEL_METRICS_EXPORTER / ..._METRICS_ENDPOINT
 (`otlp_metric_readers`, added to the replica's MeterProvider next to /metrics).
 """
@@ -14,14 +15,16 @@ import logging
 import os
 from collections.abc import Mapping
 
+from modelroute.server.telemetry import decision_spans
+from modelroute.server.telemetry.export import OffloadingSpanProcessor
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 log = logging.getLogger("modelroute.telemetry")
 _provider: TracerProvider | None = None
+_offloader: OffloadingSpanProcessor | None = None
 
 
 def export_wanted(env: Mapping[str, str]) -> bool:
@@ -65,10 +68,16 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "modelroute")})
     provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, default on
     if export_wanted(env):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        log.info("exporting spans over OTLP/gRPC")
+        global _offloader
+        # Encoding and sending happen in a child process (export.py says why).
+        _offloader = OffloadingSpanProcessor(dict(resource.attributes), env=env)
+        provider.add_span_processor(_offloader)
+        log.info("exporting spans over OTLP/gRPC (from an exporter process)")
+        default_sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
+        if default_sampler == "parentbased_always_on":
+            decision_spans.use_direct_export(_offloader.offer)
+    else:
+        decision_spans.use_direct_export(None, skip=True)  # no processor reads spans
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
@@ -77,3 +86,8 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> TracerProvider:
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()  # flushes pending spans
+
+
+def spans_dropped() -> int:
+    """Spans that could not be exported since start (0 when export is off)."""
+    return _offloader.dropped if _offloader is not None else 0

@@ -636,6 +636,7 @@ class GetConfigStatusResponse(_message.Message):
     BUDGETS_FIELD_NUMBER: _builtins.int
     SERVING_LAST_GOOD_FILE_FIELD_NUMBER: _builtins.int
     LIVE_REPLICAS_FIELD_NUMBER: _builtins.int
+    SPANS_DROPPED_FIELD_NUMBER: _builtins.int
     config_revision: _builtins.int
     """The etcd revision of the snapshot served."""
     etcd_connected: _builtins.bool
@@ -648,6 +649,10 @@ class GetConfigStatusResponse(_message.Message):
     """
     live_replicas: _builtins.int
     """Replicas that published usage counts within the last few seconds (this one included)."""
+    spans_dropped: _builtins.int
+    """Spans this replica could not export since it started (export queue full under
+    overload, or the collector refused them); 0 when span export is off.
+    """
     @_builtins.property
     def last_reload(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was applied."""
@@ -696,10 +701,11 @@ class GetConfigStatusResponse(_message.Message):
         budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
         serving_last_good_file: _builtins.bool = ...,
         live_replicas: _builtins.int = ...,
+        spans_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["degraded_since", b"degraded_since", "last_reload", b"last_reload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "config_revision", b"config_revision", "degraded_since", b"degraded_since", "env_overrides", b"env_overrides", "etcd_connected", b"etcd_connected", "etcd_endpoints", b"etcd_endpoints", "key_counts", b"key_counts", "last_reload", b"last_reload", "live_replicas", b"live_replicas", "quotas", b"quotas", "rejected_keys", b"rejected_keys", "rejected_total", b"rejected_total", "serving_last_good_file", b"serving_last_good_file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "config_revision", b"config_revision", "degraded_since", b"degraded_since", "env_overrides", b"env_overrides", "etcd_connected", b"etcd_connected", "etcd_endpoints", b"etcd_endpoints", "key_counts", b"key_counts", "last_reload", b"last_reload", "live_replicas", b"live_replicas", "quotas", b"quotas", "rejected_keys", b"rejected_keys", "rejected_total", b"rejected_total", "serving_last_good_file", b"serving_last_good_file", "spans_dropped", b"spans_dropped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,85 @@
+"""The span exporter child process (see `export.py`): reads pickled span batches from stdin,
+exports them with the standard OTLP/gRPC exporter (configured by the usual `OTEL_*`
+variables), and reports on stdout: `failed N` for spans that could not be exported,
+`flushed` once everything received before a flush request is exported.
+
+Runs until stdin closes, then exports what it still holds and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import queue
+import sys
+import threading
+from typing import IO, Any
+
+from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, records_to_spans
+
+MAX_EXPORT_BATCH = 512
+log = logging.getLogger("modelroute.telemetry.export_worker")
+
+
+def read_frames(stream: IO[bytes], into: queue.Queue[tuple[Any, ...] | None]) -> None:
+    while True:
+        header = stream.read(FRAME_HEADER.size)
+        if len(header) < FRAME_HEADER.size:
+            break
+        (length,) = FRAME_HEADER.unpack(header)
+        into.put(pickle.loads(stream.read(length)))
+    into.put(None)
+
+
+def reply(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    frames: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=256)
+    threading.Thread(target=read_frames, args=(sys.stdin.buffer, frames), daemon=True).start()
+    first = frames.get()
+    if first is None:
+        return
+    resource = Resource.create(first[1])
+    exporter = OTLPSpanExporter()
+    scopes: dict[tuple[str, str | None], Any] = {}
+    pending: list[Any] = []
+    done = False
+
+    def export() -> None:
+        while pending:
+            batch = pending[:MAX_EXPORT_BATCH]
+            del pending[:MAX_EXPORT_BATCH]
+            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+                reply(f"failed {len(batch)}")
+
+    while not done:
+        message = frames.get()
+        # Take whatever else is already there: fewer, larger export calls.
+        while True:
+            if message is None:
+                done = True
+            elif message[0] == SPANS:
+                pending.extend(records_to_spans(message[1], resource, scopes))
+            elif message[0] == FLUSH:
+                export()
+                reply("flushed")
+            if done or len(pending) >= MAX_EXPORT_BATCH:
+                break
+            try:
+                message = frames.get_nowait()
+            except queue.Empty:
+                break
+        export()
+    exporter.shutdown()
+
+
+if __name__ == "__main__":
+    main()
