@@ -45,7 +45,6 @@ from modelroute.storage.database import create_engine_for, default_sqlite_url, u
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
-    ConfigUpdate,
     EtcdConfigSource,
     EtcdTls,
     connect,
@@ -53,6 +52,7 @@ from modelroute.storage.etcd import (
 )
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine

@@ -28,6 +28,8 @@ PERCENTILES: Final = (50, 95, 99)
 
 @dataclass
 class UsageGroup:
+    """Usage totals, outcome counts and latency percentiles of one group."""
+
     key: str
     calls: int = 0
     errors: int = 0
@@ -43,6 +45,8 @@ class UsageGroup:
 
 @dataclass
 class FeedbackGroup:
+    """Feedback counts and quality-score statistics of one experiment variant."""
+
     key: str
     scores: int = 0
     score_mean: float = 0.0
@@ -52,9 +56,11 @@ class FeedbackGroup:
 
 
 def _latency_bucket(latency: Any) -> ColumnElement[int]:
-    """Latency histogram bucket: exact below 1 s, then 3 significant digits (10 ms below
-    10 s, 100 ms below 100 s, 1 s above), so percentiles are exact for sub-second calls,
-    within 1% above, and a group has at most a few thousand buckets."""
+    """Latency histogram bucket: exact below 1 s, then 3 significant digits.
+
+    10 ms below 10 s, 100 ms below 100 s, 1 s above: percentiles are exact for
+    sub-second calls, within 1% above, and a group has at most a few thousand buckets.
+    """
     return case(
         (latency < 1_000, latency),
         (latency < 10_000, (latency // 10) * 10),
@@ -121,6 +127,8 @@ def _day(engine: Engine, column: Any) -> ColumnElement[str]:
 
 
 class AnalysisStore:
+    """Read-only aggregations over usage and feedback for summaries and experiments."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -145,8 +153,10 @@ class AnalysisStore:
         experiment_id: str | None = None,
         distinct_users: bool = False,
     ) -> list[UsageGroup]:
-        """One group per key: totals, outcome counts and latency percentiles, from a single
-        aggregation pass grouped by (key, latency bucket, outcome)."""
+        """One group per key: totals, outcome counts and latency percentiles.
+
+        One aggregation pass, grouped by (key, latency bucket, outcome).
+        """
         key = self._key(group_by).label("key")
         conditions = []
         if since is not None:
@@ -196,6 +206,7 @@ class AnalysisStore:
     def feedback_by_variant(
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, FeedbackGroup]:
+        """Feedback of an experiment per variant, within the optional time range."""
         conditions = [_feedback.c.experiment_id == experiment_id]
         if since is not None:
             conditions.append(_feedback.c.created_at >= since)

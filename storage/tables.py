@@ -30,6 +30,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to aware UTC on the way into the database."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -37,6 +38,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Tag UTC on the way out (SQLite returns naive datetimes)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -64,6 +66,8 @@ def _text(*, nullable: bool) -> Any:
 
 
 class LlmUsageLog(SQLModel, table=True):
+    """One usage report (`llm_usage_logs`); `report_id` makes reports idempotent."""
+
     __tablename__ = "llm_usage_logs"
     __table_args__ = (
         # Named so later (batch-mode, on SQLite) migrations can refer to them.
@@ -95,6 +99,8 @@ class LlmUsageLog(SQLModel, table=True):
 
 
 class LlmFeedback(SQLModel, table=True):
+    """One feedback on a decision (`llm_feedback`)."""
+
     __tablename__ = "llm_feedback"
     __table_args__ = (
         Index("ix_llm_feedback_experiment_id_variant_id", "experiment_id", "variant_id"),
@@ -114,6 +120,8 @@ class LlmFeedback(SQLModel, table=True):
 
 
 class UserModelPreference(SQLModel, table=True):
+    """A user's preferred model per context (`user_model_preferences`)."""
+
     __tablename__ = "user_model_preferences"
     __table_args__ = (
         UniqueConstraint("user_id", "context", name="uq_user_model_preferences_user_id_context"),
@@ -128,6 +136,8 @@ class UserModelPreference(SQLModel, table=True):
 
 
 class Alert(SQLModel, table=True):
+    """One alert (`alerts`); the id is derived from its de-duplication key."""
+
     __tablename__ = "alerts"
 
     id: str = Field(primary_key=True, max_length=64)

@@ -51,6 +51,8 @@ def _row(record: UsageRecord) -> dict[str, Any]:
 
 
 class UsageStore:
+    """The `llm_usage_logs` table: idempotent batch inserts and lookups."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._statement = (
@@ -60,9 +62,12 @@ class UsageStore:
         )
 
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
-        """Insert in ONE transaction. Per record, in order: True if stored now, False if its
-        report_id already existed (in the table, or earlier in this batch). Database errors
-        propagate unchanged; then nothing from the batch is stored."""
+        """Insert in ONE transaction.
+
+        Per record, in order: True if stored now, False if its report_id already existed (in
+        the table, or earlier in this batch). Database errors propagate unchanged; then
+        nothing from the batch is stored.
+        """
         first_index: dict[str, int] = {}
         for index, record in enumerate(records):
             first_index.setdefault(record.report_id, index)
@@ -80,10 +85,12 @@ class UsageStore:
         ]
 
     def count(self) -> int:
+        """How many usage rows are stored."""
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(_table)).scalar_one())
 
     def get(self, report_id: str) -> UsageRecord | None:
+        """The stored report with this id, or None."""
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(*_COLUMNS).where(_table.c.report_id == report_id)

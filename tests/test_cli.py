@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import aetcd
@@ -14,26 +11,7 @@ import pytest
 from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import read_prefix, write_changes
 
-from tests.conftest import Running
-
-
-def modelroute(*args: str, etcd: str, prefix: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelroute.server.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "MODELROUTE_ETCD_ENDPOINTS": etcd,
-            "MODELROUTE_ETCD_PREFIX": prefix,
-            "PATH": "/usr/bin:/bin",
-        },
-    )
-
-
-async def run_cli(*args: str, etcd: str, prefix: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(modelroute, *args, etcd=etcd, prefix=prefix)
-
+from tests.helpers import Running, run_cli
 
 CHANGE = "contexts:\n  reranker:\n    model: gpt-4o\n    fallbacks: [gpt-4o-mini]\n"
 

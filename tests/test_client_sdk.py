@@ -31,8 +31,7 @@ from modelroute.storage.embedded_etcd import free_port
 from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy import text
 
-from tests.conftest import Running, eventually
-from tests.test_config_reload import put
+from tests.helpers import Running, eventually, put
 
 RESOLVE = "/modelroute.v1.ModelRouterService/ResolveModel"
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())

@@ -16,8 +16,7 @@ from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2
 
-from tests.conftest import Running, eventually
-from tests.test_admin_http import seed_experiment_traffic, usage
+from tests.helpers import Running, eventually, seed_experiment_traffic, usage
 
 CHROMIUM = os.environ.get("MODELROUTE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"

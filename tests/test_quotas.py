@@ -20,8 +20,7 @@ from modelroute.server.api.errors import decode_details, locale_from
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import Running, ServerProcess, eventually
-from tests.test_cli import run_cli
+from tests.helpers import Running, ServerProcess, eventually, run_cli
 
 RAG = router_pb2.ResolveModelRequest(context="rag.answer")
 PREMIUM = router_pb2.ResolveModelRequest(

@@ -13,7 +13,7 @@ from modelroute.server.api.router_spans import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):

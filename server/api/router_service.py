@@ -17,12 +17,10 @@ import grpc
 from modelroute.server.api.errors import (
     ServiceError,
     ServicerContext,
-    invalid_argument,
     no_model_available,
     not_found,
     not_ready,
     rpc,
-    store_unavailable,
     unimplemented,
 )
 from modelroute.server.api.mapping import (
@@ -43,6 +41,7 @@ from modelroute.server.api.router_spans import (
 from modelroute.server.api.validation import (
     check_choosable,
     preference_violations,
+    raise_if_invalid,
     set_preference_violations,
     validate_reports,
     validate_resolve,
@@ -126,9 +125,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
             set_status_on_exception=False,
         ) as span:
             try:
-                violations = validate_resolve(request)
-                if violations:
-                    raise invalid_argument(violations)
+                raise_if_invalid(validate_resolve(request))
                 snapshot = self._snapshot()
                 now = self._clock()
                 resolve_input = ResolveInput(
@@ -205,9 +202,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         ) as span:
             span.set_attribute("modelroute.reports", len(request.reports))
             try:
-                violations = validate_reports(request)
-                if violations:
-                    raise invalid_argument(violations)
+                raise_if_invalid(validate_reports(request))
                 snapshot = self._snapshot()
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 results, records, positions = usage_records(
@@ -298,10 +293,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         if self._feedback is None:
             raise unimplemented("SubmitFeedback", "no feedback store configured")
         record = feedback_record(request, self._tokens, self._clock())
-        try:
-            feedback_id = await asyncio.to_thread(self._feedback.insert, record)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        feedback_id = await asyncio.to_thread(self._feedback.insert, record)
         return router_pb2.SubmitFeedbackResponse(feedback_id=str(feedback_id))
 
     @rpc
@@ -310,13 +302,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.GetUserPreferenceResponse:
         """The model a user chose for a context (or for all contexts)."""
         preferences = self._require_preferences()
-        violations = preference_violations("user_id", request.user_id, request.context)
-        if violations:
-            raise invalid_argument(violations)
-        try:
-            stored = (await preferences.for_user(request.user_id)).get(request.context)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        raise_if_invalid(preference_violations("user_id", request.user_id, request.context))
+        stored = (await preferences.for_user(request.user_id)).get(request.context)
         if stored is None:
             scope = f"context {request.context!r}" if request.context else "all contexts"
             raise not_found("PREFERENCE_NOT_FOUND", f"the user has no preference for {scope}")
@@ -328,16 +315,11 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.SetUserPreferenceResponse:
         """Record a user's choice of model; every replica applies it within a watch."""
         preferences = self._require_preferences()
-        violations = set_preference_violations(request)
-        if violations:
-            raise invalid_argument(violations)
+        raise_if_invalid(set_preference_violations(request))
         snapshot = self._snapshot()
         check_choosable(snapshot, request.context, request.model_id, request.user.tier)
         stored = StoredPreference(request.user.id, request.context, request.model_id, self._clock())
-        try:
-            await preferences.set(stored, self._runtime_store)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        await preferences.set(stored, self._runtime_store)
         return router_pb2.SetUserPreferenceResponse(preference=preference_message(stored))
 
     def _require_preferences(self) -> PreferenceCache:

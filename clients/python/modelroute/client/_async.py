@@ -65,8 +65,11 @@ class RouterOptions:
 
 
 class AsyncModelRouter:
-    """asyncio client for ModelRouterService. Create it once per process and `await
-    close()` on shutdown (or use `async with`) so queued reports are delivered."""
+    """asyncio client for ModelRouterService.
+
+    Create it once per process and `await close()` on shutdown (or use `async with`) so queued
+    reports are delivered.
+    """
 
     def __init__(
         self,
@@ -114,8 +117,10 @@ class AsyncModelRouter:
         await self.close()
 
     def _start(self) -> router_pb2_grpc.ModelRouterServiceStub:
-        """Create the channel and background tasks on first use, inside the caller's loop
-        (grpc.aio channels belong to the loop that made them)."""
+        """Create the channel and background tasks on first use, in the caller's loop.
+
+        grpc.aio channels belong to the loop that made them.
+        """
         if self._closed:
             raise RuntimeError("AsyncModelRouter is closed")
         if self._stub is None:
@@ -171,8 +176,11 @@ class AsyncModelRouter:
         attributes: Mapping[str, str] | None = None,
         request_id: str = "",
     ) -> Decision:
-        """Which model to call for `context`. Never fails because modelroute is down:
-        it answers the last known decision or the configured default, with a warning."""
+        """Which model to call for `context`.
+
+        Never fails because modelroute is down: it answers the last known decision or the
+        configured default, with a warning.
+        """
         decision, warning = await self._resolve(
             context, user, tier, exclude_models, attributes, request_id
         )
@@ -189,8 +197,10 @@ class AsyncModelRouter:
         attributes: Mapping[str, str] | None = None,
         request_id: str = "",
     ) -> tuple[Decision, str | None]:
-        """The decision and, when it was made without the server, the warning to show
-        (the sync wrapper shows it in the caller's thread)."""
+        """The decision and, when it was made without the server, the warning to show.
+
+        The sync wrapper shows the warning in the caller's thread.
+        """
         pinned = self._environ.get(env_var_for(context), "").strip()
         if pinned and pinned not in exclude_models:
             return Decision(context, pinned, reason=Reason.ENV_OVERRIDE, source=Source.ENV), None
@@ -272,8 +282,11 @@ class AsyncModelRouter:
 
     @property
     def watching(self) -> bool:
-        """True while the WatchConfig stream is live: config changes reach the cache
-        within milliseconds; otherwise only `cache_ttl` bounds staleness."""
+        """True while the WatchConfig stream is live.
+
+        Config changes then reach the cache within milliseconds; otherwise only
+        `cache_ttl` bounds staleness.
+        """
         return self._watching
 
     @property
@@ -338,8 +351,10 @@ class AsyncModelRouter:
         report_id: str | None = None,
     ) -> str:
         """Queue a usage report (sent in the background in batches); returns its id.
+
         Rate-limit and quota outcomes are sent at once: they start a cooldown for every
-        replica of every service."""
+        replica of every service.
+        """
         report = build_report(
             context,
             model_id,
@@ -380,8 +395,11 @@ class AsyncModelRouter:
         return len(self._pending)
 
     async def flush(self) -> None:
-        """Send every queued report now. Raises ReportDeliveryError when the server does
-        not take them; they stay queued (report ids make the retry idempotent)."""
+        """Send every queued report now.
+
+        Raises ReportDeliveryError when the server does not take them; they stay queued
+        (report ids make the retry idempotent).
+        """
         self._start()
         async with self._send_lock:
             while self._pending:
@@ -422,8 +440,10 @@ class AsyncModelRouter:
                 )
 
     async def _flush_loop(self) -> None:
-        """Send when a batch is full, a cooldown outcome arrives, or `report_interval`
-        passes; back off while the server refuses."""
+        """Send reports when a batch fills, a cooldown outcome arrives or time passes.
+
+        The interval is `report_interval`; the loop backs off while the server refuses.
+        """
         backoff = self.options.report_interval
         while True:
             with contextlib.suppress(TimeoutError):
@@ -548,7 +568,7 @@ class AsyncModelRouter:
 def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """RetryInfo from the status details trailer, if the server sent one."""
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except ValueError:
         return None
     if status is None:
@@ -556,5 +576,6 @@ def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     for detail in status.details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
+            seconds: float = info.retry_delay.ToTimedelta().total_seconds()
+            return seconds
     return None

@@ -30,8 +30,11 @@ T = TypeVar("T")
 
 
 class ModelRouter:
-    """Blocking client. Takes the same arguments as AsyncModelRouter. Call `close()` (or
-    use `with`) on shutdown; an interpreter exit closes it too, delivering queued reports."""
+    """Blocking client.
+
+    Takes the same arguments as AsyncModelRouter. Call `close()` (or use `with`) on shutdown; an
+    interpreter exit closes it too, delivering queued reports.
+    """
 
     def __init__(self, target: str | None = None, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()

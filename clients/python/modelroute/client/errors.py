@@ -12,8 +12,10 @@ class ModelRouteError(Exception):
 
 
 class ControlPlaneUnavailableError(ModelRouteError):
-    """modelroute is unreachable and there is neither a last known answer nor a
-    configured `default_model` to fall back to."""
+    """modelroute is unreachable and nothing to fall back to.
+
+    There is neither a last known answer nor a configured `default_model`.
+    """
 
 
 class InvalidResolveRequestError(ModelRouteError):
@@ -49,8 +51,10 @@ class Attempt:
 
 
 class AllModelsFailedError(ModelRouteError):
-    """Every model `call_with_fallback` could try failed; `attempts` lists them in order
-    and the last provider error is the `__cause__`."""
+    """Every model `call_with_fallback` could try failed.
+
+    `attempts` lists them in order; the last provider error is the `__cause__`.
+    """
 
     def __init__(self, context: str, attempts: list[Attempt]) -> None:
         self.context = context
