@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from modelroute.storage.database import dialect_insert
+from modelroute.storage.database import database_call, dialect_insert
 from modelroute.storage.tables import LlmUsageLog, table_of
 from sqlalchemy import Engine, Table, func, select
 
@@ -61,6 +61,7 @@ class UsageStore:
             .returning(_table.c.report_id)
         )
 
+    @database_call
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
         """Insert in ONE transaction.
 
@@ -84,11 +85,13 @@ class UsageStore:
             for index, record in enumerate(records)
         ]
 
+    @database_call
     def count(self) -> int:
         """How many usage rows are stored."""
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(_table)).scalar_one())
 
+    @database_call
     def get(self, report_id: str) -> UsageRecord | None:
         """The stored report with this id, or None."""
         with self.engine.connect() as connection:
