@@ -9,10 +9,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -24,11 +21,21 @@ from modelroute.server.api.admin_http import AdminHttpServer, create_admin_app
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.auth import AdminTokens, AuthInterceptor
 from modelroute.server.api.config_apply import seed_if_empty
+from modelroute.server.api.config_history import ConfigHistory
+from modelroute.server.api.impact_preview import ImpactPreview
+from modelroute.server.api.operator_http import add_operator_routes
 from modelroute.server.api.router_service import ModelRouterService
 from modelroute.server.api.tls import TlsFiles, server_credentials
-from modelroute.server.core.snapshot import Rejection, Snapshot, env_overrides_from
+from modelroute.server.core.snapshot import (
+    DEFAULT_HISTORY_DAYS,
+    Rejection,
+    Snapshot,
+    env_overrides_from,
+)
+from modelroute.server.options import DEFAULT_BOOTSTRAP, ServeOptions
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
+from modelroute.server.runtime.history_recorder import HistoryRecorder
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quota_counts import QuotaAlert
 from modelroute.server.runtime.quota_publisher import QuotaPublisher
@@ -41,15 +48,15 @@ from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
+from modelroute.storage.data_dir_lock import DataDirLock
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
-    DEFAULT_PREFIX,
     EtcdConfigSource,
-    EtcdTls,
     connect,
     parse_endpoints,
 )
+from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.updates import ConfigUpdate
@@ -57,64 +64,13 @@ from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
 
+__all__ = ["DEFAULT_BOOTSTRAP", "ModelrouteServer", "ServeOptions", "serve_until_signalled"]
+
 log = logging.getLogger("modelroute.server")
-DEFAULT_BOOTSTRAP = Path(__file__).resolve().parent.parent / "config" / "bootstrap.yaml"
 SERVICE_NAMES = (
     router_pb2.DESCRIPTOR.services_by_name["ModelRouterService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
-
-
-@dataclass
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    # None: start an embedded single-node etcd in `data_dir` (seeded when empty).
-    etcd_endpoints: str | None = None
-    etcd_prefix: str = DEFAULT_PREFIX
-    etcd_username: str | None = None
-    etcd_password: str | None = None
-    # None: SQLite file in `data_dir`.
-    database_url: str | None = None
-    data_dir: Path = field(default_factory=lambda: Path(".modelroute"))
-    bootstrap: Path = DEFAULT_BOOTSTRAP
-    # None: seed only the embedded etcd. True: also seed an external, empty prefix.
-    seed: bool | None = None
-    shutdown_grace_seconds: float = 10.0
-    # Usage reports queued but not yet committed; beyond this ReportUsage answers
-    # RESOURCE_EXHAUSTED with RetryInfo instead of growing without bound.
-    usage_max_pending: int = 50_000
-    # Local copy of the last good config, served when etcd is unreachable at start.
-    # None: `<data_dir>/last-good-config.json`.
-    last_good_file: Path | None = None
-    # How long a starting replica waits for etcd before serving the last-good file.
-    etcd_start_timeout_seconds: float = 3.0
-    # etcd unreachable for this long raises an `etcd_unreachable` alert.
-    etcd_alert_after_seconds: float = 5.0
-    # --- security (docs/security.md) ---
-    # Admin bearer tokens. None: read env MODELROUTE_ADMIN_TOKENS (comma-separated).
-    # No token at all (and no file): AdminService is open, with a warning at start.
-    admin_tokens: list[str] | None = None
-    # One token per line; re-read when it changes.
-    admin_token_file: Path | None = None
-    # TLS for gRPC (and the admin HTTP server). A client CA makes it mutual TLS.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    # TLS towards etcd: CA to verify it, client cert + key when etcd requires them.
-    etcd_ca: Path | None = None
-    etcd_cert: Path | None = None
-    etcd_key: Path | None = None
-
-    def etcd_tls(self) -> EtcdTls | None:
-        if self.etcd_ca is None and self.etcd_cert is None and self.etcd_key is None:
-            return None
-        return EtcdTls(self.etcd_ca, self.etcd_cert, self.etcd_key)
-
-    # Admin HTTP API + dashboard + /metrics on this port (0: any free port); None: off.
-    admin_port: int | None = None
-    # Checks the admin HTTP bearer token (None: no token required).
-    admin_verify_token: Callable[[str | None], bool] | None = None
 
 
 class ModelrouteServer:
@@ -125,6 +81,7 @@ class ModelrouteServer:
         self.options = options
         self.port = 0
         self.embedded_etcd: EmbeddedEtcd | None = None
+        self.data_dir_lock: DataDirLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         # Set during start(); stop() releases whatever was acquired, even after a failed start.
@@ -144,6 +101,11 @@ class ModelrouteServer:
 
     async def start(self) -> None:
         options = self.options
+        if not options.etcd_endpoints:
+            # The data dir's embedded etcd belongs to one instance: a second one refuses
+            # at once, before it prints or starts anything.
+            self.data_dir_lock = DataDirLock(options.data_dir)
+            self.data_dir_lock.acquire()
         # Security options are checked first: a typo must not start an open server.
         tls = TlsFiles.from_options(options.tls_cert, options.tls_key, options.tls_client_ca)
         grpc_credentials = server_credentials(tls) if tls is not None else None
@@ -194,6 +156,9 @@ class ModelrouteServer:
         self.runtime = RuntimeState(self.quotas)
         self.decision_keys = DecisionKeyManager.starting(options.data_dir / "decision-key")
         self.preferences = PreferenceCache(PreferenceStore(self.engine))
+        self.history_recorder = HistoryRecorder(
+            HistoryStore(self.engine), history_days=self._history_days
+        )
         self.config = ConfigManager(
             self.config_source,
             env_overrides_from(),
@@ -234,6 +199,10 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            history=ConfigHistory(
+                self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
+            ),
+            impact=ImpactPreview(self.engine, self.etcd, options.etcd_prefix),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
@@ -248,8 +217,14 @@ class ModelrouteServer:
             self.port = self.grpc_server.add_secure_port(address, grpc_credentials)
         await self.grpc_server.start()
         await self._start_admin_http(admin_service)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.describe(f"{options.host}:{self.port}")
         self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         self._tasks.append(asyncio.create_task(self.config.run(), name="config-reload"))
+        self._tasks.append(asyncio.create_task(self.history_recorder.run(), name="history"))
+        self._tasks.append(
+            asyncio.create_task(self.history_recorder.prune_periodically(), name="history-prune")
+        )
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
@@ -297,6 +272,17 @@ class ModelrouteServer:
             metrics=self.metrics.render,
             snapshot=self._current,
         )
+        add_operator_routes(
+            app,
+            admin_service,
+            identify=self._operator_name,
+            etcd=self.etcd,
+            prefix=self.options.etcd_prefix,
+            runtime=self.runtime_store,
+            snapshot=self._current,
+            preferences=self.preferences,
+            clock=lambda: datetime.now(UTC),
+        )
         admin_http = AdminHttpServer(
             app,
             self.options.host,
@@ -330,9 +316,21 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:
         return self.config.current
+
+    def _operator_name(self, token: str | None) -> str | None:
+        """The admin HTTP caller's token name (None: refused)."""
+        verify = self.options.admin_verify_token
+        if verify is not None:  # a custom check (tests, embedding) names no one
+            return "operator" if verify(token) else None
+        return self.admin_tokens.name_of(token)
+
+    def _history_days(self) -> int:
+        snapshot = self.config.current
+        return snapshot.settings.history_days if snapshot else DEFAULT_HISTORY_DAYS
 
     def _decision_context(self, decision_id: str) -> str | None:
         """The context a decision id was issued for (None if it cannot be read)."""
@@ -420,6 +418,8 @@ class ModelrouteServer:
             self.engine.dispose()
         if self.embedded_etcd is not None:
             await asyncio.to_thread(self.embedded_etcd.stop)
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
         if self.metrics is not None:
             self.metrics.shutdown()
         shutdown_tracing()

@@ -16,6 +16,7 @@ import grpc
 import typer
 from google.protobuf import json_format
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
+from modelroute.server.api import cli_history
 from modelroute.server.api.config_apply import (
     ConfigFileError,
     Plan,
@@ -24,6 +25,7 @@ from modelroute.server.api.config_apply import (
     validate_standalone,
 )
 from modelroute.server.api.errors import decode_details
+from modelroute.server.runtime.change_meta import ACTOR_OPERATOR
 from modelroute.storage.etcd import (
     DEFAULT_PREFIX,
     EtcdConflictError,
@@ -42,6 +44,7 @@ app.add_typer(config_app, name="config")
 cooldown_app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cooldown_app, name="cooldown")
+cli_history.register(config_app)
 
 DATA_DIR = Path(os.environ.get("MODELROUTE_DATA_DIR", ".modelroute"))
 ServerOpt = Annotated[
@@ -149,6 +152,7 @@ def serve(
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -181,6 +185,8 @@ def serve(
         _fail(f"cannot start: {exc}", code=2)
     try:
         asyncio.run(serve_until_signalled(options))
+    except AlreadyRunningError as exc:
+        _fail(str(exc), code=3)
     except (TlsConfigError, AdminTokenFileError) as exc:
         _fail(f"cannot start: {exc}", code=2)
 
@@ -236,18 +242,44 @@ def config_apply(
     ] = False,
     etcd_endpoints: EtcdOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    note: cli_history.NoteOpt = "",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELROUTE_SERVER",
+            help="Apply through this server (ApplyConfig): the history records your admin "
+            "token's name. Without it the file goes straight to etcd as `operator`.",
+        ),
+    ] = None,
+    impact: Annotated[
+        bool, typer.Option(help="Replay recorded traffic under the change; write nothing.")
+    ] = False,
+    window: Annotated[str, typer.Option(help="Traffic replayed by --impact.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="--impact: print JSON.")] = False,
 ) -> None:
     """Validate, diff and write a config file in one guarded etcd transaction."""
     try:
         values = load_config_file(file)
     except ConfigFileError as exc:
         _fail(str(exc))
+    if impact:
+        return cli_history.print_impact(server or "127.0.0.1:50051", values, window, as_json)
+    if server:
+        if prune:
+            _fail("--prune writes straight to etcd: use it without --server")
+        return cli_history.apply_through_server(server, values, note=note, dry_run=dry_run)
 
     async def run() -> tuple[Plan, int]:
         client = connect(parse_endpoints(_etcd_endpoints(etcd_endpoints)))
         try:
             return await apply_to_etcd(
-                client, etcd_prefix, dict(values), prune=prune, dry_run=dry_run
+                client,
+                etcd_prefix,
+                dict(values),
+                prune=prune,
+                dry_run=dry_run,
+                actor=ACTOR_OPERATOR,
+                note=note,
             )
         finally:
             await client.close()

@@ -12,7 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 from alembic import command
 from alembic.config import Config
 from modelroute.storage.errors import StoreUnavailableError
-from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
+from sqlalchemy import Connection, Table, create_engine, event, make_url, text
+from sqlalchemy import Engine as Engine  # re-exported: services name the type, not the driver
 from sqlalchemy.exc import SQLAlchemyError
 
 P = ParamSpec("P")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -45,6 +46,15 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs (a zombie nobody reaped yet counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class EtcdExitedError(RuntimeError):
@@ -93,6 +103,11 @@ class EmbeddedEtcd:
         """Where the running etcd's endpoint is written for other processes to find."""
         return self.data_dir.parent / "etcd.endpoint"
 
+    @property
+    def pid_file(self) -> Path:
+        """Where the running etcd's pid is kept, to stop it if our process dies first."""
+        return self.data_dir.parent / "etcd.pid"
+
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> None:
         """Launch etcd; with `wait`, return once it reports healthy.
 
@@ -100,6 +115,7 @@ class EmbeddedEtcd:
         `wait_healthy`. With ports of its own choosing, a port taken meanwhile by another
         process (two servers starting at once) means: pick new ports and launch again.
         """
+        self._stop_orphan()
         for attempt in range(3):
             self._launch()
             if not wait:
@@ -147,7 +163,34 @@ class EmbeddedEtcd:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # A session of its own: Ctrl-C in the terminal reaches only the server, which
+            # stops etcd itself after its own shutdown (no "etcd unreachable" on the way).
+            start_new_session=True,
         )
+        # So the next start can stop this etcd if our process dies without stopping it.
+        self.pid_file.write_text(f"{self._process.pid}\n")
+
+    def _stop_orphan(self) -> None:
+        """Stop an etcd left running on this data dir by a process that died first.
+
+        The next etcd could not open the data dir while it runs. Only a process whose
+        command line names this data dir is touched.
+        """
+        try:
+            pid = int(self.pid_file.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if str(self.data_dir).encode() not in command or not _running(pid):
+            return
+        log.warning("stopping etcd pid %d left running on %s by an earlier run", pid, self.data_dir)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Block until etcd answers a health check; raise if it exits or times out."""
@@ -192,6 +235,8 @@ class EmbeddedEtcd:
             self._log = None
         with contextlib.suppress(FileNotFoundError):
             self.endpoint_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
 
     def kill(self) -> None:
         """Simulate a crash (tests): SIGKILL, no cleanup of the data dir."""

@@ -199,6 +199,18 @@ def connect(
     return aetcd.Client(**settings) if tls is None else _TlsClient(tls, **settings)
 
 
+async def head_revision(client: aetcd.Client, key: str) -> int:
+    """Etcd's current revision, read through a get of `key` (cheap: one key at most).
+
+    Raises:
+        StoreUnavailableError: etcd cannot be reached.
+    """
+    try:
+        return int((await client.get_prefix(key.encode())).header.revision)
+    except ETCD_FAILURES as exc:
+        raise StoreUnavailableError("etcd", str(exc) or type(exc).__name__) from exc
+
+
 async def read_prefix(client: aetcd.Client, prefix: str) -> tuple[int, dict[str, StoredValue]]:
     """All keys under the prefix (relative names) and the revision they were read at.
 

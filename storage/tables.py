@@ -147,3 +147,27 @@ class Alert(SQLModel, table=True):
     message: str = _text(nullable=False)
     dedup_key: str = Field(max_length=256, index=True)
     created_at: datetime = _created_at(index=True)
+
+
+class ConfigChange(SQLModel, table=True):
+    """One decision-shaping key changed at one etcd revision (`config_changes`).
+
+    `value_before` / `value_after` are the raw JSON values (NULL: the key did not exist /
+    was deleted), with the secrets of `clients/` values redacted. The row with key ""
+    marks where recording started: the state before it is not known.
+    """
+
+    __tablename__ = "config_changes"
+    __table_args__ = (
+        UniqueConstraint("revision", "key", name="uq_config_changes_revision_key"),
+        Index("ix_config_changes_key_revision", "key", "revision"),
+    )
+
+    id: int | None = _big_id()
+    revision: int = Field(sa_column=Column(BigInteger, nullable=False))
+    changed_at: datetime = _created_at(index=True)
+    key: str = Field(max_length=256)
+    value_before: str | None = _text(nullable=True)
+    value_after: str | None = _text(nullable=True)
+    actor: str = Field(max_length=128)
+    note: str | None = _text(nullable=True)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aetcd
 import grpc
+import pytest
 from modelroute.admin.v1 import admin_pb2_grpc
 from modelroute.server.app import ModelrouteServer
 from modelroute.storage.etcd import write_changes
@@ -59,7 +62,11 @@ class Running:
 class ServerProcess:
     """`modelroute serve` as a real process on a free port (for signals and env tests)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, *, own_group: bool = False
+    ) -> None:
+        """`own_group`: a process group of its own, as a shell gives a foreground job (so
+        a test can send Ctrl-C's SIGINT to the whole group)."""
         import re
         import subprocess
         import sys
@@ -81,6 +88,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+            process_group=0 if own_group else None,
         )
         assert self.process.stdout is not None
         self.output: list[str] = []
@@ -225,3 +233,11 @@ async def seed_experiment_traffic(
         )
     await server.router.ReportUsage(router_pb2.ReportUsageRequest(reports=reports))
     return per_variant
+
+
+# Browser tests run Debian's Chromium through Playwright (no browser download).
+CHROMIUM = os.environ.get("MODELROUTE_CHROMIUM", "/usr/bin/chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set MODELROUTE_CHROMIUM)",
+)

@@ -41,7 +41,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
 }
 # The wiring (app) and the CLI sit on top and may import every part.
-TOP = ("modelroute.server.app", "modelroute.server.cli")
+TOP = ("modelroute.server.app", "modelroute.server.options", "modelroute.server.cli")
 CORE_FORBIDDEN = ("aetcd", "grpc", "sqlalchemy", "sqlmodel", "httpx", "fastapi", "opentelemetry")
 
 

@@ -241,3 +241,24 @@ def test_an_out_of_range_report_is_rejected_alone(live: Client) -> None:
     ]
     assert reply.results[0].error.startswith("retry_after:")
     assert reply.results[1].error.startswith("occurred_at:")
+
+
+@pytest.mark.parametrize(
+    ("name", "request_message"),
+    [
+        (
+            "ListConfigChanges",
+            admin_pb2.ListConfigChangesRequest(since=timestamp_pb2.Timestamp(seconds=-(2**63))),
+        ),
+        ("PreviewConfigChange", admin_pb2.PreviewConfigChangeRequest(window_seconds=2**62)),
+    ],
+)
+def test_out_of_range_history_inputs_are_invalid_arguments(
+    live: Client, name: str, request_message: Message
+) -> None:
+    method = next(m for m in METHODS if m.name == name)
+    with pytest.raises(grpc.RpcError) as caught:
+        live.call(method, request_message)
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()

@@ -26,6 +26,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -181,7 +182,9 @@ def create_admin_app(
     """The admin HTTP app. `verify_token` (given the bearer token or None) guards every
     `/api/admin/*` path; `metrics` renders `/metrics` (body, content type); `snapshot`
     gives the config in force (for the experiment list, which has no gRPC counterpart)."""
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with their assets served from this process (the
+    # stock pages load them from a CDN and are blank offline).
+    app = FastAPIOffline(
         title="modelroute admin API",
         version="1",
         description="Read-only operator API: usage, experiments, config status, alerts, "

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import grpc
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.api.config_apply import apply_to_etcd
+from modelroute.server.api.config_history import ConfigHistory, conflict
 from modelroute.server.api.errors import (
     ServiceError,
     ServicerContext,
@@ -17,8 +18,10 @@ from modelroute.server.api.errors import (
     rpc,
     unimplemented,
 )
+from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.api.mapping import model_list, timestamp
 from modelroute.server.api.validation import timestamp_value
+from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.server.runtime.runtime_state import RuntimeState
@@ -75,9 +78,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         alerts: AlertSink | None = None,
         runtime: RuntimeState | None = None,
         analysis: AnalysisStore | None = None,
+        history: ConfigHistory | None = None,
+        impact: ImpactPreview | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._clock = clock
+        self.history = history
+        self.impact = impact
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -131,6 +138,49 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListAlertsResponse:
         """The latest alerts, newest first."""
         return await self.list_alerts(request)
+
+    @rpc
+    async def ListConfigChanges(
+        self,
+        request: admin_pb2.ListConfigChangesRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.ListConfigChangesResponse:
+        """Recorded config changes, newest first."""
+        return await self._require_history().list_changes(request)
+
+    @rpc
+    async def GetConfigAt(
+        self,
+        request: admin_pb2.GetConfigAtRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.GetConfigAtResponse:
+        """The configuration as it stood at a revision."""
+        return await self._require_history().config_at(request)
+
+    @rpc
+    async def RollbackConfig(
+        self,
+        request: admin_pb2.RollbackConfigRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.RollbackConfigResponse:
+        """Restore the configuration of an earlier revision (a guarded write)."""
+        return await self._require_history().rollback(request)
+
+    @rpc
+    async def PreviewConfigChange(
+        self,
+        request: admin_pb2.PreviewConfigChangeRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.PreviewConfigChangeResponse:
+        """What a change would do to recorded traffic (impact preview)."""
+        if self.impact is None:
+            raise unimplemented("impact preview", "no database configured")
+        return await self.impact.preview(request)
+
+    def _require_history(self) -> ConfigHistory:
+        if self.history is None:
+            raise unimplemented("config history", "no database configured")
+        return self.history
 
     # --- operations (shared by gRPC and the admin HTTP API; raise ServiceError) ----------
 
@@ -208,6 +258,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             changes[change.key] = None if change.delete else change.value_json.encode()
         if not changes:
             raise invalid_argument([("changes", "at least one change is required")])
+        if len(request.note) > MAX_NOTE_CHARS:
+            raise invalid_argument([("note", f"at most {MAX_NOTE_CHARS} characters")])
         try:
             plan, revision = await apply_to_etcd(
                 self._etcd,
@@ -215,9 +267,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 changes,
                 expected_revision=request.expected_revision,
                 dry_run=request.dry_run,
+                actor=CURRENT_ACTOR.get(),
+                note=request.note,
             )
-        except EtcdConflictError as exc:
-            raise ServiceError(grpc.StatusCode.ABORTED, "CONFIG_CONFLICT", str(exc)) from None
+        except EtcdConflictError:
+            raise conflict(request.expected_revision) from None
         if not plan.ok:
             raise invalid_argument([(r.key, r.error) for r in plan.rejections])
         return admin_pb2.ApplyConfigResponse(

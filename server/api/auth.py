@@ -19,9 +19,11 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +31,7 @@ import grpc
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.api.errors import ServiceError, ServicerContext
 from modelroute.server.core.snapshot import ClientSpec, Snapshot
+from modelroute.server.runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
 from modelroute.v1 import router_pb2
 
 log = logging.getLogger("modelroute.auth")
@@ -71,6 +74,20 @@ def _split_tokens(lines: Iterable[str]) -> list[str]:
     return out
 
 
+# `name:token` names a token (the name is what config history records as the actor);
+# a bare token is named `operator`.
+_NAMED_TOKEN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._@-]{0,63}):(.+)$")
+
+
+def _named(entries: Iterable[str]) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for entry in entries:
+        match = _NAMED_TOKEN.match(entry)
+        name, token = (match.group(1), match.group(2)) if match else (ACTOR_OPERATOR, entry)
+        out.append((name, token.encode()))
+    return tuple(out)
+
+
 class AdminTokens:
     """The admin bearer tokens: from the environment and/or a file (one per line).
 
@@ -86,9 +103,9 @@ class AdminTokens:
         token_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._static = tuple(t.encode() for t in _split_tokens(tokens))
+        self._static = _named(_split_tokens(tokens))
         self._file = token_file
-        self._file_tokens: tuple[bytes, ...] = ()
+        self._file_tokens: tuple[tuple[str, bytes], ...] = ()
         self._file_stamp: tuple[int, int] | None = None
         self._checked_at = float("-inf")
         self._clock = clock
@@ -112,7 +129,7 @@ class AdminTokens:
     def count(self) -> int:
         return len(self._current())
 
-    def _current(self) -> tuple[bytes, ...]:
+    def _current(self) -> tuple[tuple[str, bytes], ...]:
         if self._file is not None and self._clock() - self._checked_at >= _FILE_CHECK_SECONDS:
             self._reload_file()
         return self._static + self._file_tokens
@@ -142,24 +159,30 @@ class AdminTokens:
                 return
             if not force:
                 log.info("admin token file %s changed: %d token(s)", self._file, len(tokens))
-            self._file_tokens = tuple(t.encode() for t in tokens)
+            self._file_tokens = _named(tokens)
             self._file_stamp = stamp
 
     def verify(self, presented: str | None) -> bool:
-        """True when `presented` equals one configured token, or when none is configured.
+        """True when `presented` equals one configured token, or when none is configured."""
+        return self.name_of(presented) is not None
+
+    def name_of(self, presented: str | None) -> str | None:
+        """The name of the token `presented` equals (`operator` when none is configured
+        or the token has no name), or None when it matches none.
 
         Every token is compared (hmac.compare_digest, no early exit), so the time taken
         does not reveal which token, or how much of one, matched.
         """
         tokens = self._current()
         if not tokens:
-            return True
+            return ACTOR_OPERATOR
         if presented is None:
-            return False
+            return None
         candidate = presented.encode()
-        matched = False
-        for token in tokens:
-            matched |= hmac.compare_digest(candidate, token)
+        matched: str | None = None
+        for name, token in tokens:
+            if hmac.compare_digest(candidate, token):
+                matched = name
         return matched
 
 
@@ -237,18 +260,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
             return handler
         metadata = handler_call_details.invocation_metadata
         if method.startswith(ADMIN_PREFIX):
-            error = self._check_admin(metadata)
-            if error is None:
-                return handler
-            return _refusing(handler, lambda _request: error)
+            checked = self._check_admin(metadata)
+            if isinstance(checked, ServiceError):
+                error = checked
+                return _refusing(handler, lambda _request: error)
+            return _refusing(handler, partial(_as_actor, checked))
         if method.startswith(ROUTER_PREFIX):
             contexts_of = self._contexts.get(method[len(ROUTER_PREFIX) :])
             return self._checking_api_key(handler, metadata, contexts_of)
         return handler
 
-    def _check_admin(self, metadata: Any) -> ServiceError | None:
+    def _check_admin(self, metadata: Any) -> ServiceError | str:
+        """The caller's token name, or the error refusing the call."""
         if not self._admin.configured:
-            return None
+            return ACTOR_OPERATOR
         header = _metadata_value(metadata, "authorization")
         if header is None:
             return unauthenticated(
@@ -258,9 +283,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         token = parse_bearer(header)
         if token is None:
             return unauthenticated("the authorization metadata must be `Bearer <token>`")
-        if not self._admin.verify(token):
+        name = self._admin.name_of(token)
+        if name is None:
             return unauthenticated("the admin token is not valid")
-        return None
+        return name
 
     def _checking_api_key(
         self,
@@ -295,6 +321,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
             return None
 
         return _refusing(handler, check)
+
+
+def _as_actor(name: str, _request: Any) -> None:
+    """Runs in the handler's task just before the method: changes it writes carry `name`."""
+    CURRENT_ACTOR.set(name)
 
 
 def _refusing(

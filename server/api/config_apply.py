@@ -22,6 +22,7 @@ from modelroute.server.core.config_values import (
     SINGLETON_KINDS,
 )
 from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
+from modelroute.server.runtime.change_meta import with_change_meta
 from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
 
 # Directories whose concurrent modification makes a planned change stale.
@@ -137,7 +138,9 @@ async def seed_if_empty(
         return None
     values = load_config_file(bootstrap)
     try:
-        result, revision = await apply_to_etcd(client, prefix, dict(values))
+        result, revision = await apply_to_etcd(
+            client, prefix, dict(values), actor="bootstrap", note=f"seeded from {bootstrap.name}"
+        )
     except EtcdConflictError:
         return None  # another replica seeded first
     if not result.ok:
@@ -153,12 +156,16 @@ async def apply_to_etcd(
     expected_revision: int = 0,
     prune: bool = False,
     dry_run: bool = False,
+    actor: str | None = None,
+    note: str = "",
 ) -> tuple[Plan, int]:
     """Plan against the live prefix and, unless dry-run or invalid, write atomically.
 
     `expected_revision` pins the plan to a revision the caller has seen (ApplyConfig);
     0 plans against the state read now. `prune` deletes keys of the sections present in
     `changes` that `changes` does not mention (declarative apply).
+    `actor` / `note` go into the history (`config_changes`) through the companion key
+    written in the same transaction; None records the write as made straight into etcd.
     Raises EtcdConflictError when etcd changed underneath.
     """
     revision, stored = await read_prefix(client, prefix)
@@ -173,5 +180,6 @@ async def apply_to_etcd(
     if dry_run or not result.ok or not result.changes:
         return result, 0
     guard = expected_revision or revision
-    new_revision = await write_changes(client, prefix, result.changes, guard, GUARDED_DIRS)
+    writes = result.changes if actor is None else with_change_meta(result.changes, actor, note)
+    new_revision = await write_changes(client, prefix, writes, guard, GUARDED_DIRS)
     return result, new_revision

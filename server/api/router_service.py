@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -54,12 +54,14 @@ from modelroute.server.core.resolver import (
     resolve,
 )
 from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.runtime.admission import admit, cooldown_for, count_usage
+from modelroute.server.runtime.admission import admit
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.preferences import PreferenceCache
 from modelroute.server.runtime.quotas import QuotaTracker
+from modelroute.server.runtime.report_effects import CooldownStarter, ReportEffects
 from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.server.usage.usage_writer import (
+    AfterCommit,
     UsageQueueFullError,
     UsageStoreUnavailableError,
     UsageWriter,
@@ -72,7 +74,6 @@ from modelroute.v1 import router_pb2, router_pb2_grpc
 from opentelemetry import trace
 
 log = logging.getLogger("modelroute.router")
-CooldownStarter = Callable[[str, timedelta, str], Awaitable[object]]
 
 
 class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
@@ -102,7 +103,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         self._usage = usage
         self._runtime = runtime
         self._quotas = quotas
-        self._start_cooldown = start_cooldown
+        self._effects = ReportEffects(start_cooldown=start_cooldown, quotas=quotas, clock=clock)
         self._metrics = metrics
         self._clock = clock
 
@@ -208,7 +209,12 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 results, records, positions = usage_records(
                     request.reports, snapshot, self._clock(), trace_id, self._tokens
                 )
-                inserted = await self._store_usage(records)
+                # Counting and cooldowns run after the commit, in the usage writer: also
+                # when this caller goes away before the answer (runtime/report_effects.py).
+                after_commit = self._effects.after_commit(
+                    request.reports, positions, records, snapshot
+                )
+                inserted = await self._store_usage(records, after_commit)
             except ServiceError as error:
                 mark_failed(span, error)
                 raise
@@ -221,23 +227,18 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     result.status = router_pb2.REPORT_STATUS_DUPLICATE
             if span.is_recording():
                 annotate_usage(records)
-            # A retried (duplicate) report must not count twice nor extend a cooldown.
-            stored = [
-                (record, request.reports[position].provider_wide)
-                for position, record, was_inserted in zip(positions, records, inserted, strict=True)
-                if was_inserted
-            ]
-            if self._quotas is not None:
-                count_usage(self._quotas, [record for record, _ in stored], self._clock())
-            await self._cool_down(stored, snapshot)
             return router_pb2.ReportUsageResponse(results=results)
 
-    async def _store_usage(self, records: Sequence[UsageRecord]) -> list[bool]:
-        """Commit through the group writer; which records were new (not duplicates)."""
+    async def _store_usage(
+        self, records: Sequence[UsageRecord], after_commit: AfterCommit
+    ) -> list[bool]:
+        """Commit through the group writer, which then runs `after_commit`; which records
+        were new (not duplicates).
+        """
         if not records:
             return []
         try:
-            return await self._usage.submit(records)
+            return await self._usage.submit(records, after_commit)
         except UsageQueueFullError as exc:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -252,22 +253,6 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 f"usage database unavailable; nothing from this call was stored ({exc})",
                 retry_after=timedelta(seconds=1),
             ) from None
-
-    async def _cool_down(
-        self, stored: Sequence[tuple[UsageRecord, bool]], snapshot: Snapshot
-    ) -> None:
-        """Start the cooldowns newly stored reports ask for, on every replica."""
-        if self._start_cooldown is None:
-            return
-        for record, provider_wide in stored:
-            cooldown = cooldown_for(record, provider_wide, snapshot)
-            if cooldown is None:
-                continue
-            subject, duration = cooldown
-            try:
-                await self._start_cooldown(subject, duration, record.outcome)
-            except Exception as exc:  # noqa: BLE001 - the report is stored; say so, go on
-                log.warning("could not start cooldown for %s: %s", subject, exc)
 
     @rpc
     async def ListModels(

@@ -8,6 +8,7 @@ the key and says what to fix.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -73,8 +74,9 @@ def parse_key(relative_key: str) -> ConfigKey:
     return ConfigKey(kind, ident)
 
 
-def _normalise_enums(data: Any, descriptor: Any) -> Any:
-    """Accept short enum names (`"USER"` for `BUCKET_BY_USER`), as the docs promise."""
+def _normalise_enums(data: Any, descriptor: Any, path: str = "") -> Any:
+    """Accept short enum names (`"USER"` for `BUCKET_BY_USER`), as the docs promise, and
+    refuse unknown fields naming them as the YAML spells them (snake_case)."""
     if not isinstance(data, dict):
         return data
     fields = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
@@ -82,17 +84,34 @@ def _normalise_enums(data: Any, descriptor: Any) -> Any:
     for name, value in data.items():
         field = fields.get(name)
         if field is None:
-            out[name] = value  # json_format reports the unknown field with its name
-        elif field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
+            raise ConfigValueError(_unknown_field(path + str(name), descriptor))
+        if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
             out[name] = _full_enum_name(field, value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            inner = f"{path}{field.name}."
             if isinstance(value, list):
-                out[name] = [_normalise_enums(v, field.message_type) for v in value]
+                out[name] = [_normalise_enums(v, field.message_type, inner) for v in value]
+            elif field.message_type.GetOptions().map_entry:
+                out[name] = value  # map values are checked by json_format
             else:
-                out[name] = _normalise_enums(value, field.message_type)
+                out[name] = _normalise_enums(value, field.message_type, inner)
         else:
             out[name] = value
     return out
+
+
+def _unknown_field(name: str, descriptor: Any) -> str:
+    # json_format would list the camelCase JSON names (`userSelectable`), which nobody
+    # writes in YAML: suggest and list the proto (snake_case) names instead.
+    known = [f.name for f in descriptor.fields]
+    leaf = name.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(_snake_case(leaf), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown field {name!r}{hint} (fields: {', '.join(known)})"
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def _full_enum_name(field: FieldDescriptor, value: str) -> str:
@@ -212,6 +231,8 @@ def _validate_settings(key: ConfigKey, m: Message) -> None:
         _require_id("default_model", m.default_model)
     for model in m.default_fallbacks:
         _require_id("default_fallbacks", model)
+    if m.HasField("history_days") and m.history_days == 0:
+        raise ConfigValueError("field 'history_days' must be at least 1 (absent: 90)")
     if m.alert_webhook_url and not re.match(r"^https?://", m.alert_webhook_url):
         raise ConfigValueError("field 'alert_webhook_url' must be an http(s) URL")
 

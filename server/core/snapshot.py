@@ -29,6 +29,7 @@ from modelroute.server.core.config_values import (
 
 DEFAULT_WARN_RATIO: Final = 0.8
 DEFAULT_DECISION_CACHE_SECONDS: Final = 5
+DEFAULT_HISTORY_DAYS: Final = 90
 _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
 
 
@@ -121,6 +122,7 @@ class SettingsSpec:
     default_fallbacks: tuple[str, ...] = ()
     alert_webhook_url: str = ""
     decision_cache_seconds: int = DEFAULT_DECISION_CACHE_SECONDS
+    history_days: int = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +409,9 @@ class SnapshotBuilder:
                     decision_cache_seconds=m.decision_cache_seconds
                     if m.HasField("decision_cache_seconds")
                     else DEFAULT_DECISION_CACHE_SECONDS,
+                    history_days=m.history_days
+                    if m.HasField("history_days")
+                    else DEFAULT_HISTORY_DAYS,
                 )
         by_context: dict[str, list[ExperimentSpec]] = {}
         for experiment in sorted(experiments.values(), key=lambda e: e.experiment_id):

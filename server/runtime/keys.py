@@ -20,10 +20,13 @@ USAGE_DIR: Final = f"{RUNTIME_DIR}usage/"
 PREFERENCES_DIR: Final = f"{RUNTIME_DIR}preferences/"
 # The decision-id signing key (hex), created by the first replica to start.
 DECISION_KEY: Final = f"{RUNTIME_DIR}decision-key"
+# Actor and note of the latest change written through modelroute (runtime/change_meta.py),
+# written in the same transaction as the change it describes.
+CHANGE_META_KEY: Final = f"{RUNTIME_DIR}change-meta"
 
 # Keys that change every second or carry no config: they feed runtime state only and must
 # not produce a new snapshot (WatchConfig clients would drop their caches).
-QUIET_RUNTIME_KEYS: Final = (USAGE_DIR, PREFERENCES_DIR, DECISION_KEY)
+QUIET_RUNTIME_KEYS: Final = (USAGE_DIR, PREFERENCES_DIR, DECISION_KEY, CHANGE_META_KEY)
 
 
 def cooldown_key(subject: str) -> str:

@@ -4,8 +4,10 @@ Ask modelroute which model serves a context, fall back down the chain when a pro
 fails, and report usage. See docs/clients/python.md.
 """
 
-from modelroute.client._async import AsyncModelRouter, RouterOptions
+from modelroute.client._async import AsyncModelRouter
 from modelroute.client._caches import ModelClientCache
+from modelroute.client._options import RouterOptions
+from modelroute.client._sender import CloseResult
 from modelroute.client._sync import ModelRouter
 from modelroute.client.bucketing import assign_variant, bucket_of
 from modelroute.client.classify import Failure, FailureClassifier
@@ -18,13 +20,16 @@ from modelroute.client.errors import (
     InvalidResolveRequestError,
     ModelRouteError,
     NoModelAvailableError,
+    RejectedReport,
     ReportDeliveryError,
+    ReportRejectedWarning,
 )
 
 __all__ = [
     "AllModelsFailedError",
     "AsyncModelRouter",
     "Attempt",
+    "CloseResult",
     "ControlPlaneUnavailableError",
     "ControlPlaneUnavailableWarning",
     "Decision",
@@ -38,7 +43,9 @@ __all__ = [
     "NoModelAvailableError",
     "Outcome",
     "Reason",
+    "RejectedReport",
     "ReportDeliveryError",
+    "ReportRejectedWarning",
     "RouterOptions",
     "Source",
     "assign_variant",

@@ -9,16 +9,17 @@ import logging
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from modelroute.client._caches import DecisionCache, LastKnown
+from modelroute.client._offline import fail_safe_decision, retry_delay
+from modelroute.client._options import RouterOptions
 from modelroute.client._reports import build_report
+from modelroute.client._sender import CloseResult, ReportSender, SenderSettings
 from modelroute.client._walk import FallbackWalk
+from modelroute.client._watch import follow_config
 from modelroute.client.classify import FailureClassifier
 from modelroute.client.decision import Decision, Outcome, Reason, Source, env_var_for
 from modelroute.client.errors import (
@@ -27,7 +28,7 @@ from modelroute.client.errors import (
     ControlPlaneUnavailableWarning,
     InvalidResolveRequestError,
     NoModelAvailableError,
-    ReportDeliveryError,
+    RejectedReport,
 )
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
@@ -35,33 +36,6 @@ logger = logging.getLogger("modelroute.client")
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_REPORTS_PER_CALL = 1000  # ReportUsageRequest limit
-# Status codes where a report batch may succeed later; anything else will never succeed.
-_RETRYABLE_REPORT_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RouterOptions:
-    """Tuning knobs; the defaults suit a web service making LLM calls."""
-
-    default_model: str | None = None  # used when modelroute was never reachable
-    default_fallbacks: tuple[str, ...] = ()
-    cache_size: int = 1024  # decisions cached for their cache_ttl (0: never cache)
-    last_known_size: int = 1024  # fail-safe answers kept without expiry
-    resolve_timeout: float = 1.0  # an LLM call must not wait long for the control plane
-    report_batch_size: int = 100
-    report_interval: float = 1.0  # seconds a report may wait for its batch
-    report_timeout: float = 5.0
-    max_pending_reports: int = 100_000
-    close_timeout: float = 10.0  # how long close() keeps retrying undelivered reports
-    watch: bool = True  # WatchConfig invalidation (off: TTL only)
 
 
 class AsyncModelRouter:
@@ -82,6 +56,7 @@ class AsyncModelRouter:
         classifier: FailureClassifier | None = None,
         environ: Mapping[str, str] | None = None,
         api_key: str | None = None,
+        on_rejected: Callable[[RejectedReport], None] | None = None,
         **option_overrides: Any,
     ) -> None:
         self.target = target or os.environ.get("MODELROUTE_TARGET", DEFAULT_TARGET)
@@ -100,11 +75,20 @@ class AsyncModelRouter:
         self._last_known = LastKnown(self.options.last_known_size)
         self._revision = 0
         self._local_cooldowns: dict[str, float] = {}
-        self._pending: deque[router_pb2.UsageReport] = deque()
-        self._wake = asyncio.Event()
-        self._send_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reports = ReportSender(
+            SenderSettings(
+                batch_size=self.options.report_batch_size,
+                interval=self.options.report_interval,
+                call_timeout=self.options.report_timeout,
+                max_pending=self.options.max_pending_reports,
+                close_timeout=self.options.close_timeout,
+            ),
+            self._metadata,
+            on_rejected,
+        )
+        self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._close_result: CloseResult | None = None
         self._watching = False
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -117,9 +101,8 @@ class AsyncModelRouter:
         await self.close()
 
     def _start(self) -> router_pb2_grpc.ModelRouterServiceStub:
-        """Create the channel and background tasks on first use, in the caller's loop.
-
-        grpc.aio channels belong to the loop that made them.
+        """Create the channel and background tasks on first use, inside the caller's loop
+        (grpc.aio channels belong to the loop that made them).
         """
         if self._closed:
             raise RuntimeError("AsyncModelRouter is closed")
@@ -134,35 +117,40 @@ class AsyncModelRouter:
                         self.target, interceptors=self._interceptors
                     )
             self._stub = router_pb2_grpc.ModelRouterServiceStub(self._channel)
-            self._tasks.append(asyncio.create_task(self._flush_loop(), name="modelroute-reports"))
+            self._reports.start(self._stub)
             if self.options.watch:
-                self._tasks.append(asyncio.create_task(self._watch_loop(), name="modelroute-watch"))
+                watch = follow_config(
+                    self._stub, self._metadata, self._observe_revision, self._set_watching
+                )
+                self._watch_task = asyncio.create_task(watch, name="modelroute-watch")
         return self._stub
 
-    async def close(self) -> None:
-        """Deliver every queued report (retrying up to `close_timeout`), then disconnect."""
-        if self._closed:
-            return
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._stub is not None:
-            deadline = time.monotonic() + self.options.close_timeout
-            while self._pending:
-                try:
-                    await self.flush()
-                except ReportDeliveryError as error:
-                    if time.monotonic() >= deadline:
-                        message = f"modelroute: {len(self._pending)} usage reports lost: {error}"
-                        logger.error(message)
-                        warnings.warn(message, ControlPlaneUnavailableWarning, stacklevel=2)
-                        break
-                    await asyncio.sleep(0.2)
+    async def close(self) -> CloseResult:
+        """Deliver queued reports (retrying while `close_timeout` lasts), then disconnect.
+
+        Always returns within `close_timeout`; the result counts what was delivered and
+        rejected and lists the report ids that were not delivered (also logged, with a
+        ControlPlaneUnavailableWarning).
+        """
+        return await self._close(warn=True)
+
+    async def _close(self, *, warn: bool) -> CloseResult:
+        if self._close_result is not None:
+            return self._close_result
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.close_timeout
+        if self._watch_task is not None:
+            self._watch_task.cancel()  # the channel close below ends its stream too
+            await asyncio.wait([self._watch_task], timeout=self.options.close_timeout / 10)
+        result = await self._reports.close(deadline, warn=warn)
         if self._owns_channel and self._channel is not None:
-            await self._channel.close()
+            # grace=None cancels whatever is still in flight; bounded all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
+                    await self._channel.close()
+        self._close_result = result
+        return result
 
     # ---- resolve ---------------------------------------------------------------------
 
@@ -197,9 +185,8 @@ class AsyncModelRouter:
         attributes: Mapping[str, str] | None = None,
         request_id: str = "",
     ) -> tuple[Decision, str | None]:
-        """The decision and, when it was made without the server, the warning to show.
-
-        The sync wrapper shows the warning in the caller's thread.
+        """The decision and, when it was made without the server, the warning to show
+        (the sync wrapper shows it in the caller's thread).
         """
         pinned = self._environ.get(env_var_for(context), "").strip()
         if pinned and pinned not in exclude_models:
@@ -232,9 +219,17 @@ class AsyncModelRouter:
                 raise InvalidResolveRequestError(error.details() or "invalid request") from error
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise NoModelAvailableError(
-                    error.details() or "no model available", _retry_delay(error)
+                    error.details() or "no model available", retry_delay(error)
                 ) from error
-            return self._fail_safe(key, context, exclude_models, error)
+            return fail_safe_decision(
+                self._last_known.lookup(key, context),
+                context,
+                exclude_models,
+                self.options.default_model,
+                self.options.default_fallbacks,
+                self.target,
+                error,
+            )
         decision = Decision.from_response(context, response)
         self._observe_revision(decision.config_revision)
         if decision.config_revision >= self._revision and not self._cooling(decision.model_id):
@@ -242,50 +237,10 @@ class AsyncModelRouter:
         self._last_known.remember(key, decision)
         return decision, None
 
-    def _fail_safe(
-        self,
-        key: Hashable,
-        context: str,
-        exclude_models: Sequence[str],
-        error: grpc.aio.AioRpcError,
-    ) -> tuple[Decision, str]:
-        known = self._last_known.lookup(key, context)
-        if known is not None:
-            decision = dataclasses.replace(known, source=Source.LAST_KNOWN)
-            what = "the last known answer"
-        elif self.options.default_model:
-            decision = Decision(
-                context,
-                self.options.default_model,
-                self.options.default_fallbacks,
-                source=Source.STATIC_DEFAULT,
-            )
-            what = "the static default"
-        else:
-            raise ControlPlaneUnavailableError(
-                f"modelroute at {self.target} is unreachable ({error.code().name}) and no "
-                "default_model is configured"
-            ) from error
-        if exclude_models:  # the caller just saw these fail; do not hand them back first
-            models = [m for m in decision.models if m not in exclude_models]
-            decision = dataclasses.replace(
-                decision,
-                model_id=models[0] if models else decision.model_id,
-                fallback_model_ids=tuple(models[1:]) if models else decision.fallback_model_ids,
-            )
-        message = (
-            f"modelroute at {self.target} unreachable ({error.code().name}); using {what} "
-            f"{decision.model_id!r} for {context!r}"
-        )
-        logger.warning(message)
-        return decision, message
-
     @property
     def watching(self) -> bool:
-        """True while the WatchConfig stream is live.
-
-        Config changes then reach the cache within milliseconds; otherwise only
-        `cache_ttl` bounds staleness.
+        """True while the WatchConfig stream is live: config changes reach the cache
+        within milliseconds; otherwise only `cache_ttl` bounds staleness.
         """
         return self._watching
 
@@ -309,27 +264,8 @@ class AsyncModelRouter:
             return False
         return True
 
-    async def _watch_loop(self) -> None:
-        """Follow WatchConfig; reconnect with backoff (entries still expire by TTL)."""
-        assert self._stub is not None
-        backoff = 0.05
-        while True:
-            try:
-                watch = self._stub.WatchConfig(
-                    router_pb2.WatchConfigRequest(), metadata=self._metadata
-                )
-                async for message in watch:
-                    backoff = 0.05
-                    self._watching = True
-                    self._observe_revision(message.config_revision)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    logger.info("modelroute server has no WatchConfig; caching by TTL only")
-                    return
-                logger.debug("modelroute WatchConfig: %s; reconnecting", error.code().name)
-            self._watching = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+    def _set_watching(self, live: bool) -> None:
+        self._watching = live
 
     # ---- reports ---------------------------------------------------------------------
 
@@ -376,85 +312,37 @@ class AsyncModelRouter:
     def enqueue(self, report: router_pb2.UsageReport) -> None:
         """Queue a prepared report (must run in the router's loop)."""
         self._start()
-        self._pending.append(report)
-        overflow = len(self._pending) - self.options.max_pending_reports
-        if overflow > 0:
-            for _ in range(overflow):
-                self._pending.popleft()
-            logger.error("modelroute: report queue full, dropped %d oldest reports", overflow)
-        if Outcome(report.outcome).starts_cooldown:
+        urgent = Outcome(report.outcome).starts_cooldown
+        if urgent:
             self._cache.drop_model(report.model_id)
             seconds = report.retry_after.ToTimedelta().total_seconds() or 5.0
             self._local_cooldowns[report.model_id] = time.monotonic() + min(seconds, 60.0)
-            self._wake.set()
-        elif len(self._pending) >= self.options.report_batch_size:
-            self._wake.set()
+        self._reports.enqueue(report, urgent=urgent)
 
     @property
     def pending_reports(self) -> int:
-        return len(self._pending)
+        return self._reports.pending
 
-    async def flush(self) -> None:
-        """Send every queued report now.
+    @property
+    def rejected_reports(self) -> int:
+        """How many reports the server refused as invalid (they are not retried)."""
+        return self._reports.rejected
 
+    @property
+    def rejections(self) -> list[RejectedReport]:
+        """The most recent refused reports (up to 100), oldest first, each with the
+        server's reason naming the field.
+        """
+        return list(self._reports.rejections)
+
+    async def flush(self) -> list[RejectedReport]:
+        """Send every queued report now; returns those the server rejected as invalid
+        (also warned about with ReportRejectedWarning and passed to `on_rejected`).
         Raises ReportDeliveryError when the server does not take them; they stay queued
         (report ids make the retry idempotent).
         """
         self._start()
-        async with self._send_lock:
-            while self._pending:
-                await self._send_batch()
-
-    async def _send_batch(self) -> None:
-        assert self._stub is not None
-        size = min(len(self._pending), MAX_REPORTS_PER_CALL)
-        batch = [self._pending.popleft() for _ in range(size)]
-        try:
-            reply = await self._stub.ReportUsage(
-                router_pb2.ReportUsageRequest(reports=batch),
-                timeout=self.options.report_timeout,
-                metadata=self._metadata,
-            )
-        except asyncio.CancelledError:
-            # close() cancelled the sender mid-call: keep the batch for the final flush
-            # (the server dedups by report_id if it did store it).
-            self._pending.extendleft(reversed(batch))
-            raise
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _RETRYABLE_REPORT_CODES:
-                self._pending.extendleft(reversed(batch))
-                raise ReportDeliveryError(
-                    f"ReportUsage failed ({error.code().name}): {error.details()}"
-                ) from error
-            logger.error(
-                "modelroute: %d usage reports refused (%s): %s",
-                len(batch),
-                error.code().name,
-                error.details(),
-            )
-            return
-        for result in reply.results:
-            if result.status == router_pb2.REPORT_STATUS_REJECTED:
-                logger.warning(
-                    "modelroute: usage report %s rejected: %s", result.report_id, result.error
-                )
-
-    async def _flush_loop(self) -> None:
-        """Send reports when a batch fills, a cooldown outcome arrives or time passes.
-
-        The interval is `report_interval`; the loop backs off while the server refuses.
-        """
-        backoff = self.options.report_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            self._wake.clear()
-            try:
-                await self.flush()
-                backoff = self.options.report_interval
-            except ReportDeliveryError as error:
-                logger.warning("modelroute: %s; %d reports queued", error, len(self._pending))
-                backoff = min(backoff * 2, 30.0)
+        return await self._reports.flush()
 
     # ---- call with fallback ----------------------------------------------------------
 
@@ -563,19 +451,3 @@ class AsyncModelRouter:
             latency_ms=latency_ms,
         )
         walk.record(Attempt(model, Outcome.OK, latency_ms, walk.decision.decision_id, report_id))
-
-
-def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    """RetryInfo from the status details trailer, if the server sent one."""
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            seconds: float = info.retry_delay.ToTimedelta().total_seconds()
-            return seconds
-    return None

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from modelroute.client._async import AsyncModelRouter
 from modelroute.client._reports import build_report
+from modelroute.client._sender import CloseResult, lost_message, rejection_message
 from modelroute.client._walk import FallbackWalk
 from modelroute.client.decision import Decision, Outcome
 from modelroute.client.errors import (
@@ -24,6 +25,8 @@ from modelroute.client.errors import (
     ControlPlaneUnavailableError,
     ControlPlaneUnavailableWarning,
     NoModelAvailableError,
+    RejectedReport,
+    ReportRejectedWarning,
 )
 
 T = TypeVar("T")
@@ -43,6 +46,7 @@ class ModelRouter:
         )
         self._thread.start()
         self._closed = False
+        self._close_result: CloseResult | None = None
         self.aio = AsyncModelRouter(target, **kwargs)
         self._run(self.aio.__aenter__())
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -56,13 +60,23 @@ class ModelRouter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Deliver queued reports, disconnect and stop the background thread."""
+    def close(self) -> CloseResult:
+        """Deliver queued reports, disconnect and stop the background thread.
+
+        Returns within `close_timeout`; see AsyncModelRouter.close for the result.
+        """
         if self._closed:
-            return
+            return self._close_result or CloseResult(0, 0, ())
         self._closed = True
         try:
-            self._run(self.aio.close())
+            self._close_result = self._run(self.aio._close(warn=False))
+            if self._close_result.undelivered:  # warned in the caller's thread
+                warnings.warn(
+                    lost_message(self._close_result, self.aio.options.close_timeout),
+                    ControlPlaneUnavailableWarning,
+                    stacklevel=2,
+                )
+            return self._close_result
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
@@ -92,13 +106,27 @@ class ModelRouter:
         self._loop.call_soon_threadsafe(self.aio.enqueue, report)
         return report.report_id
 
-    def flush(self) -> None:
+    def flush(self) -> list[RejectedReport]:
         """See AsyncModelRouter.flush."""
-        self._run(self._flush_after_enqueued())
+        rejected = self._run(self._flush_after_enqueued())
+        if rejected:
+            warnings.warn(rejection_message(rejected), ReportRejectedWarning, stacklevel=2)
+        return rejected
 
-    async def _flush_after_enqueued(self) -> None:
+    async def _flush_after_enqueued(self) -> list[RejectedReport]:
         # Runs after every enqueue callback scheduled before it (the loop is FIFO).
-        await self.aio.flush()
+        self.aio._start()
+        return await self.aio._reports.flush(warn=False)
+
+    @property
+    def rejected_reports(self) -> int:
+        """See AsyncModelRouter.rejected_reports."""
+        return self.aio.rejected_reports
+
+    @property
+    def rejections(self) -> list[RejectedReport]:
+        """See AsyncModelRouter.rejections."""
+        return self.aio.rejections
 
     def call_with_fallback(
         self,

@@ -38,6 +38,22 @@ class ControlPlaneUnavailableWarning(RuntimeWarning):
     """A decision was made without the server (last known answer or static default)."""
 
 
+class ReportRejectedWarning(UserWarning):
+    """The server refused a usage report as invalid; it was dropped (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RejectedReport:
+    """A usage report the server refused; `error` names the offending field, e.g.
+    "input_tokens: -1 is outside 0..100,000,000".
+    """
+
+    report_id: str
+    context: str
+    model_id: str
+    error: str
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Attempt:
     """One try of one model inside `call_with_fallback`."""

@@ -826,12 +826,15 @@ class ApplyConfigRequest(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     expected_revision: _builtins.int
     """The prefix revision the changes are based on; the write fails with ABORTED if the
     prefix has changed since. 0 applies unconditionally.
     """
     dry_run: _builtins.bool
     """Validate and diff only."""
+    note: _builtins.str
+    """Why: recorded with the change in the config history (at most 2000 characters)."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyChange]:
         """The changes."""
@@ -842,10 +845,11 @@ class ApplyConfigRequest(_message.Message):
         changes: _abc.Iterable[Global___KeyChange] | None = ...,
         expected_revision: _builtins.int = ...,
         dry_run: _builtins.bool = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "dry_run", b"dry_run", "expected_revision", b"expected_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "dry_run", b"dry_run", "expected_revision", b"expected_revision", "note", b"note"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,3 +886,480 @@ class ApplyConfigResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyConfigResponse: _TypeAlias = ApplyConfigResponse  # noqa: Y015
+
+@_typing.final
+class ConfigChange(_message.Message):
+    """ConfigChange is one key changed at one etcd revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_BEFORE_JSON_FIELD_NUMBER: _builtins.int
+    VALUE_AFTER_JSON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The etcd revision of the change."""
+    key: _builtins.str
+    """The key relative to the prefix, e.g. `overrides/rag.answer`."""
+    value_before_json: _builtins.str
+    """The value before; absent when the key did not exist."""
+    value_after_json: _builtins.str
+    """The value after; absent when the key was deleted."""
+    actor: _builtins.str
+    """Who: the admin token's name (`operator` for a bare token), `etcd` for a write made
+    straight into etcd, `rollout-controller` for automatic rollout steps.
+    """
+    note: _builtins.str
+    """The note given with the change (`--note`), if any."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made (modelroute writes) or first seen by a replica (etcd writes)."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+        key: _builtins.str = ...,
+        value_before_json: _builtins.str | None = ...,
+        value_after_json: _builtins.str | None = ...,
+        actor: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value_after_json", b"_value_after_json", "_value_before_json", b"_value_before_json", "changed_at", b"changed_at", "value_after_json", b"value_after_json", "value_before_json", b"value_before_json"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_after_json", b"_value_after_json", "_value_before_json", b"_value_before_json", "actor", b"actor", "changed_at", b"changed_at", "key", b"key", "note", b"note", "revision", b"revision", "value_after_json", b"value_after_json", "value_before_json", b"value_before_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value_after_json: _TypeAlias = _typing.Literal["value_after_json"]  # noqa: Y015
+    _WhichOneofArgType__value_after_json: _TypeAlias = _typing.Literal["_value_after_json", b"_value_after_json"]  # noqa: Y015
+    _WhichOneofReturnType__value_before_json: _TypeAlias = _typing.Literal["value_before_json"]  # noqa: Y015
+    _WhichOneofArgType__value_before_json: _TypeAlias = _typing.Literal["_value_before_json", b"_value_before_json"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_after_json) -> _WhichOneofReturnType__value_after_json | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_before_json) -> _WhichOneofReturnType__value_before_json | None: ...
+
+Global___ConfigChange: _TypeAlias = ConfigChange  # noqa: Y015
+
+@_typing.final
+class ListConfigChangesRequest(_message.Message):
+    """ListConfigChangesRequest selects changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_PREFIX_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    UP_TO_REVISION_FIELD_NUMBER: _builtins.int
+    key_prefix: _builtins.str
+    """Only keys starting with this (e.g. `overrides/`); empty: every key."""
+    limit: _builtins.int
+    """Maximum number of changes (default 100, at most 1000)."""
+    up_to_revision: _builtins.int
+    """Paging: only changes at or before this revision (0: up to the newest)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only changes at or after this instant."""
+
+    def __init__(
+        self,
+        *,
+        key_prefix: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+        up_to_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_prefix", b"key_prefix", "limit", b"limit", "since", b"since", "up_to_revision", b"up_to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConfigChangesRequest: _TypeAlias = ListConfigChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListConfigChangesResponse(_message.Message):
+    """ListConfigChangesResponse lists changes, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    OLDEST_REVISION_FIELD_NUMBER: _builtins.int
+    oldest_revision: _builtins.int
+    """The oldest revision the history can still show in full or roll back to."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigChange]:
+        """The changes, newest revision first."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ConfigChange] | None = ...,
+        oldest_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "oldest_revision", b"oldest_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConfigChangesResponse: _TypeAlias = ListConfigChangesResponse  # noqa: Y015
+
+@_typing.final
+class GetConfigAtRequest(_message.Message):
+    """GetConfigAtRequest names a revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The etcd revision; 0 means the newest recorded."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConfigAtRequest: _TypeAlias = GetConfigAtRequest  # noqa: Y015
+
+@_typing.final
+class GetConfigAtResponse(_message.Message):
+    """GetConfigAtResponse is the configuration in force at a revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesJsonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    VALUES_JSON_FIELD_NUMBER: _builtins.int
+    OLDEST_REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The revision shown."""
+    oldest_revision: _builtins.int
+    """The oldest revision kept."""
+    @_builtins.property
+    def values_json(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Key relative to the prefix → value (proto-JSON; `clients/` secrets redacted)."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        values_json: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        oldest_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_revision", b"oldest_revision", "revision", b"revision", "values_json", b"values_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConfigAtResponse: _TypeAlias = GetConfigAtResponse  # noqa: Y015
+
+@_typing.final
+class RollbackConfigRequest(_message.Message):
+    """RollbackConfigRequest names the revision to go back to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The revision whose values are restored."""
+    dry_run: _builtins.bool
+    """Compute the diff only; write nothing."""
+    note: _builtins.str
+    """Why: recorded with the rollback in the history."""
+    expected_revision: _builtins.int
+    """Fail with ABORTED if the configuration changed after this revision (e.g. the one a
+    form was loaded at); 0: the revision read when the rollback is planned.
+    """
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        expected_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "expected_revision", b"expected_revision", "note", b"note", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackConfigRequest: _TypeAlias = RollbackConfigRequest  # noqa: Y015
+
+@_typing.final
+class RollbackConfigResponse(_message.Message):
+    """RollbackConfigResponse reports what was (or would be) written."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    CHANGED_KEYS_FIELD_NUMBER: _builtins.int
+    BASE_REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The etcd revision after the write (0 for a dry run or when nothing changes)."""
+    changed_keys: _builtins.int
+    """Keys written or deleted."""
+    base_revision: _builtins.int
+    """The revision the rollback was planned against."""
+    @_builtins.property
+    def diff(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A unified diff from the current values to the restored ones."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        diff: _abc.Iterable[_builtins.str] | None = ...,
+        changed_keys: _builtins.int = ...,
+        base_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_revision", b"base_revision", "changed_keys", b"changed_keys", "diff", b"diff", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackConfigResponse: _TypeAlias = RollbackConfigResponse  # noqa: Y015
+
+@_typing.final
+class PreviewConfigChangeRequest(_message.Message):
+    """PreviewConfigChangeRequest is a proposed change and the traffic to replay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """How much recorded usage to replay, ending now (default 24 hours, at most 90 days)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyChange]:
+        """The proposed changes (as for ApplyConfig)."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___KeyChange] | None = ...,
+        window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewConfigChangeRequest: _TypeAlias = PreviewConfigChangeRequest  # noqa: Y015
+
+@_typing.final
+class ModelMove(_message.Message):
+    """ModelMove counts calls that would move from one model to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_MODEL_FIELD_NUMBER: _builtins.int
+    TO_MODEL_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    from_model: _builtins.str
+    """The model served under the configuration in force (`(none)`: no model available)."""
+    to_model: _builtins.str
+    """The model that would serve under the proposed one."""
+    calls: _builtins.int
+    """Replayed calls."""
+    def __init__(
+        self,
+        *,
+        from_model: _builtins.str = ...,
+        to_model: _builtins.str = ...,
+        calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "from_model", b"from_model", "to_model", b"to_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelMove: _TypeAlias = ModelMove  # noqa: Y015
+
+@_typing.final
+class VariantMove(_message.Message):
+    """VariantMove counts users whose experiment variant would change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_VARIANT_FIELD_NUMBER: _builtins.int
+    TO_VARIANT_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    from_variant: _builtins.str
+    """`experiment/variant` before; empty when not in an experiment."""
+    to_variant: _builtins.str
+    """`experiment/variant` after; empty when not in an experiment."""
+    users: _builtins.int
+    """Distinct users."""
+    def __init__(
+        self,
+        *,
+        from_variant: _builtins.str = ...,
+        to_variant: _builtins.str = ...,
+        users: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_variant", b"from_variant", "to_variant", b"to_variant", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantMove: _TypeAlias = VariantMove  # noqa: Y015
+
+@_typing.final
+class ContextImpact(_message.Message):
+    """ContextImpact is what a change would do to one context's recorded traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    CHANGED_CALLS_FIELD_NUMBER: _builtins.int
+    CHANGED_SHARE_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
+    VARIANT_MOVES_FIELD_NUMBER: _builtins.int
+    COST_PER_DAY_BEFORE_USD_FIELD_NUMBER: _builtins.int
+    COST_PER_DAY_AFTER_USD_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_MODELS_FIELD_NUMBER: _builtins.int
+    CALLS_WITHOUT_USER_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """The context."""
+    calls: _builtins.int
+    """Replayed calls."""
+    changed_calls: _builtins.int
+    """Calls whose model would change."""
+    changed_share: _builtins.float
+    """changed_calls / calls."""
+    cost_per_day_before_usd: _builtins.float
+    """Estimated cost per day: recorded tokens × prices of the model served, in force."""
+    cost_per_day_after_usd: _builtins.float
+    """The same under the proposed configuration (its models and prices)."""
+    calls_without_user: _builtins.int
+    """Replayed calls that carried no user id (experiments bucketed by user skip them)."""
+    @_builtins.property
+    def moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelMove]:
+        """From → to matrix of the changed calls, most calls first."""
+
+    @_builtins.property
+    def variant_moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantMove]:
+        """Users moved between experiment variants."""
+
+    @_builtins.property
+    def unreachable_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models that serve or back up this context now and would not any more."""
+
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        changed_calls: _builtins.int = ...,
+        changed_share: _builtins.float = ...,
+        moves: _abc.Iterable[Global___ModelMove] | None = ...,
+        variant_moves: _abc.Iterable[Global___VariantMove] | None = ...,
+        cost_per_day_before_usd: _builtins.float = ...,
+        cost_per_day_after_usd: _builtins.float = ...,
+        unreachable_models: _abc.Iterable[_builtins.str] | None = ...,
+        calls_without_user: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "calls_without_user", b"calls_without_user", "changed_calls", b"changed_calls", "changed_share", b"changed_share", "context", b"context", "cost_per_day_after_usd", b"cost_per_day_after_usd", "cost_per_day_before_usd", b"cost_per_day_before_usd", "moves", b"moves", "unreachable_models", b"unreachable_models", "variant_moves", b"variant_moves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextImpact: _TypeAlias = ContextImpact  # noqa: Y015
+
+@_typing.final
+class PreviewConfigChangeResponse(_message.Message):
+    """PreviewConfigChangeResponse is the impact of a proposed change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    CALLS_REPLAYED_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    BASE_REVISION_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    CAVEATS_FIELD_NUMBER: _builtins.int
+    calls_replayed: _builtins.int
+    """Usage rows replayed."""
+    base_revision: _builtins.int
+    """The configuration revision the change was planned against."""
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextImpact]:
+        """Per context, most changed calls first."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """The window replayed."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """The end of the window (now)."""
+
+    @_builtins.property
+    def diff(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The diff of the proposed change."""
+
+    @_builtins.property
+    def caveats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the replay cannot reproduce (runtime cooldowns and quotas, calls without a
+        user id, experiments bucketed by request), in words.
+        """
+
+    def __init__(
+        self,
+        *,
+        contexts: _abc.Iterable[Global___ContextImpact] | None = ...,
+        calls_replayed: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        base_revision: _builtins.int = ...,
+        diff: _abc.Iterable[_builtins.str] | None = ...,
+        caveats: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_revision", b"base_revision", "calls_replayed", b"calls_replayed", "caveats", b"caveats", "contexts", b"contexts", "diff", b"diff", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewConfigChangeResponse: _TypeAlias = PreviewConfigChangeResponse  # noqa: Y015

@@ -60,6 +60,26 @@ class AdminServiceStub:
                 request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
                 response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
                 _registered_method=True)
+        self.ListConfigChanges = channel.unary_unary(
+                '/modelroute.admin.v1.AdminService/ListConfigChanges',
+                request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesRequest.SerializeToString,
+                response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesResponse.FromString,
+                _registered_method=True)
+        self.GetConfigAt = channel.unary_unary(
+                '/modelroute.admin.v1.AdminService/GetConfigAt',
+                request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtRequest.SerializeToString,
+                response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtResponse.FromString,
+                _registered_method=True)
+        self.RollbackConfig = channel.unary_unary(
+                '/modelroute.admin.v1.AdminService/RollbackConfig',
+                request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigRequest.SerializeToString,
+                response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigResponse.FromString,
+                _registered_method=True)
+        self.PreviewConfigChange = channel.unary_unary(
+                '/modelroute.admin.v1.AdminService/PreviewConfigChange',
+                request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.SerializeToString,
+                response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -125,6 +145,72 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConfigChanges(self, request, context):
+        """ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+        entry per key and etcd revision, with the values before and after (secrets of
+        `clients/` values redacted), who made it and their note. Kept in the database, so
+        it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+
+        Errors:
+        - INVALID_ARGUMENT: limit out of range.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfigAt(self, request, context):
+        """GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+
+        Errors:
+        - INVALID_ARGUMENT: a negative revision.
+        - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+        metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackConfig(self, request, context):
+        """RollbackConfig puts every decision-shaping key back to its value at `revision`
+        (deleting keys created after it) in one etcd transaction, guarded by the revision it
+        read (or `expected_revision`). The rollback is itself recorded as a change.
+
+        Errors:
+        - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+        - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+        - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+        history (names the keys; re-create those clients by hand).
+        - ABORTED: the configuration changed concurrently; nothing was written.
+        - UNAVAILABLE: etcd or the database is unreachable.
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewConfigChange(self, request, context):
+        """PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+        each row) through the resolver under the configuration in force and under the
+        proposed one, and reports per context what would move. It writes nothing.
+
+        Errors:
+        - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+        window that is not positive or longer than 90 days.
+        - UNAVAILABLE: etcd or the database is unreachable.
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +238,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ApplyConfig,
                     request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.FromString,
                     response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.SerializeToString,
+            ),
+            'ListConfigChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigChanges,
+                    request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesRequest.FromString,
+                    response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesResponse.SerializeToString,
+            ),
+            'GetConfigAt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigAt,
+                    request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtRequest.FromString,
+                    response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtResponse.SerializeToString,
+            ),
+            'RollbackConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackConfig,
+                    request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigRequest.FromString,
+                    response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigResponse.SerializeToString,
+            ),
+            'PreviewConfigChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewConfigChange,
+                    request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.FromString,
+                    response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -290,6 +396,114 @@ class AdminService:
             '/modelroute.admin.v1.AdminService/ApplyConfig',
             modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
             modelroute_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.admin.v1.AdminService/ListConfigChanges',
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesRequest.SerializeToString,
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.ListConfigChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigAt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.admin.v1.AdminService/GetConfigAt',
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtRequest.SerializeToString,
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.GetConfigAtResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.admin.v1.AdminService/RollbackConfig',
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigRequest.SerializeToString,
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.RollbackConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewConfigChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.admin.v1.AdminService/PreviewConfigChange',
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.SerializeToString,
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,56 @@ class AdminServiceStub:
     - UNAVAILABLE: etcd is unreachable.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
     """
+    ListConfigChanges: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListConfigChangesRequest, _admin_pb2.ListConfigChangesResponse]
+    """ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+    entry per key and etcd revision, with the values before and after (secrets of
+    `clients/` values redacted), who made it and their note. Kept in the database, so
+    it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+
+    Errors:
+    - INVALID_ARGUMENT: limit out of range.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    GetConfigAt: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetConfigAtRequest, _admin_pb2.GetConfigAtResponse]
+    """GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+
+    Errors:
+    - INVALID_ARGUMENT: a negative revision.
+    - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+      metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    RollbackConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackConfigRequest, _admin_pb2.RollbackConfigResponse]
+    """RollbackConfig puts every decision-shaping key back to its value at `revision`
+    (deleting keys created after it) in one etcd transaction, guarded by the revision it
+    read (or `expected_revision`). The rollback is itself recorded as a change.
+
+    Errors:
+    - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+    - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+    - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+      history (names the keys; re-create those clients by hand).
+    - ABORTED: the configuration changed concurrently; nothing was written.
+    - UNAVAILABLE: etcd or the database is unreachable.
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    PreviewConfigChange: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreviewConfigChangeRequest, _admin_pb2.PreviewConfigChangeResponse]
+    """PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+    each row) through the resolver under the configuration in force and under the
+    proposed one, and reports per context what would move. It writes nothing.
+
+    Errors:
+    - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+      window that is not positive or longer than 90 days.
+    - UNAVAILABLE: etcd or the database is unreachable.
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -117,6 +167,56 @@ class AdminServiceAsyncStub(AdminServiceStub):
     - INVALID_ARGUMENT: a value does not parse or validate (BadRequest lists each key).
     - ABORTED: the prefix changed since `expected_revision` (re-read and retry).
     - UNAVAILABLE: etcd is unreachable.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    ListConfigChanges: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListConfigChangesRequest, _admin_pb2.ListConfigChangesResponse]  # type: ignore[assignment]
+    """ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+    entry per key and etcd revision, with the values before and after (secrets of
+    `clients/` values redacted), who made it and their note. Kept in the database, so
+    it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+
+    Errors:
+    - INVALID_ARGUMENT: limit out of range.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    GetConfigAt: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetConfigAtRequest, _admin_pb2.GetConfigAtResponse]  # type: ignore[assignment]
+    """GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+
+    Errors:
+    - INVALID_ARGUMENT: a negative revision.
+    - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+      metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    RollbackConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackConfigRequest, _admin_pb2.RollbackConfigResponse]  # type: ignore[assignment]
+    """RollbackConfig puts every decision-shaping key back to its value at `revision`
+    (deleting keys created after it) in one etcd transaction, guarded by the revision it
+    read (or `expected_revision`). The rollback is itself recorded as a change.
+
+    Errors:
+    - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+    - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+    - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+      history (names the keys; re-create those clients by hand).
+    - ABORTED: the configuration changed concurrently; nothing was written.
+    - UNAVAILABLE: etcd or the database is unreachable.
+    - UNIMPLEMENTED: the server has no database.
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    PreviewConfigChange: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreviewConfigChangeRequest, _admin_pb2.PreviewConfigChangeResponse]  # type: ignore[assignment]
+    """PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+    each row) through the resolver under the configuration in force and under the
+    proposed one, and reports per context what would move. It writes nothing.
+
+    Errors:
+    - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+      window that is not positive or longer than 90 days.
+    - UNAVAILABLE: etcd or the database is unreachable.
+    - UNIMPLEMENTED: the server has no database.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
     """
 
@@ -189,6 +289,80 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         - INVALID_ARGUMENT: a value does not parse or validate (BadRequest lists each key).
         - ABORTED: the prefix changed since `expected_revision` (re-read and retry).
         - UNAVAILABLE: etcd is unreachable.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConfigChanges(
+        self,
+        request: _admin_pb2.ListConfigChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListConfigChangesResponse, _abc.Awaitable[_admin_pb2.ListConfigChangesResponse]]:
+        """ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+        entry per key and etcd revision, with the values before and after (secrets of
+        `clients/` values redacted), who made it and their note. Kept in the database, so
+        it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+
+        Errors:
+        - INVALID_ARGUMENT: limit out of range.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConfigAt(
+        self,
+        request: _admin_pb2.GetConfigAtRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetConfigAtResponse, _abc.Awaitable[_admin_pb2.GetConfigAtResponse]]:
+        """GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+
+        Errors:
+        - INVALID_ARGUMENT: a negative revision.
+        - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+          metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackConfig(
+        self,
+        request: _admin_pb2.RollbackConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RollbackConfigResponse, _abc.Awaitable[_admin_pb2.RollbackConfigResponse]]:
+        """RollbackConfig puts every decision-shaping key back to its value at `revision`
+        (deleting keys created after it) in one etcd transaction, guarded by the revision it
+        read (or `expected_revision`). The rollback is itself recorded as a change.
+
+        Errors:
+        - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+        - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+        - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+          history (names the keys; re-create those clients by hand).
+        - ABORTED: the configuration changed concurrently; nothing was written.
+        - UNAVAILABLE: etcd or the database is unreachable.
+        - UNIMPLEMENTED: the server has no database.
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewConfigChange(
+        self,
+        request: _admin_pb2.PreviewConfigChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PreviewConfigChangeResponse, _abc.Awaitable[_admin_pb2.PreviewConfigChangeResponse]]:
+        """PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+        each row) through the resolver under the configuration in force and under the
+        proposed one, and reports per context what would move. It writes nothing.
+
+        Errors:
+        - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+          window that is not positive or longer than 90 days.
+        - UNAVAILABLE: etcd or the database is unreachable.
+        - UNIMPLEMENTED: the server has no database.
         - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
         """
 

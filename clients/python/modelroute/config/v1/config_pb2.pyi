@@ -363,6 +363,7 @@ class Settings(_message.Message):
     DEFAULT_FALLBACKS_FIELD_NUMBER: _builtins.int
     ALERT_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     DECISION_CACHE_SECONDS_FIELD_NUMBER: _builtins.int
+    HISTORY_DAYS_FIELD_NUMBER: _builtins.int
     default_model: _builtins.str
     """Model used for contexts without their own entry (and as the last resort)."""
     alert_webhook_url: _builtins.str
@@ -370,6 +371,10 @@ class Settings(_message.Message):
     decision_cache_seconds: _builtins.int
     """Seconds a client may reuse a decision (ResolveModelResponse.cache_ttl). Default 5 when
     absent; 0 turns client-side caching off.
+    """
+    history_days: _builtins.int
+    """Days of config history (`config_changes`) kept; older revisions can no longer be
+    shown or rolled back to. Default 90 when absent.
     """
     @_builtins.property
     def default_fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -382,14 +387,20 @@ class Settings(_message.Message):
         default_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         alert_webhook_url: _builtins.str = ...,
         decision_cache_seconds: _builtins.int | None = ...,
+        history_days: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "decision_cache_seconds", b"decision_cache_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "decision_cache_seconds", b"decision_cache_seconds", "history_days", b"history_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model", "history_days", b"history_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decision_cache_seconds: _TypeAlias = _typing.Literal["decision_cache_seconds"]  # noqa: Y015
     _WhichOneofArgType__decision_cache_seconds: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__history_days: _TypeAlias = _typing.Literal["history_days"]  # noqa: Y015
+    _WhichOneofArgType__history_days: _TypeAlias = _typing.Literal["_history_days", b"_history_days"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__decision_cache_seconds) -> _WhichOneofReturnType__decision_cache_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__history_days) -> _WhichOneofReturnType__history_days | None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
 

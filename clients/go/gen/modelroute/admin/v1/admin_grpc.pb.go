@@ -51,6 +51,52 @@ type AdminServiceClient interface {
 	// - UNAVAILABLE: etcd is unreachable.
 	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error)
+	// ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+	// entry per key and etcd revision, with the values before and after (secrets of
+	// `clients/` values redacted), who made it and their note. Kept in the database, so
+	// it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+	//
+	// Errors:
+	// - INVALID_ARGUMENT: limit out of range.
+	// - UNAVAILABLE: the database is unreachable (RetryInfo).
+	// - UNIMPLEMENTED: the server has no database.
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	ListConfigChanges(ctx context.Context, in *ListConfigChangesRequest, opts ...grpc.CallOption) (*ListConfigChangesResponse, error)
+	// GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: a negative revision.
+	//   - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+	//     metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+	//   - UNAVAILABLE: the database is unreachable (RetryInfo).
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	GetConfigAt(ctx context.Context, in *GetConfigAtRequest, opts ...grpc.CallOption) (*GetConfigAtResponse, error)
+	// RollbackConfig puts every decision-shaping key back to its value at `revision`
+	// (deleting keys created after it) in one etcd transaction, guarded by the revision it
+	// read (or `expected_revision`). The rollback is itself recorded as a change.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+	//   - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+	//   - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+	//     history (names the keys; re-create those clients by hand).
+	//   - ABORTED: the configuration changed concurrently; nothing was written.
+	//   - UNAVAILABLE: etcd or the database is unreachable.
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	RollbackConfig(ctx context.Context, in *RollbackConfigRequest, opts ...grpc.CallOption) (*RollbackConfigResponse, error)
+	// PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+	// each row) through the resolver under the configuration in force and under the
+	// proposed one, and reports per context what would move. It writes nothing.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+	//     window that is not positive or longer than 90 days.
+	//   - UNAVAILABLE: etcd or the database is unreachable.
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	PreviewConfigChange(ctx context.Context, in *PreviewConfigChangeRequest, opts ...grpc.CallOption) (*PreviewConfigChangeResponse, error)
 }
 
 type adminServiceClient struct {
@@ -106,6 +152,42 @@ func (c *adminServiceClient) ApplyConfig(ctx context.Context, in *ApplyConfigReq
 	return out, nil
 }
 
+func (c *adminServiceClient) ListConfigChanges(ctx context.Context, in *ListConfigChangesRequest, opts ...grpc.CallOption) (*ListConfigChangesResponse, error) {
+	out := new(ListConfigChangesResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/ListConfigChanges", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetConfigAt(ctx context.Context, in *GetConfigAtRequest, opts ...grpc.CallOption) (*GetConfigAtResponse, error) {
+	out := new(GetConfigAtResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/GetConfigAt", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RollbackConfig(ctx context.Context, in *RollbackConfigRequest, opts ...grpc.CallOption) (*RollbackConfigResponse, error) {
+	out := new(RollbackConfigResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/RollbackConfig", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PreviewConfigChange(ctx context.Context, in *PreviewConfigChangeRequest, opts ...grpc.CallOption) (*PreviewConfigChangeResponse, error) {
+	out := new(PreviewConfigChangeResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/PreviewConfigChange", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -144,6 +226,52 @@ type AdminServiceServer interface {
 	// - UNAVAILABLE: etcd is unreachable.
 	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error)
+	// ListConfigChanges lists recorded changes of decision-shaping keys, newest first: one
+	// entry per key and etcd revision, with the values before and after (secrets of
+	// `clients/` values redacted), who made it and their note. Kept in the database, so
+	// it survives etcd compaction; `settings.history_days` (default 90) of it is kept.
+	//
+	// Errors:
+	// - INVALID_ARGUMENT: limit out of range.
+	// - UNAVAILABLE: the database is unreachable (RetryInfo).
+	// - UNIMPLEMENTED: the server has no database.
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	ListConfigChanges(context.Context, *ListConfigChangesRequest) (*ListConfigChangesResponse, error)
+	// GetConfigAt rebuilds every decision-shaping key's value in force at a revision.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: a negative revision.
+	//   - NOT_FOUND: the revision is older than the history kept (the message and ErrorInfo
+	//     metadata `oldest_revision` name the oldest one kept) or newer than etcd's.
+	//   - UNAVAILABLE: the database is unreachable (RetryInfo).
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	GetConfigAt(context.Context, *GetConfigAtRequest) (*GetConfigAtResponse, error)
+	// RollbackConfig puts every decision-shaping key back to its value at `revision`
+	// (deleting keys created after it) in one etcd transaction, guarded by the revision it
+	// read (or `expected_revision`). The rollback is itself recorded as a change.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: no revision, or a restored value no longer validates.
+	//   - NOT_FOUND: the revision is older than the history kept (names the oldest one kept).
+	//   - FAILED_PRECONDITION: a `clients/` key's secret changed since and is not kept in
+	//     history (names the keys; re-create those clients by hand).
+	//   - ABORTED: the configuration changed concurrently; nothing was written.
+	//   - UNAVAILABLE: etcd or the database is unreachable.
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	RollbackConfig(context.Context, *RollbackConfigRequest) (*RollbackConfigResponse, error)
+	// PreviewConfigChange replays the usage recorded in a window (context, user, tier of
+	// each row) through the resolver under the configuration in force and under the
+	// proposed one, and reports per context what would move. It writes nothing.
+	//
+	// Errors:
+	//   - INVALID_ARGUMENT: no changes, a bad key, a value that does not validate, or a
+	//     window that is not positive or longer than 90 days.
+	//   - UNAVAILABLE: etcd or the database is unreachable.
+	//   - UNIMPLEMENTED: the server has no database.
+	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	PreviewConfigChange(context.Context, *PreviewConfigChangeRequest) (*PreviewConfigChangeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -165,6 +293,18 @@ func (UnimplementedAdminServiceServer) ListAlerts(context.Context, *ListAlertsRe
 }
 func (UnimplementedAdminServiceServer) ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ApplyConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) ListConfigChanges(context.Context, *ListConfigChangesRequest) (*ListConfigChangesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListConfigChanges not implemented")
+}
+func (UnimplementedAdminServiceServer) GetConfigAt(context.Context, *GetConfigAtRequest) (*GetConfigAtResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetConfigAt not implemented")
+}
+func (UnimplementedAdminServiceServer) RollbackConfig(context.Context, *RollbackConfigRequest) (*RollbackConfigResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RollbackConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) PreviewConfigChange(context.Context, *PreviewConfigChangeRequest) (*PreviewConfigChangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PreviewConfigChange not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -269,6 +409,78 @@ func _AdminService_ApplyConfig_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListConfigChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConfigChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListConfigChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/ListConfigChanges",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListConfigChanges(ctx, req.(*ListConfigChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetConfigAt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConfigAtRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetConfigAt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/GetConfigAt",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetConfigAt(ctx, req.(*GetConfigAtRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RollbackConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RollbackConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/RollbackConfig",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RollbackConfig(ctx, req.(*RollbackConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PreviewConfigChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreviewConfigChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PreviewConfigChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/PreviewConfigChange",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PreviewConfigChange(ctx, req.(*PreviewConfigChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "modelroute.admin.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -292,6 +504,22 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyConfig",
 			Handler:    _AdminService_ApplyConfig_Handler,
+		},
+		{
+			MethodName: "ListConfigChanges",
+			Handler:    _AdminService_ListConfigChanges_Handler,
+		},
+		{
+			MethodName: "GetConfigAt",
+			Handler:    _AdminService_GetConfigAt_Handler,
+		},
+		{
+			MethodName: "RollbackConfig",
+			Handler:    _AdminService_RollbackConfig_Handler,
+		},
+		{
+			MethodName: "PreviewConfigChange",
+			Handler:    _AdminService_PreviewConfigChange_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
