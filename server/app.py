@@ -45,6 +45,8 @@ from modelroute.server.telemetry.metrics import ServerMetrics, Sources
 from modelroute.server.telemetry.tracing import configure_tracing, shutdown_tracing
 from modelroute.server.usage import alert_rules
 from modelroute.server.usage.alerts import AlertSink
+from modelroute.server.usage.rollout_controller import RolloutController
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
@@ -58,6 +60,7 @@ from modelroute.storage.etcd import (
 )
 from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
+from modelroute.storage.rollout_store import EtcdRolloutStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.storage.updates import ConfigUpdate
 from modelroute.storage.usage_store import UsageStore
@@ -98,6 +101,7 @@ class ModelrouteServer:
         self.admin_http: AdminHttpServer | None = None
         self.admin_port = 0
         self.metrics: ServerMetrics | None = None
+        self.rollout_controller: RolloutController | None = None
 
     async def start(self) -> None:
         options = self.options
@@ -199,6 +203,7 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
+            rollout_metrics=RolloutMetricsReader(self.engine),
             history=ConfigHistory(
                 self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
             ),
@@ -228,6 +233,14 @@ class ModelrouteServer:
         self._tasks.append(asyncio.create_task(self._serving_when_ready(), name="health"))
         self._tasks.append(asyncio.create_task(self._quota_publisher.run(), name="quota-publish"))
         self._tasks.append(asyncio.create_task(self._watch_etcd_health(), name="etcd-health"))
+        self.rollout_controller = RolloutController(
+            EtcdRolloutStore(self.etcd, options.etcd_prefix),
+            self._current,
+            RolloutMetricsReader(self.engine),
+            self.alerts,
+            self.replica_id,
+        )
+        self._tasks.append(asyncio.create_task(self.rollout_controller.run(), name="rollouts"))
         self._tasks.append(
             asyncio.create_task(
                 self.decision_keys.ensure_in_etcd(self.runtime_store),
@@ -316,6 +329,8 @@ class ModelrouteServer:
         self.runtime.apply_update(update)
         self.decision_keys.apply_update(update)
         self.preferences.apply_update(update)
+        if self.rollout_controller is not None:
+            self.rollout_controller.notice(update)
         self.history_recorder.on_update(update)
 
     def _current(self) -> Snapshot | None:

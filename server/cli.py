@@ -658,6 +658,12 @@ def db_upgrade(
     typer.echo(f"database at {url.split('@')[-1]} is up to date")
 
 
+# `modelroute rollout ...` lives in its own module (guarded rollouts, issue 12).
+from modelroute.server.api.rollout_cli import rollout_app  # noqa: E402
+
+app.add_typer(rollout_app, name="rollout")
+
+
 def main() -> None:
     app()
 

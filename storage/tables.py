@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -73,6 +83,18 @@ class LlmUsageLog(SQLModel, table=True):
         # Named so later (batch-mode, on SQLite) migrations can refer to them.
         UniqueConstraint("report_id", name="uq_llm_usage_logs_report_id"),
         Index("ix_llm_usage_logs_created_at_context", "created_at", "context"),
+        # The rollout controller's aggregation walks this index in order (migration 0004).
+        Index(
+            "ix_llm_usage_logs_rollout_arms",
+            "experiment_id",
+            "variant_id",
+            "outcome",
+            "latency_ms",
+            "created_at",
+            "estimated_cost",
+            sqlite_where=text("reason = 'ROLLOUT'"),
+            postgresql_where=text("reason = 'ROLLOUT'"),
+        ),
     )
 
     id: int | None = _big_id()

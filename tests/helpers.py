@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +243,31 @@ NEEDS_CHROMIUM = pytest.mark.skipif(
     not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)),
     reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set MODELROUTE_CHROMIUM)",
 )
+
+
+class WebhookReceiver:
+    """A local HTTP server that records every alert POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, object]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kinds(self) -> Counter[str]:
+        return Counter(str(alert["kind"]) for alert in self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()

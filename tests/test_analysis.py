@@ -257,6 +257,17 @@ async def test_a_five_point_error_difference_is_significant(experiments: Running
     assert treatment.error_rate_effect == pytest.approx(0.05, abs=0.01)
     assert treatment.error_rate_p_value < 1e-6
     assert treatment.significant
+    # The always-valid test agrees on a difference this large, with an interval around it.
+    assert treatment.significant_sequential and treatment.error_rate_sequential_p_value < 0.01
+    assert treatment.error_rate_sequential_p_value >= treatment.error_rate_p_value
+    assert (
+        0
+        < treatment.error_rate_effect_cs_low
+        < treatment.error_rate_effect
+        < treatment.error_rate_effect_cs_high
+    )
+    assert treatment.quality_effect_cs_high < 0  # quality is lower, sequentially too
+    assert control.error_rate_sequential_p_value == 1.0 and not control.significant_sequential
     assert not reply.sample_ratio_mismatch and reply.bucket_by == "USER"
     assert (control.assignments, treatment.assignments) == (10_000, 10_000)
     # Reviewer quality: seeded means 0.70 vs 0.60, 200 scores each.
@@ -273,6 +284,8 @@ async def test_an_a_a_experiment_is_not_significant(experiments: Running) -> Non
     treatment = reply.variants[1]
     assert abs(treatment.error_rate_effect) < 0.01
     assert treatment.error_rate_p_value > 0.05 / 2 and not treatment.significant
+    assert not treatment.significant_sequential
+    assert treatment.error_rate_effect_cs_low < 0 < treatment.error_rate_effect_cs_high
     assert not reply.sample_ratio_mismatch
 
 

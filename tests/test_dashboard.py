@@ -5,6 +5,7 @@ replica with real usage: the numbers an operator reads match what was reported.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -134,3 +135,43 @@ async def test_token_form_when_the_api_requires_a_token(
     assert await form.is_hidden()
     assert (await page.get_by_test_id("revision").inner_text()).isdigit()
     assert await page.evaluate("() => sessionStorage.getItem('modelroute.adminToken')") == "letmein"
+
+
+async def test_rollout_panel_shows_share_guardrails_and_decisions(
+    seed: int,
+    start_server: Callable[..., Awaitable[Running]],
+    etcd: aetcd.Client,
+    prefix: str,
+    page,
+) -> None:
+    server = await start_server(admin_port=0)
+    rollout = {
+        "context": "rag.answer",
+        "candidate": "gpt-4o-mini",
+        "steps": [{"percent": 5, "min_seconds": 3600}, {"percent": 100}],
+        "guardrails": [{"metric": "ERROR_RATE", "max_increase": 0.02}],
+        "enabled": True,
+    }
+    await write_changes(etcd, prefix, {"rollouts/mini": json.dumps(rollout).encode()}, 0, [])
+    # The controller (this replica leads) starts it at once, not at its next interval.
+    await eventually(lambda: _rollout_state(server, "RUNNING"), timeout=90, interval=0.2)
+    await page.goto(f"http://127.0.0.1:{server.server.admin_port}/")
+
+    async def shown() -> None:
+        await page.reload()
+        await page.wait_for_selector("body[data-loaded=true]")
+        state = page.get_by_test_id("rollout-state-mini")
+        assert (await state.inner_text()).strip() == "RUNNING"
+        share = page.get_by_test_id("rollout-share-mini")
+        assert await share.get_attribute("data-percent") == "5"
+        guardrail = page.get_by_test_id("guardrail-mini-ERROR_RATE")
+        assert await guardrail.get_attribute("data-breached") == "false"
+        actions = page.get_by_test_id("rollout-decision")
+        assert await actions.first.get_attribute("data-action") == "started"
+
+    await eventually(shown, timeout=20, interval=0.2)
+
+
+async def _rollout_state(server: Running, state: str) -> None:
+    reply = await server.admin.GetRolloutStatus(admin_pb2.GetRolloutStatusRequest())
+    assert [r.state for r in reply.rollouts] == [state]

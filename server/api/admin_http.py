@@ -49,6 +49,7 @@ from modelroute.server.api.admin_http_models import (
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.errors import ServiceError, store_unavailable
 from modelroute.server.api.http_guard import GuardMiddleware, TokenBucket
+from modelroute.server.api.rollout_http import RolloutList
 from modelroute.server.core.snapshot import Snapshot
 from modelroute.storage.errors import StoreUnavailableError
 from pydantic import BaseModel
@@ -262,6 +263,11 @@ def create_admin_app(
             to_time=_timestamp("to", to),
         )
         return _to_model(ExperimentResults, await admin.experiment_results(request))
+
+    @admin_get("/rollouts", RolloutList, "rollouts")
+    async def rollouts() -> RolloutList:
+        """Guarded rollouts: step, share, calls per arm, guardrails, controller decisions."""
+        return _to_model(RolloutList, await admin.rollout_status(""))
 
     @admin_get("/config/status", ConfigStatus, "config")
     async def config_status() -> ConfigStatus:

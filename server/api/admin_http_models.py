@@ -90,6 +90,24 @@ class VariantResult(BaseModel):
     thumbs: int
     thumbs_up_effect: float
     thumbs_up_p_value: float
+    # Always-valid (sequential) inference: valid however often results are looked at.
+    error_rate_sequential_p_value: float = 1.0
+    error_rate_effect_cs_low: float = 0.0
+    error_rate_effect_cs_high: float = 0.0
+    latency_sequential_p_value: float = 1.0
+    latency_effect_cs_low: float = 0.0
+    latency_effect_cs_high: float = 0.0
+    quality_sequential_p_value: float = 1.0
+    quality_effect_cs_low: float = 0.0
+    quality_effect_cs_high: float = 0.0
+    thumbs_up_sequential_p_value: float = 1.0
+    thumbs_up_effect_cs_low: float = 0.0
+    thumbs_up_effect_cs_high: float = 0.0
+    significant_sequential: bool = Field(
+        default=False,
+        description="Any difference significant at 5% by the always-valid sequential test "
+        "(the flag to act on when results are checked repeatedly)",
+    )
 
 
 class ExperimentResults(BaseModel):

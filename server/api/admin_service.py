@@ -20,6 +20,7 @@ from modelroute.server.api.errors import (
 )
 from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.api.mapping import model_list, timestamp
+from modelroute.server.api.rollout_status import rollout_status
 from modelroute.server.api.validation import timestamp_value
 from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
@@ -28,6 +29,7 @@ from modelroute.server.runtime.runtime_state import RuntimeState
 from modelroute.server.usage.alerts import AlertSink
 from modelroute.server.usage.analysis import experiment_results as compare_variants
 from modelroute.server.usage.analysis import usage_row
+from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2
@@ -80,11 +82,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         analysis: AnalysisStore | None = None,
         history: ConfigHistory | None = None,
         impact: ImpactPreview | None = None,
+        rollout_metrics: RolloutMetricsReader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._clock = clock
         self.history = history
         self.impact = impact
+        self._rollout_metrics = rollout_metrics
         self._runtime = runtime
         self._analysis = analysis
         self._config = config
@@ -129,6 +133,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetExperimentResultsResponse:
         """Per-variant results of an experiment, with significance tests."""
         return await self.experiment_results(request)
+
+    @rpc
+    async def GetRolloutStatus(
+        self,
+        request: admin_pb2.GetRolloutStatusRequest,
+        context: ServicerContext,
+    ) -> admin_pb2.GetRolloutStatusResponse:
+        """Where a rollout stands: its step, guardrail verdicts and history."""
+        return await self.rollout_status(request.rollout_id)
 
     @rpc
     async def ListAlerts(
@@ -320,6 +333,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             store.feedback_by_variant, experiment.experiment_id, since, until
         )
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
+
+    async def rollout_status(self, rollout_id: str) -> admin_pb2.GetRolloutStatusResponse:
+        """GetRolloutStatus without the transport; raises ServiceError or a store error."""
+        return await rollout_status(self._config.current, self._rollout_metrics, rollout_id)
 
     def _require_analysis(self) -> AnalysisStore:
         if self._analysis is None:

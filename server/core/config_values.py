@@ -33,6 +33,7 @@ KIND_MESSAGES: Final[dict[str, type[Message]]] = {
     "providers": config_pb2.Provider,
     "settings": config_pb2.Settings,
     "clients": config_pb2.Client,
+    "rollouts": config_pb2.Rollout,
 }
 # `settings` is a single key; every other kind is a directory of `<kind>/<id>` keys.
 SINGLETON_KINDS: Final = frozenset({"settings"})
@@ -231,6 +232,8 @@ def _validate_settings(key: ConfigKey, m: Message) -> None:
         _require_id("default_model", m.default_model)
     for model in m.default_fallbacks:
         _require_id("default_fallbacks", model)
+    if m.HasField("rollout_check_seconds") and m.rollout_check_seconds < 1:
+        raise ConfigValueError("field 'rollout_check_seconds' must be at least 1 (default 60)")
     if m.HasField("history_days") and m.history_days == 0:
         raise ConfigValueError("field 'history_days' must be at least 1 (absent: 90)")
     if m.alert_webhook_url and not re.match(r"^https?://", m.alert_webhook_url):
@@ -258,6 +261,60 @@ def _validate_client(key: ConfigKey, m: Message) -> None:
             )
 
 
+# Guardrail metrics where lower is worse (bound: max_decrease); the others are costs
+# where higher is worse (bound: max_increase or max_relative_increase).
+HIGHER_IS_BETTER_METRICS: Final = frozenset(
+    {config_pb2.GUARDRAIL_METRIC_QUALITY, config_pb2.GUARDRAIL_METRIC_THUMBS_UP_RATE}
+)
+
+
+def _validate_rollout(key: ConfigKey, m: Message) -> None:
+    assert isinstance(m, config_pb2.Rollout)
+    if not m.context:
+        raise ConfigValueError("field 'context' is required")
+    if not m.candidate:
+        raise ConfigValueError("field 'candidate' is required (the model rolled out)")
+    _require_id("candidate", m.candidate)
+    if not m.steps:
+        raise ConfigValueError("field 'steps' needs at least one step, e.g. [{\"percent\": 100}]")
+    previous = 0
+    for index, step in enumerate(m.steps):
+        if not 1 <= step.percent <= 100:
+            raise ConfigValueError(f"steps[{index}].percent is {step.percent}; use 1..100")
+        if step.percent <= previous:
+            raise ConfigValueError(
+                f"steps[{index}].percent {step.percent} does not increase "
+                f"(the step before is {previous}); percents must strictly increase"
+            )
+        previous = step.percent
+    for index, guardrail in enumerate(m.guardrails):
+        _validate_guardrail(index, guardrail)
+
+
+def _validate_guardrail(index: int, g: config_pb2.Guardrail) -> None:
+    where = f"guardrails[{index}]"
+    if g.metric == config_pb2.GUARDRAIL_METRIC_UNSPECIFIED:
+        raise ConfigValueError(
+            f"{where}.metric is required: ERROR_RATE, P95_LATENCY_MS, COST_PER_CALL, "
+            "QUALITY or THUMBS_UP_RATE"
+        )
+    metric = config_pb2.GuardrailMetric.Name(g.metric).removeprefix("GUARDRAIL_METRIC_")
+    bounds = [b for b in ("max_increase", "max_relative_increase", "max_decrease") if g.HasField(b)]
+    if len(bounds) != 1:
+        raise ConfigValueError(
+            f"{where} ({metric}) needs exactly one bound: max_increase, "
+            f"max_relative_increase or max_decrease (has {len(bounds) or 'none'})"
+        )
+    bound = bounds[0]
+    value = getattr(g, bound)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigValueError(f"{where}.{bound} is {value}; use a number >= 0")
+    wants_decrease = g.metric in HIGHER_IS_BETTER_METRICS
+    if wants_decrease != (bound == "max_decrease"):
+        allowed = "max_decrease" if wants_decrease else "max_increase or max_relative_increase"
+        raise ConfigValueError(f"{where} ({metric}) is bounded by {allowed}, not {bound}")
+
+
 VALIDATORS: Final = {
     "models": _validate_model,
     "contexts": _validate_context,
@@ -266,6 +323,7 @@ VALIDATORS: Final = {
     "providers": _validate_provider,
     "settings": _validate_settings,
     "clients": _validate_client,
+    "rollouts": _validate_rollout,
 }
 
 

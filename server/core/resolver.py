@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Final, Protocol
 
 import mmh3
+from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM
 from modelroute.server.core.snapshot import (
     ContextSpec,
     ExperimentSpec,
@@ -33,6 +34,7 @@ class Reason(IntEnum):
     EXPERIMENT = types_pb2.REASON_EXPERIMENT
     CONTEXT_DEFAULT = types_pb2.REASON_CONTEXT_DEFAULT
     GLOBAL_DEFAULT = types_pb2.REASON_GLOBAL_DEFAULT
+    ROLLOUT = types_pb2.REASON_ROLLOUT
 
 
 class Cause(IntEnum):
@@ -179,6 +181,21 @@ def _choose(
             )
         else:
             return preferred, Reason.USER_PREFERENCE, "", ""
+
+    rollout = snapshot.rollouts_by_context.get(context_name)
+    rollout_unit = request.user_id or request.request_id
+    if rollout is not None and rollout_unit:
+        # Same bucketing as experiments, keyed by the rollout id: a unit below the share
+        # stays on the candidate as the share grows (1% → 10% keeps the first 1%). Calls
+        # without a user id are bucketed by their request id.
+        if bucket_of(rollout.rollout_id, rollout_unit) < rollout.percent * (BUCKETS // 100):
+            return rollout.candidate, Reason.ROLLOUT, rollout.rollout_id, CANDIDATE_ARM
+        baseline = context.model if context is not None else snapshot.settings.default_model
+        return baseline, Reason.ROLLOUT, rollout.rollout_id, BASELINE_ARM
+    if rollout is not None:
+        warnings.append(
+            f"rollout {rollout.rollout_id!r} skipped: no user id or request_id to bucket by"
+        )
 
     for experiment in snapshot.experiments_by_context.get(context_name, ()):
         if not experiment.running(now):

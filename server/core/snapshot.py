@@ -9,6 +9,7 @@ recorded as a `Rejection` for status, logs, metrics and spans.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -26,9 +27,19 @@ from modelroute.server.core.config_values import (
     parse_key,
     parse_value,
 )
+from modelroute.server.core.rollout_spec import (
+    PROGRESS_DIR,
+    RolloutProgress,
+    RolloutSpec,
+    exclusive_context_conflict,
+    parse_progress,
+    rollout_spec,
+)
 
+log = logging.getLogger("modelroute.config")
 DEFAULT_WARN_RATIO: Final = 0.8
 DEFAULT_DECISION_CACHE_SECONDS: Final = 5
+DEFAULT_ROLLOUT_CHECK_SECONDS: Final = 60
 DEFAULT_HISTORY_DAYS: Final = 90
 _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
 
@@ -122,6 +133,7 @@ class SettingsSpec:
     default_fallbacks: tuple[str, ...] = ()
     alert_webhook_url: str = ""
     decision_cache_seconds: int = DEFAULT_DECISION_CACHE_SECONDS
+    rollout_check_seconds: int = DEFAULT_ROLLOUT_CHECK_SECONDS
     history_days: int = DEFAULT_HISTORY_DAYS
 
 
@@ -183,6 +195,10 @@ class Snapshot:
     # authenticates each application call). Empty: application RPCs need no API key.
     clients: Mapping[str, ClientSpec]
     clients_by_key: Mapping[str, ClientSpec]
+    # `rollouts/<id>` joined with the controller's progress; by context only those that
+    # still assign arms (enabled, not rolled back). At most one per context.
+    rollouts: Mapping[str, RolloutSpec]
+    rollouts_by_context: Mapping[str, RolloutSpec]
 
 
 def env_variable_for(context: str) -> str:
@@ -270,6 +286,8 @@ def _referenced_models(key: ConfigKey, m: Message) -> list[tuple[str, str]]:
         return [("model", m.model)]
     if isinstance(m, config_pb2.Experiment):
         return [(f"variants[{v.id}].model", v.model) for v in m.variants]
+    if isinstance(m, config_pb2.Rollout):
+        return [("candidate", m.candidate)]
     if isinstance(m, config_pb2.Settings):
         refs = [("default_fallbacks", f) for f in m.default_fallbacks]
         return ([("default_model", m.default_model)] if m.default_model else []) + refs
@@ -288,6 +306,8 @@ class SnapshotBuilder:
     _valid: dict[str, tuple[ConfigKey, Message]] = field(default_factory=dict)
     _raw: dict[str, bytes] = field(default_factory=dict)
     _rejections: dict[str, Rejection] = field(default_factory=dict)
+    # The rollout controller's progress (`runtime/rollouts/<id>`), by rollout id.
+    _progress: dict[str, RolloutProgress] = field(default_factory=dict)
 
     def apply(
         self,
@@ -320,7 +340,12 @@ class SnapshotBuilder:
             self._rejections[key] = rejection
             new_rejections.append(rejection)
 
+        if full_state:
+            self._progress = {}
         for key, raw in changes.items():
+            if key.startswith(PROGRESS_DIR):
+                self._apply_progress(key[len(PROGRESS_DIR) :], raw)
+                continue
             if key.startswith(RUNTIME_KIND + "/"):
                 continue
             if raw is None:
@@ -353,6 +378,29 @@ class SnapshotBuilder:
             else:
                 cleared.add(key)
 
+        contexts = {ck.id for ck, _ in candidate.values() if ck.kind == "contexts"}
+        for key, (config_key, message) in sorted(parsed.items()):
+            if key not in candidate or config_key.kind not in ("rollouts", "experiments"):
+                continue
+            error = None
+            if isinstance(message, config_pb2.Rollout) and message.context not in contexts:
+                error = f"refers to unknown context {message.context!r}; add contexts/<id> first"
+            else:
+                # The value written later loses: older keys (not in this revision) first,
+                # then this revision's in key order.
+                holders = {
+                    k: m
+                    for k, (ck, m) in candidate.items()
+                    if ck.kind in ("rollouts", "experiments") and (k not in parsed or k < key)
+                }
+                error = exclusive_context_conflict(key, message, holders, now)
+            if error is not None:
+                candidate.pop(key)
+                if key in self._valid:
+                    candidate[key] = self._valid[key]
+                cleared.discard(key)
+                reject(key, error)
+
         # Two clients with one key would make the caller's identity ambiguous: the value
         # written later is rejected (a client's own earlier value, if any, stays in force).
         owners = {
@@ -378,6 +426,16 @@ class SnapshotBuilder:
         self._valid = candidate
         return self._build(revision, now), new_rejections
 
+    def _apply_progress(self, rollout_id: str, raw: bytes | None) -> None:
+        if raw is None:
+            self._progress.pop(rollout_id, None)
+            return
+        try:
+            self._progress[rollout_id] = parse_progress(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Written by servers only; a bad one must not stop the config from applying.
+            log.warning("ignoring malformed rollout progress for %s: %s", rollout_id, exc)
+
     def _build(self, revision: int, now: datetime) -> Snapshot:
         models: dict[str, ModelSpec] = {}
         contexts: dict[str, ContextSpec] = {}
@@ -386,6 +444,7 @@ class SnapshotBuilder:
         providers: dict[str, ProviderSpec] = {}
         settings = SettingsSpec()
         clients: dict[str, ClientSpec] = {}
+        rollouts: dict[str, RolloutSpec] = {}
         for config_key, m in self._valid.values():
             if isinstance(m, config_pb2.Model):
                 models[config_key.id] = _model_spec(config_key.id, m)
@@ -401,6 +460,10 @@ class SnapshotBuilder:
                 providers[config_key.id] = _provider_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Client):
                 clients[config_key.id] = _client_spec(config_key.id, m)
+            elif isinstance(m, config_pb2.Rollout):
+                rollouts[config_key.id] = rollout_spec(
+                    config_key.id, m, self._progress.get(config_key.id)
+                )
             elif isinstance(m, config_pb2.Settings):
                 settings = SettingsSpec(
                     default_model=m.default_model,
@@ -409,6 +472,9 @@ class SnapshotBuilder:
                     decision_cache_seconds=m.decision_cache_seconds
                     if m.HasField("decision_cache_seconds")
                     else DEFAULT_DECISION_CACHE_SECONDS,
+                    rollout_check_seconds=m.rollout_check_seconds
+                    if m.HasField("rollout_check_seconds")
+                    else DEFAULT_ROLLOUT_CHECK_SECONDS,
                     history_days=m.history_days
                     if m.HasField("history_days")
                     else DEFAULT_HISTORY_DAYS,
@@ -430,6 +496,14 @@ class SnapshotBuilder:
             applied_at=now,
             clients=MappingProxyType(clients),
             clients_by_key=MappingProxyType({c.key_sha256: c for c in clients.values()}),
+            rollouts=MappingProxyType(rollouts),
+            rollouts_by_context=MappingProxyType(
+                {
+                    r.context: r
+                    for r in sorted(rollouts.values(), key=lambda r: r.rollout_id)
+                    if r.applies
+                }
+            ),
         )
 
     def valid_json(self) -> dict[str, Message]:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from modelroute.server.core.config_values import KIND_MESSAGES, SINGLETON_KINDS
+from modelroute.server.core.rollout_spec import PROGRESS_DIR
 from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS
 from modelroute.server.runtime.change_meta import ACTOR_ETCD, META_KEY, parse_meta
 from modelroute.storage.errors import StoreUnavailableError
@@ -30,7 +31,13 @@ log = logging.getLogger("modelroute.history")
 # Key kinds whose values shape decisions (`rollouts/` is recorded even before this
 # version knows how to validate it).
 DECISION_KINDS: Final = tuple(dict.fromkeys([*KIND_MESSAGES, "rollouts"]))
-DECISION_DIRS: Final = tuple(k if k in SINGLETON_KINDS else f"{k}/" for k in DECISION_KINDS)
+# Plus the rollout controller's progress (`runtime/rollouts/<id>`): the candidate's share
+# shapes decisions as much as any operator key, and its changes are the controller's
+# (actor `rollout-controller`, from the companion key it writes in the same transaction).
+DECISION_DIRS: Final = (
+    *(k if k in SINGLETON_KINDS else f"{k}/" for k in DECISION_KINDS),
+    PROGRESS_DIR,
+)
 SECRET_FIELDS: Final = {"clients": ("key_sha256", "keySha256")}
 REDACTED_PREFIX: Final = "<redacted "
 PRUNE_INTERVAL_SECONDS: Final = 3600.0

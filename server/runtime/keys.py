@@ -26,7 +26,15 @@ CHANGE_META_KEY: Final = f"{RUNTIME_DIR}change-meta"
 
 # Keys that change every second or carry no config: they feed runtime state only and must
 # not produce a new snapshot (WatchConfig clients would drop their caches).
-QUIET_RUNTIME_KEYS: Final = (USAGE_DIR, PREFERENCES_DIR, DECISION_KEY, CHANGE_META_KEY)
+# The rollout controller's leader key (`usage/rollout_controller.py` LEADER_KEY) too.
+ROLLOUT_CONTROLLER_DIR: Final = f"{RUNTIME_DIR}rollout-controller/"
+QUIET_RUNTIME_KEYS: Final = (
+    USAGE_DIR,
+    PREFERENCES_DIR,
+    DECISION_KEY,
+    CHANGE_META_KEY,
+    ROLLOUT_CONTROLLER_DIR,
+)
 
 
 def cooldown_key(subject: str) -> str:

@@ -16,6 +16,10 @@ import math
 
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.core.snapshot import ExperimentSpec
+from modelroute.server.usage.experiment_sequential import (
+    add_sequential_results,
+    control_sequential_results,
+)
 from modelroute.storage.analysis_store import FeedbackGroup, UsageGroup
 from scipy import stats
 
@@ -162,9 +166,11 @@ def experiment_results(
             if fb.thumbs and control_fb.thumbs:
                 compared.append(result.thumbs_up_p_value)
             result.significant = min(compared) < ALPHA / len(compared)
+            add_sequential_results(result, group, control, fb, control_fb)
         else:
             result.error_rate_p_value = result.latency_p_value = 1.0
             result.quality_p_value = result.thumbs_up_p_value = 1.0
+            control_sequential_results(result)
         response.variants.append(result)
     response.sample_ratio_p_value, response.sample_ratio_mismatch = sample_ratio(
         experiment, {k: g.units for k, g in usage.items()}

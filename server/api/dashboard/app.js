@@ -168,12 +168,14 @@ async function renderExperiments() {
     const rows = results.variants.map((v, i) => {
       const usage = v.usage || { calls: 0, latency_p95_ms: 0, cost_usd: 0 };
       const marker = i === 0 ? el("span", {}, "control")
-        : v.significant ? el("span", { class: "sig", "data-testid": `significant-${exp.experiment_id}-${v.variant_id}`, title: "significant at 5% vs control" }, "★ significant")
-        : el("span", {}, "n.s.");
-      return el("tr", { "data-testid": `variant-${exp.experiment_id}-${v.variant_id}`, "data-calls": usage.calls, "data-significant": String(v.significant) },
+        // The always-valid (sequential) test: safe to look at on every refresh.
+        : v.significant_sequential ? el("span", { class: "sig", "data-testid": `significant-${exp.experiment_id}-${v.variant_id}`, title: "significant at 5% vs control (always-valid sequential test: stays valid however often you look)" }, "★ significant")
+        : el("span", { title: v.significant ? "fixed-horizon p < 5%, but not yet significant under continuous monitoring" : "" }, "n.s.");
+      return el("tr", { "data-testid": `variant-${exp.experiment_id}-${v.variant_id}`, "data-calls": usage.calls, "data-significant": String(Boolean(v.significant_sequential)) },
         el("td", {}, v.variant_id), el("td", {}, v.model_id), el("td", { class: "num" }, `${v.weight}%`),
         el("td", { class: "num" }, int(usage.calls)), el("td", { class: "num" }, pct(v.error_rate)),
         el("td", { class: "num" }, i ? v.error_rate_p_value.toFixed(3) : "–"),
+        el("td", { class: "num", "data-testid": `seq-p-${exp.experiment_id}-${v.variant_id}` }, i ? (v.error_rate_sequential_p_value ?? 1).toFixed(3) : "–"),
         el("td", { class: "num" }, usage.latency_p95_ms.toFixed(0)),
         el("td", { class: "num" }, v.mean_quality_score ? v.mean_quality_score.toFixed(2) : "–"), el("td", {}, marker));
     });
@@ -182,7 +184,7 @@ async function renderExperiments() {
       : "";
     return el("div", { class: "experiment" }, title, srm, table(
       ["variant", "model", { label: "weight", num: 1 }, { label: "calls", num: 1 }, { label: "errors", num: 1 },
-        { label: "p (err)", num: 1 }, { label: "p95 ms", num: 1 }, { label: "quality", num: 1 }, ""],
+        { label: "p (err, one look)", num: 1 }, { label: "p (err, always-valid)", num: 1 }, { label: "p95 ms", num: 1 }, { label: "quality", num: 1 }, ""],
       rows, { class: "compact" }));
   }));
   box.replaceChildren(...blocks);
@@ -193,6 +195,41 @@ function gauge(label, used, limit, text, testid) {
   const bar = el("div", { class: `bar ${ratio >= 1 ? "bad" : ratio >= 0.8 ? "warn" : ""}` }, el("span"));
   bar.firstChild.style.width = `${(100 * ratio).toFixed(1)}%`;
   return el("div", { class: "gauge", "data-testid": testid, "data-ratio": ratio.toFixed(4) }, el("span", {}, label), bar, el("span", {}, text));
+}
+
+function bound(value) {
+  return Math.abs(value) >= 1e300 ? (value < 0 ? "−∞" : "+∞") : value.toPrecision(3);
+}
+
+async function renderRollouts() {
+  const { rollouts } = await api("/api/admin/rollouts");
+  const box = $("rollouts");
+  if (!rollouts.length) {
+    box.replaceChildren(empty("No rollouts configured — put one under rollouts/<id> in etcd " +
+      "(see DESIGN.md, “Rollouts”) to ramp a model up behind guardrails.", "rollouts-empty"));
+    return;
+  }
+  box.replaceChildren(...rollouts.map((r) => {
+    const title = el("div", { class: "title" }, `${r.rollout_id} `,
+      el("span", { class: "badge" }, r.context), " ",
+      el("span", { class: "badge" }, `${r.baseline_model} → ${r.candidate}`), " ",
+      el("span", { class: `badge state-${r.state.toLowerCase()}`, "data-testid": `rollout-state-${r.rollout_id}` }, r.state));
+    const summary = el("div", { "data-testid": `rollout-share-${r.rollout_id}`, "data-percent": r.percent },
+      `step ${r.step + 1}/${r.steps} · candidate share ${r.percent}% · calls: candidate ${int(r.candidate_calls)}, baseline ${int(r.baseline_calls)}`);
+    const guardrails = r.guardrails.length ? table(
+      ["guardrail", { label: "candidate", num: 1 }, { label: "baseline", num: 1 }, { label: "excess", num: 1 }, "always-valid 95% interval", ""],
+      r.guardrails.map((g) => el("tr", { "data-testid": `guardrail-${r.rollout_id}-${g.metric}`, "data-breached": String(g.breached) },
+        el("td", {}, `${g.metric} ${g.bound}`), el("td", { class: "num" }, g.candidate_value.toPrecision(3)),
+        el("td", { class: "num" }, g.baseline_value.toPrecision(3)), el("td", { class: "num" }, g.estimate.toPrecision(3)),
+        el("td", {}, `[${bound(g.interval_low)}, ${bound(g.interval_high)}]`),
+        el("td", { class: g.breached ? "sev-critical" : "" }, g.breached ? "breached" : "ok"))), { class: "compact" })
+      : empty("No guardrails.", `guardrails-empty-${r.rollout_id}`);
+    const decisions = table(["when", "action", { label: "share", num: 1 }, "why"], r.decisions.map((d) =>
+      el("tr", { "data-testid": "rollout-decision", "data-action": d.action },
+        el("td", {}, when(d.time)), el("td", {}, d.action), el("td", { class: "num" }, `${d.percent}%`),
+        el("td", { class: "msg" }, d.detail))), { class: "compact" });
+    return el("div", { class: "experiment", "data-testid": `rollout-${r.rollout_id}` }, title, summary, guardrails, decisions);
+  }));
 }
 
 async function renderStatus() {
@@ -248,7 +285,7 @@ function showBanner(text) {
 }
 
 async function refresh() {
-  const sections = { usage: renderUsage, experiments: renderExperiments, status: renderStatus, cooldowns: renderCooldowns, alerts: renderAlerts };
+  const sections = { usage: renderUsage, experiments: renderExperiments, rollouts: renderRollouts, status: renderStatus, cooldowns: renderCooldowns, alerts: renderAlerts };
   const results = await Promise.allSettled(Object.values(sections).map((render) => render()));
   const failures = results.map((r, i) => [Object.keys(sections)[i], r]).filter(([, r]) => r.status === "rejected");
   if (failures.some(([, r]) => r.reason.status === 401)) {

@@ -212,9 +212,13 @@ class ResolveModelResponse(_message.Message):
     reason: _types_pb2.Reason.ValueType
     """Which rule chose the model."""
     experiment_id: _builtins.str
-    """The experiment that assigned the model, when reason is EXPERIMENT."""
+    """The experiment that assigned the model, when reason is EXPERIMENT; the rollout id
+    (`rollouts/<id>`) when reason is ROLLOUT.
+    """
     variant_id: _builtins.str
-    """The experiment variant, when reason is EXPERIMENT."""
+    """The experiment variant, when reason is EXPERIMENT; the rollout arm (`candidate` or
+    `baseline`) when reason is ROLLOUT.
+    """
     decision_id: _builtins.str
     """Opaque token to pass back in ReportUsage and SubmitFeedback."""
     config_revision: _builtins.int

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelroute/v1/types.proto\x12\rmodelroute.v1\"*\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\"\xce\x01\n\tModelInfo\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12\x14\n\x05tiers\x18\x03 \x03(\tR\x05tiers\x12+\n\x12input_usd_per_mtok\x18\x04 \x01(\x01R\x0finputUsdPerMtok\x12-\n\x13output_usd_per_mtok\x18\x05 \x01(\x01R\x10outputUsdPerMtok\x12\x18\n\x07\x65nabled\x18\x06 \x01(\x08R\x07\x65nabled*\xc1\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13REASON_ENV_OVERRIDE\x10\x01\x12\x1c\n\x18REASON_OPERATOR_OVERRIDE\x10\x02\x12\x1a\n\x16REASON_USER_PREFERENCE\x10\x03\x12\x15\n\x11REASON_EXPERIMENT\x10\x04\x12\x1a\n\x16REASON_CONTEXT_DEFAULT\x10\x05\x12\x19\n\x15REASON_GLOBAL_DEFAULT\x10\x06*\x95\x02\n\rFallbackCause\x12\x1e\n\x1a\x46\x41LLBACK_CAUSE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x41LLBACK_CAUSE_DISABLED\x10\x01\x12 \n\x1c\x46\x41LLBACK_CAUSE_UNKNOWN_MODEL\x10\x02\x12\x1b\n\x17\x46\x41LLBACK_CAUSE_COOLDOWN\x10\x03\x12!\n\x1d\x46\x41LLBACK_CAUSE_PROVIDER_QUOTA\x10\x04\x12\x19\n\x15\x46\x41LLBACK_CAUSE_BUDGET\x10\x05\x12%\n!FALLBACK_CAUSE_EXCLUDED_BY_CALLER\x10\x06\x12#\n\x1f\x46\x41LLBACK_CAUSE_TIER_NOT_ALLOWED\x10\x07*\xe5\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x18\n\x14OUTCOME_RATE_LIMITED\x10\x02\x12\x1a\n\x16OUTCOME_QUOTA_EXCEEDED\x10\x03\x12\x18\n\x14OUTCOME_SERVER_ERROR\x10\x04\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x05\x12\x1b\n\x17OUTCOME_INVALID_REQUEST\x10\x06\x12\x1c\n\x18OUTCOME_CONTENT_FILTERED\x10\x07\x12\x11\n\rOUTCOME_OTHER\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelroute/v1/types.proto\x12\rmodelroute.v1\"*\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\"\xce\x01\n\tModelInfo\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12\x14\n\x05tiers\x18\x03 \x03(\tR\x05tiers\x12+\n\x12input_usd_per_mtok\x18\x04 \x01(\x01R\x0finputUsdPerMtok\x12-\n\x13output_usd_per_mtok\x18\x05 \x01(\x01R\x10outputUsdPerMtok\x12\x18\n\x07\x65nabled\x18\x06 \x01(\x08R\x07\x65nabled*\xd5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13REASON_ENV_OVERRIDE\x10\x01\x12\x1c\n\x18REASON_OPERATOR_OVERRIDE\x10\x02\x12\x1a\n\x16REASON_USER_PREFERENCE\x10\x03\x12\x15\n\x11REASON_EXPERIMENT\x10\x04\x12\x1a\n\x16REASON_CONTEXT_DEFAULT\x10\x05\x12\x19\n\x15REASON_GLOBAL_DEFAULT\x10\x06\x12\x12\n\x0eREASON_ROLLOUT\x10\x07*\x95\x02\n\rFallbackCause\x12\x1e\n\x1a\x46\x41LLBACK_CAUSE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x41LLBACK_CAUSE_DISABLED\x10\x01\x12 \n\x1c\x46\x41LLBACK_CAUSE_UNKNOWN_MODEL\x10\x02\x12\x1b\n\x17\x46\x41LLBACK_CAUSE_COOLDOWN\x10\x03\x12!\n\x1d\x46\x41LLBACK_CAUSE_PROVIDER_QUOTA\x10\x04\x12\x19\n\x15\x46\x41LLBACK_CAUSE_BUDGET\x10\x05\x12%\n!FALLBACK_CAUSE_EXCLUDED_BY_CALLER\x10\x06\x12#\n\x1f\x46\x41LLBACK_CAUSE_TIER_NOT_ALLOWED\x10\x07*\xe5\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x18\n\x14OUTCOME_RATE_LIMITED\x10\x02\x12\x1a\n\x16OUTCOME_QUOTA_EXCEEDED\x10\x03\x12\x18\n\x14OUTCOME_SERVER_ERROR\x10\x04\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x05\x12\x1b\n\x17OUTCOME_INVALID_REQUEST\x10\x06\x12\x1c\n\x18OUTCOME_CONTENT_FILTERED\x10\x07\x12\x11\n\rOUTCOME_OTHER\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelroute.v1.types_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REASON']._serialized_start=298
-  _globals['_REASON']._serialized_end=491
-  _globals['_FALLBACKCAUSE']._serialized_start=494
-  _globals['_FALLBACKCAUSE']._serialized_end=771
-  _globals['_OUTCOME']._serialized_start=774
-  _globals['_OUTCOME']._serialized_end=1003
+  _globals['_REASON']._serialized_end=511
+  _globals['_FALLBACKCAUSE']._serialized_start=514
+  _globals['_FALLBACKCAUSE']._serialized_end=791
+  _globals['_OUTCOME']._serialized_start=794
+  _globals['_OUTCOME']._serialized_end=1023
   _globals['_USER']._serialized_start=44
   _globals['_USER']._serialized_end=86
   _globals['_MODELINFO']._serialized_start=89

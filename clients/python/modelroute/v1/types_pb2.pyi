@@ -39,6 +39,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The context's configured model."""
     REASON_GLOBAL_DEFAULT: _Reason.ValueType  # 6
     """`settings.default_model` (e.g. for an unknown context)."""
+    REASON_ROLLOUT: _Reason.ValueType  # 7
+    """A guarded progressive rollout (`rollouts/<id>`) assigned this arm: `experiment_id` is
+    the rollout id, `variant_id` the arm (`candidate` or `baseline`).
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason says which rule of the resolution order chose the model."""
@@ -57,6 +61,10 @@ REASON_CONTEXT_DEFAULT: Reason.ValueType  # 5
 """The context's configured model."""
 REASON_GLOBAL_DEFAULT: Reason.ValueType  # 6
 """`settings.default_model` (e.g. for an unknown context)."""
+REASON_ROLLOUT: Reason.ValueType  # 7
+"""A guarded progressive rollout (`rollouts/<id>`) assigned this arm: `experiment_id` is
+the rollout id, `variant_id` the arm (`candidate` or `baseline`).
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _FallbackCause:

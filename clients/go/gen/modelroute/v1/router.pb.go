@@ -342,9 +342,11 @@ type ResolveModelResponse struct {
 	FallbackModelIds []string `protobuf:"bytes,3,rep,name=fallback_model_ids,json=fallbackModelIds,proto3" json:"fallback_model_ids,omitempty"`
 	// Which rule chose the model.
 	Reason Reason `protobuf:"varint,4,opt,name=reason,proto3,enum=modelroute.v1.Reason" json:"reason,omitempty"`
-	// The experiment that assigned the model, when reason is EXPERIMENT.
+	// The experiment that assigned the model, when reason is EXPERIMENT; the rollout id
+	// (`rollouts/<id>`) when reason is ROLLOUT.
 	ExperimentId string `protobuf:"bytes,5,opt,name=experiment_id,json=experimentId,proto3" json:"experiment_id,omitempty"`
-	// The experiment variant, when reason is EXPERIMENT.
+	// The experiment variant, when reason is EXPERIMENT; the rollout arm (`candidate` or
+	// `baseline`) when reason is ROLLOUT.
 	VariantId string `protobuf:"bytes,6,opt,name=variant_id,json=variantId,proto3" json:"variant_id,omitempty"`
 	// Opaque token to pass back in ReportUsage and SubmitFeedback.
 	DecisionId string `protobuf:"bytes,7,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`

@@ -293,6 +293,19 @@ class VariantResult(_message.Message):
     THUMBS_FIELD_NUMBER: _builtins.int
     THUMBS_UP_EFFECT_FIELD_NUMBER: _builtins.int
     THUMBS_UP_P_VALUE_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_SEQUENTIAL_P_VALUE_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_EFFECT_CS_LOW_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_EFFECT_CS_HIGH_FIELD_NUMBER: _builtins.int
+    LATENCY_SEQUENTIAL_P_VALUE_FIELD_NUMBER: _builtins.int
+    LATENCY_EFFECT_CS_LOW_FIELD_NUMBER: _builtins.int
+    LATENCY_EFFECT_CS_HIGH_FIELD_NUMBER: _builtins.int
+    QUALITY_SEQUENTIAL_P_VALUE_FIELD_NUMBER: _builtins.int
+    QUALITY_EFFECT_CS_LOW_FIELD_NUMBER: _builtins.int
+    QUALITY_EFFECT_CS_HIGH_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_SEQUENTIAL_P_VALUE_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_EFFECT_CS_LOW_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_EFFECT_CS_HIGH_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_SEQUENTIAL_FIELD_NUMBER: _builtins.int
     variant_id: _builtins.str
     """The variant id."""
     model_id: _builtins.str
@@ -337,6 +350,38 @@ class VariantResult(_message.Message):
     """Thumbs-up rate difference against the control."""
     thumbs_up_p_value: _builtins.float
     """Two-proportion z-test p-value of the thumbs-up rate difference."""
+    error_rate_sequential_p_value: _builtins.float
+    """Always-valid (sequential) inference against the control: valid however often and
+    whenever the results are looked at (mixture SPRT / normal-mixture confidence
+    sequence, 95%). The fields above are fixed-horizon: valid for one look only.
+    Always-valid p-value of the error-rate difference.
+    """
+    error_rate_effect_cs_low: _builtins.float
+    """Always-valid 95% interval of the error-rate difference (low, high)."""
+    error_rate_effect_cs_high: _builtins.float
+    """Upper end of the interval above."""
+    latency_sequential_p_value: _builtins.float
+    """Always-valid p-value of the mean latency difference."""
+    latency_effect_cs_low: _builtins.float
+    """Always-valid 95% interval of the mean latency difference in ms (low, high)."""
+    latency_effect_cs_high: _builtins.float
+    """Upper end of the interval above."""
+    quality_sequential_p_value: _builtins.float
+    """Always-valid p-value of the mean quality score difference."""
+    quality_effect_cs_low: _builtins.float
+    """Always-valid 95% interval of the quality score difference (low, high)."""
+    quality_effect_cs_high: _builtins.float
+    """Upper end of the interval above."""
+    thumbs_up_sequential_p_value: _builtins.float
+    """Always-valid p-value of the thumbs-up rate difference."""
+    thumbs_up_effect_cs_low: _builtins.float
+    """Always-valid 95% interval of the thumbs-up rate difference (low, high)."""
+    thumbs_up_effect_cs_high: _builtins.float
+    """Upper end of the interval above."""
+    significant_sequential: _builtins.bool
+    """Whether any always-valid p-value is below 5% family-wise (Bonferroni over the four
+    metrics). This is the flag to act on when results are checked repeatedly.
+    """
     @_builtins.property
     def usage(self) -> Global___UsageRow:
         """Usage totals for the variant."""
@@ -365,10 +410,23 @@ class VariantResult(_message.Message):
         thumbs: _builtins.int = ...,
         thumbs_up_effect: _builtins.float = ...,
         thumbs_up_p_value: _builtins.float = ...,
+        error_rate_sequential_p_value: _builtins.float = ...,
+        error_rate_effect_cs_low: _builtins.float = ...,
+        error_rate_effect_cs_high: _builtins.float = ...,
+        latency_sequential_p_value: _builtins.float = ...,
+        latency_effect_cs_low: _builtins.float = ...,
+        latency_effect_cs_high: _builtins.float = ...,
+        quality_sequential_p_value: _builtins.float = ...,
+        quality_effect_cs_low: _builtins.float = ...,
+        quality_effect_cs_high: _builtins.float = ...,
+        thumbs_up_sequential_p_value: _builtins.float = ...,
+        thumbs_up_effect_cs_low: _builtins.float = ...,
+        thumbs_up_effect_cs_high: _builtins.float = ...,
+        significant_sequential: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "error_rate", b"error_rate", "error_rate_effect", b"error_rate_effect", "error_rate_p_value", b"error_rate_p_value", "latency_effect_ms", b"latency_effect_ms", "latency_p_value", b"latency_p_value", "mean_quality_score", b"mean_quality_score", "model_id", b"model_id", "quality_ci_high", b"quality_ci_high", "quality_ci_low", b"quality_ci_low", "quality_effect", b"quality_effect", "quality_p_value", b"quality_p_value", "quality_scores", b"quality_scores", "significant", b"significant", "thumbs", b"thumbs", "thumbs_up_effect", b"thumbs_up_effect", "thumbs_up_p_value", b"thumbs_up_p_value", "thumbs_up_rate", b"thumbs_up_rate", "usage", b"usage", "variant_id", b"variant_id", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "error_rate", b"error_rate", "error_rate_effect", b"error_rate_effect", "error_rate_effect_cs_high", b"error_rate_effect_cs_high", "error_rate_effect_cs_low", b"error_rate_effect_cs_low", "error_rate_p_value", b"error_rate_p_value", "error_rate_sequential_p_value", b"error_rate_sequential_p_value", "latency_effect_cs_high", b"latency_effect_cs_high", "latency_effect_cs_low", b"latency_effect_cs_low", "latency_effect_ms", b"latency_effect_ms", "latency_p_value", b"latency_p_value", "latency_sequential_p_value", b"latency_sequential_p_value", "mean_quality_score", b"mean_quality_score", "model_id", b"model_id", "quality_ci_high", b"quality_ci_high", "quality_ci_low", b"quality_ci_low", "quality_effect", b"quality_effect", "quality_effect_cs_high", b"quality_effect_cs_high", "quality_effect_cs_low", b"quality_effect_cs_low", "quality_p_value", b"quality_p_value", "quality_scores", b"quality_scores", "quality_sequential_p_value", b"quality_sequential_p_value", "significant", b"significant", "significant_sequential", b"significant_sequential", "thumbs", b"thumbs", "thumbs_up_effect", b"thumbs_up_effect", "thumbs_up_effect_cs_high", b"thumbs_up_effect_cs_high", "thumbs_up_effect_cs_low", b"thumbs_up_effect_cs_low", "thumbs_up_p_value", b"thumbs_up_p_value", "thumbs_up_rate", b"thumbs_up_rate", "thumbs_up_sequential_p_value", b"thumbs_up_sequential_p_value", "usage", b"usage", "variant_id", b"variant_id", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1363,3 +1421,250 @@ class PreviewConfigChangeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewConfigChangeResponse: _TypeAlias = PreviewConfigChangeResponse  # noqa: Y015
+
+@_typing.final
+class GetRolloutStatusRequest(_message.Message):
+    """GetRolloutStatusRequest names a rollout, or none for all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    """The rollout id (the `rollouts/<id>` key); empty: every configured rollout."""
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutStatusRequest: _TypeAlias = GetRolloutStatusRequest  # noqa: Y015
+
+@_typing.final
+class GuardrailStatus(_message.Message):
+    """GuardrailStatus is one guardrail as the controller judges it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    BOUND_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VALUE_FIELD_NUMBER: _builtins.int
+    BASELINE_VALUE_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    INTERVAL_LOW_FIELD_NUMBER: _builtins.int
+    INTERVAL_HIGH_FIELD_NUMBER: _builtins.int
+    BREACHED_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SAMPLES_FIELD_NUMBER: _builtins.int
+    BASELINE_SAMPLES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric, e.g. `ERROR_RATE`."""
+    bound: _builtins.str
+    """The bound as configured, e.g. `max_increase=0.02`."""
+    candidate_value: _builtins.float
+    """The candidate's value of the metric (P95_LATENCY_MS: its 95th percentile)."""
+    baseline_value: _builtins.float
+    """The baseline's value of the metric."""
+    estimate: _builtins.float
+    """The tested quantity: candidate minus the highest value the bound tolerates
+    (ERROR_RATE, COST_PER_CALL, P95_LATENCY_MS) or the candidate's shortfall beyond the
+    allowed decrease (QUALITY, THUMBS_UP_RATE). Positive: worse than allowed.
+    """
+    interval_low: _builtins.float
+    """Always-valid 95% confidence sequence of the tested quantity (low, high). A breach is
+    declared when `interval_low` > 0.
+    """
+    interval_high: _builtins.float
+    """Upper end of the interval above."""
+    breached: _builtins.bool
+    """Whether the guardrail is breached."""
+    candidate_samples: _builtins.int
+    """Observations behind the figures (calls, or scores/thumbs for QUALITY / THUMBS_UP_RATE)
+    for the candidate and the baseline.
+    """
+    baseline_samples: _builtins.int
+    """Baseline observations."""
+    description: _builtins.str
+    """How the quantity is defined, for people reading the status."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        bound: _builtins.str = ...,
+        candidate_value: _builtins.float = ...,
+        baseline_value: _builtins.float = ...,
+        estimate: _builtins.float = ...,
+        interval_low: _builtins.float = ...,
+        interval_high: _builtins.float = ...,
+        breached: _builtins.bool = ...,
+        candidate_samples: _builtins.int = ...,
+        baseline_samples: _builtins.int = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_samples", b"baseline_samples", "baseline_value", b"baseline_value", "bound", b"bound", "breached", b"breached", "candidate_samples", b"candidate_samples", "candidate_value", b"candidate_value", "description", b"description", "estimate", b"estimate", "interval_high", b"interval_high", "interval_low", b"interval_low", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuardrailStatus: _TypeAlias = GuardrailStatus  # noqa: Y015
+
+@_typing.final
+class RolloutDecision(_message.Message):
+    """RolloutDecision is one action of the rollout controller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """`started`, `advanced`, `rolled_back`, `paused`, `completed`."""
+    step: _builtins.int
+    """The step index (0-based) after the decision."""
+    percent: _builtins.int
+    """The candidate's share in percent after the decision."""
+    detail: _builtins.str
+    """Why, in words."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was taken."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        step: _builtins.int = ...,
+        percent: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "percent", b"percent", "step", b"step", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutDecision: _TypeAlias = RolloutDecision  # noqa: Y015
+
+@_typing.final
+class RolloutStatus(_message.Message):
+    """RolloutStatus is one rollout's progress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_CALLS_FIELD_NUMBER: _builtins.int
+    BASELINE_CALLS_FIELD_NUMBER: _builtins.int
+    STEP_CANDIDATE_CALLS_FIELD_NUMBER: _builtins.int
+    GUARDRAILS_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    """The rollout id."""
+    context: _builtins.str
+    """The context rolled out on."""
+    candidate: _builtins.str
+    """The candidate model."""
+    baseline_model: _builtins.str
+    """The model the context serves otherwise (the baseline arm)."""
+    state: _builtins.str
+    """`PENDING` (no controller check yet), `RUNNING`, `PAUSED`, `ROLLED_BACK`, `COMPLETED`
+    or `DISABLED`.
+    """
+    step: _builtins.int
+    """The current step index (0-based) and the number of steps."""
+    steps: _builtins.int
+    """The number of steps."""
+    percent: _builtins.int
+    """The candidate's current share of the context's traffic in percent."""
+    candidate_calls: _builtins.int
+    """Calls reported per arm since the rollout started."""
+    baseline_calls: _builtins.int
+    """Baseline calls since the rollout started."""
+    step_candidate_calls: _builtins.int
+    """Candidate calls reported since the current step began."""
+    enabled: _builtins.bool
+    """Whether the rollout is enabled."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the controller first saw the rollout, and when the current step began."""
+
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the current step began."""
+
+    @_builtins.property
+    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuardrailStatus]:
+        """Each guardrail's estimate and interval."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutDecision]:
+        """The controller's decisions, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        context: _builtins.str = ...,
+        candidate: _builtins.str = ...,
+        baseline_model: _builtins.str = ...,
+        state: _builtins.str = ...,
+        step: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        percent: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        candidate_calls: _builtins.int = ...,
+        baseline_calls: _builtins.int = ...,
+        step_candidate_calls: _builtins.int = ...,
+        guardrails: _abc.Iterable[Global___GuardrailStatus] | None = ...,
+        decisions: _abc.Iterable[Global___RolloutDecision] | None = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "step_started_at", b"step_started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_calls", b"baseline_calls", "baseline_model", b"baseline_model", "candidate", b"candidate", "candidate_calls", b"candidate_calls", "context", b"context", "decisions", b"decisions", "enabled", b"enabled", "guardrails", b"guardrails", "percent", b"percent", "rollout_id", b"rollout_id", "started_at", b"started_at", "state", b"state", "step", b"step", "step_candidate_calls", b"step_candidate_calls", "step_started_at", b"step_started_at", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatus: _TypeAlias = RolloutStatus  # noqa: Y015
+
+@_typing.final
+class GetRolloutStatusResponse(_message.Message):
+    """GetRolloutStatusResponse lists rollouts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStatus]:
+        """Rollouts by id."""
+
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[Global___RolloutStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutStatusResponse: _TypeAlias = GetRolloutStatusResponse  # noqa: Y015

@@ -80,6 +80,11 @@ class AdminServiceStub:
                 request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.SerializeToString,
                 response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.FromString,
                 _registered_method=True)
+        self.GetRolloutStatus = channel.unary_unary(
+                '/modelroute.admin.v1.AdminService/GetRolloutStatus',
+                request_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusRequest.SerializeToString,
+                response_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -211,6 +216,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloutStatus(self, request, context):
+        """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+        calls per arm, each guardrail's estimate with its always-valid interval, and the
+        controller's decisions over time.
+
+        Errors:
+        - NOT_FOUND: `rollout_id` names no configured rollout.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        - UNIMPLEMENTED: not available in this server version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +278,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PreviewConfigChange,
                     request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.FromString,
                     response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.SerializeToString,
+            ),
+            'GetRolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutStatus,
+                    request_deserializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusRequest.FromString,
+                    response_serializer=modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -504,6 +529,33 @@ class AdminService:
             '/modelroute.admin.v1.AdminService/PreviewConfigChange',
             modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeRequest.SerializeToString,
             modelroute_dot_admin_dot_v1_dot_admin__pb2.PreviewConfigChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelroute.admin.v1.AdminService/GetRolloutStatus',
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusRequest.SerializeToString,
+            modelroute_dot_admin_dot_v1_dot_admin__pb2.GetRolloutStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

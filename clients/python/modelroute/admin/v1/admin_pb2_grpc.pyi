@@ -124,6 +124,17 @@ class AdminServiceStub:
     - UNIMPLEMENTED: the server has no database.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
     """
+    GetRolloutStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutStatusRequest, _admin_pb2.GetRolloutStatusResponse]
+    """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+    calls per arm, each guardrail's estimate with its always-valid interval, and the
+    controller's decisions over time.
+
+    Errors:
+    - NOT_FOUND: `rollout_id` names no configured rollout.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    - UNIMPLEMENTED: not available in this server version.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -218,6 +229,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     - UNAVAILABLE: etcd or the database is unreachable.
     - UNIMPLEMENTED: the server has no database.
     - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    """
+    GetRolloutStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutStatusRequest, _admin_pb2.GetRolloutStatusResponse]  # type: ignore[assignment]
+    """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+    calls per arm, each guardrail's estimate with its always-valid interval, and the
+    controller's decisions over time.
+
+    Errors:
+    - NOT_FOUND: `rollout_id` names no configured rollout.
+    - UNAVAILABLE: the database is unreachable (RetryInfo).
+    - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+    - UNIMPLEMENTED: not available in this server version.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -364,6 +386,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         - UNAVAILABLE: etcd or the database is unreachable.
         - UNIMPLEMENTED: the server has no database.
         - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRolloutStatus(
+        self,
+        request: _admin_pb2.GetRolloutStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetRolloutStatusResponse, _abc.Awaitable[_admin_pb2.GetRolloutStatusResponse]]:
+        """GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+        calls per arm, each guardrail's estimate with its always-valid interval, and the
+        controller's decisions over time.
+
+        Errors:
+        - NOT_FOUND: `rollout_id` names no configured rollout.
+        - UNAVAILABLE: the database is unreachable (RetryInfo).
+        - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+        - UNIMPLEMENTED: not available in this server version.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

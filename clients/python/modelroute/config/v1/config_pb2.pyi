@@ -73,6 +73,74 @@ BUCKET_BY_REQUEST: BucketBy.ValueType  # 2
 """Each request is assigned independently."""
 Global___BucketBy: _TypeAlias = BucketBy  # noqa: Y015
 
+class _GuardrailMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GuardrailMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GuardrailMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GUARDRAIL_METRIC_UNSPECIFIED: _GuardrailMetric.ValueType  # 0
+    """Not set: rejected."""
+    GUARDRAIL_METRIC_ERROR_RATE: _GuardrailMetric.ValueType  # 1
+    """Share of calls whose outcome is not OK (0..1). Bound: max_increase (absolute points as
+    a fraction, e.g. 0.02) or max_relative_increase.
+    """
+    GUARDRAIL_METRIC_P95_LATENCY_MS: _GuardrailMetric.ValueType  # 2
+    """95th percentile of reported latency in milliseconds. Bound: max_increase (ms) or
+    max_relative_increase.
+    """
+    GUARDRAIL_METRIC_COST_PER_CALL: _GuardrailMetric.ValueType  # 3
+    """Mean cost of a call in USD. Bound: max_increase (USD) or max_relative_increase."""
+    GUARDRAIL_METRIC_QUALITY: _GuardrailMetric.ValueType  # 4
+    """Mean reviewer quality score (0..1). Bound: max_decrease."""
+    GUARDRAIL_METRIC_THUMBS_UP_RATE: _GuardrailMetric.ValueType  # 5
+    """Share of thumbs up among thumbs given (0..1). Bound: max_decrease."""
+
+class GuardrailMetric(_GuardrailMetric, metaclass=_GuardrailMetricEnumTypeWrapper):
+    """GuardrailMetric is what a rollout guardrail compares between candidate and baseline."""
+
+GUARDRAIL_METRIC_UNSPECIFIED: GuardrailMetric.ValueType  # 0
+"""Not set: rejected."""
+GUARDRAIL_METRIC_ERROR_RATE: GuardrailMetric.ValueType  # 1
+"""Share of calls whose outcome is not OK (0..1). Bound: max_increase (absolute points as
+a fraction, e.g. 0.02) or max_relative_increase.
+"""
+GUARDRAIL_METRIC_P95_LATENCY_MS: GuardrailMetric.ValueType  # 2
+"""95th percentile of reported latency in milliseconds. Bound: max_increase (ms) or
+max_relative_increase.
+"""
+GUARDRAIL_METRIC_COST_PER_CALL: GuardrailMetric.ValueType  # 3
+"""Mean cost of a call in USD. Bound: max_increase (USD) or max_relative_increase."""
+GUARDRAIL_METRIC_QUALITY: GuardrailMetric.ValueType  # 4
+"""Mean reviewer quality score (0..1). Bound: max_decrease."""
+GUARDRAIL_METRIC_THUMBS_UP_RATE: GuardrailMetric.ValueType  # 5
+"""Share of thumbs up among thumbs given (0..1). Bound: max_decrease."""
+Global___GuardrailMetric: _TypeAlias = GuardrailMetric  # noqa: Y015
+
+class _BreachAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreachActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreachAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREACH_ACTION_UNSPECIFIED: _BreachAction.ValueType  # 0
+    """Not set: treated as BREACH_ACTION_ROLLBACK."""
+    BREACH_ACTION_ROLLBACK: _BreachAction.ValueType  # 1
+    """Set the candidate's share to 0 (the baseline serves everything)."""
+    BREACH_ACTION_PAUSE: _BreachAction.ValueType  # 2
+    """Hold the current share until an operator acts."""
+
+class BreachAction(_BreachAction, metaclass=_BreachActionEnumTypeWrapper):
+    """BreachAction says what the rollout controller does when a guardrail is breached."""
+
+BREACH_ACTION_UNSPECIFIED: BreachAction.ValueType  # 0
+"""Not set: treated as BREACH_ACTION_ROLLBACK."""
+BREACH_ACTION_ROLLBACK: BreachAction.ValueType  # 1
+"""Set the candidate's share to 0 (the baseline serves everything)."""
+BREACH_ACTION_PAUSE: BreachAction.ValueType  # 2
+"""Hold the current share until an operator acts."""
+Global___BreachAction: _TypeAlias = BreachAction  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     """Model is the value of `models/<model_id>`: a model that can be routed to."""
@@ -363,6 +431,7 @@ class Settings(_message.Message):
     DEFAULT_FALLBACKS_FIELD_NUMBER: _builtins.int
     ALERT_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     DECISION_CACHE_SECONDS_FIELD_NUMBER: _builtins.int
+    ROLLOUT_CHECK_SECONDS_FIELD_NUMBER: _builtins.int
     HISTORY_DAYS_FIELD_NUMBER: _builtins.int
     default_model: _builtins.str
     """Model used for contexts without their own entry (and as the last resort)."""
@@ -371,6 +440,10 @@ class Settings(_message.Message):
     decision_cache_seconds: _builtins.int
     """Seconds a client may reuse a decision (ResolveModelResponse.cache_ttl). Default 5 when
     absent; 0 turns client-side caching off.
+    """
+    rollout_check_seconds: _builtins.int
+    """Seconds between two checks of every rollout by the rollout controller. Default 60 when
+    absent.
     """
     history_days: _builtins.int
     """Days of config history (`config_changes`) kept; older revisions can no longer be
@@ -387,20 +460,25 @@ class Settings(_message.Message):
         default_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         alert_webhook_url: _builtins.str = ...,
         decision_cache_seconds: _builtins.int | None = ...,
+        rollout_check_seconds: _builtins.int | None = ...,
         history_days: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "decision_cache_seconds", b"decision_cache_seconds", "history_days", b"history_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "_rollout_check_seconds", b"_rollout_check_seconds", "decision_cache_seconds", b"decision_cache_seconds", "history_days", b"history_days", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model", "history_days", b"history_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds", "_history_days", b"_history_days", "_rollout_check_seconds", b"_rollout_check_seconds", "alert_webhook_url", b"alert_webhook_url", "decision_cache_seconds", b"decision_cache_seconds", "default_fallbacks", b"default_fallbacks", "default_model", b"default_model", "history_days", b"history_days", "rollout_check_seconds", b"rollout_check_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decision_cache_seconds: _TypeAlias = _typing.Literal["decision_cache_seconds"]  # noqa: Y015
     _WhichOneofArgType__decision_cache_seconds: _TypeAlias = _typing.Literal["_decision_cache_seconds", b"_decision_cache_seconds"]  # noqa: Y015
     _WhichOneofReturnType__history_days: _TypeAlias = _typing.Literal["history_days"]  # noqa: Y015
     _WhichOneofArgType__history_days: _TypeAlias = _typing.Literal["_history_days", b"_history_days"]  # noqa: Y015
+    _WhichOneofReturnType__rollout_check_seconds: _TypeAlias = _typing.Literal["rollout_check_seconds"]  # noqa: Y015
+    _WhichOneofArgType__rollout_check_seconds: _TypeAlias = _typing.Literal["_rollout_check_seconds", b"_rollout_check_seconds"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__decision_cache_seconds) -> _WhichOneofReturnType__decision_cache_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__history_days) -> _WhichOneofReturnType__history_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rollout_check_seconds) -> _WhichOneofReturnType__rollout_check_seconds | None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
 
@@ -449,3 +527,137 @@ class Client(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___Client: _TypeAlias = Client  # noqa: Y015
+
+@_typing.final
+class Guardrail(_message.Message):
+    """Guardrail is one limit a rollout's candidate must stay within, compared with the
+    baseline by an always-valid sequential test. Exactly one bound is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    MAX_INCREASE_FIELD_NUMBER: _builtins.int
+    MAX_RELATIVE_INCREASE_FIELD_NUMBER: _builtins.int
+    MAX_DECREASE_FIELD_NUMBER: _builtins.int
+    metric: Global___GuardrailMetric.ValueType
+    """The metric compared."""
+    max_increase: _builtins.float
+    """Breach when the candidate is worse than the baseline by more than this (metric units)."""
+    max_relative_increase: _builtins.float
+    """Breach when the candidate exceeds the baseline by more than this fraction of the
+    baseline (0.25 = 25% more).
+    """
+    max_decrease: _builtins.float
+    """Breach when the candidate is below the baseline by more than this (metric units)."""
+    def __init__(
+        self,
+        *,
+        metric: Global___GuardrailMetric.ValueType = ...,
+        max_increase: _builtins.float | None = ...,
+        max_relative_increase: _builtins.float | None = ...,
+        max_decrease: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_decrease", b"_max_decrease", "_max_increase", b"_max_increase", "_max_relative_increase", b"_max_relative_increase", "max_decrease", b"max_decrease", "max_increase", b"max_increase", "max_relative_increase", b"max_relative_increase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_decrease", b"_max_decrease", "_max_increase", b"_max_increase", "_max_relative_increase", b"_max_relative_increase", "max_decrease", b"max_decrease", "max_increase", b"max_increase", "max_relative_increase", b"max_relative_increase", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_decrease: _TypeAlias = _typing.Literal["max_decrease"]  # noqa: Y015
+    _WhichOneofArgType__max_decrease: _TypeAlias = _typing.Literal["_max_decrease", b"_max_decrease"]  # noqa: Y015
+    _WhichOneofReturnType__max_increase: _TypeAlias = _typing.Literal["max_increase"]  # noqa: Y015
+    _WhichOneofArgType__max_increase: _TypeAlias = _typing.Literal["_max_increase", b"_max_increase"]  # noqa: Y015
+    _WhichOneofReturnType__max_relative_increase: _TypeAlias = _typing.Literal["max_relative_increase"]  # noqa: Y015
+    _WhichOneofArgType__max_relative_increase: _TypeAlias = _typing.Literal["_max_relative_increase", b"_max_relative_increase"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_decrease) -> _WhichOneofReturnType__max_decrease | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_increase) -> _WhichOneofReturnType__max_increase | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_relative_increase) -> _WhichOneofReturnType__max_relative_increase | None: ...
+
+Global___Guardrail: _TypeAlias = Guardrail  # noqa: Y015
+
+@_typing.final
+class RolloutStep(_message.Message):
+    """RolloutStep is one stage of a progressive rollout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERCENT_FIELD_NUMBER: _builtins.int
+    MIN_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_CALLS_FIELD_NUMBER: _builtins.int
+    percent: _builtins.int
+    """Share of the context's traffic (1..100) served by the candidate during this step."""
+    min_seconds: _builtins.int
+    """The step lasts at least this many seconds before the next one."""
+    min_calls: _builtins.int
+    """The candidate serves at least this many calls in this step before the next one."""
+    def __init__(
+        self,
+        *,
+        percent: _builtins.int = ...,
+        min_seconds: _builtins.int = ...,
+        min_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_calls", b"min_calls", "min_seconds", b"min_seconds", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStep: _TypeAlias = RolloutStep  # noqa: Y015
+
+@_typing.final
+class Rollout(_message.Message):
+    """Rollout is the value of `rollouts/<rollout_id>`: a guarded progressive rollout of a
+    candidate model on a context. The candidate serves `percent` of the context's traffic
+    (users bucketed by murmur3 of `rollout_id + "/" + user_id`, as experiments); the
+    baseline is what the context serves otherwise. The controller's progress (step, share,
+    state) lives in `runtime/rollouts/<rollout_id>`, written only by modelroute.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    GUARDRAILS_FIELD_NUMBER: _builtins.int
+    ON_BREACH_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """The context rolled out on. At most one enabled rollout or experiment per context."""
+    candidate: _builtins.str
+    """The model being rolled out."""
+    on_breach: Global___BreachAction.ValueType
+    """What a breach does."""
+    enabled: _builtins.bool
+    """A disabled rollout never applies (the baseline serves everything)."""
+    description: _builtins.str
+    """Free-form description shown to operators."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]:
+        """The stages; percents strictly increase, each in 1..100."""
+
+    @_builtins.property
+    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[Global___Guardrail]:
+        """The limits checked at every controller check."""
+
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        candidate: _builtins.str = ...,
+        steps: _abc.Iterable[Global___RolloutStep] | None = ...,
+        guardrails: _abc.Iterable[Global___Guardrail] | None = ...,
+        on_breach: Global___BreachAction.ValueType = ...,
+        enabled: _builtins.bool = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "context", b"context", "description", b"description", "enabled", b"enabled", "guardrails", b"guardrails", "on_breach", b"on_breach", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rollout: _TypeAlias = Rollout  # noqa: Y015

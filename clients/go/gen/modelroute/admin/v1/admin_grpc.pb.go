@@ -97,6 +97,16 @@ type AdminServiceClient interface {
 	//   - UNIMPLEMENTED: the server has no database.
 	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	PreviewConfigChange(ctx context.Context, in *PreviewConfigChangeRequest, opts ...grpc.CallOption) (*PreviewConfigChangeResponse, error)
+	// GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+	// calls per arm, each guardrail's estimate with its always-valid interval, and the
+	// controller's decisions over time.
+	//
+	// Errors:
+	// - NOT_FOUND: `rollout_id` names no configured rollout.
+	// - UNAVAILABLE: the database is unreachable (RetryInfo).
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	// - UNIMPLEMENTED: not available in this server version.
+	GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -188,6 +198,15 @@ func (c *adminServiceClient) PreviewConfigChange(ctx context.Context, in *Previe
 	return out, nil
 }
 
+func (c *adminServiceClient) GetRolloutStatus(ctx context.Context, in *GetRolloutStatusRequest, opts ...grpc.CallOption) (*GetRolloutStatusResponse, error) {
+	out := new(GetRolloutStatusResponse)
+	err := c.cc.Invoke(ctx, "/modelroute.admin.v1.AdminService/GetRolloutStatus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -272,6 +291,16 @@ type AdminServiceServer interface {
 	//   - UNIMPLEMENTED: the server has no database.
 	//   - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
 	PreviewConfigChange(context.Context, *PreviewConfigChangeRequest) (*PreviewConfigChangeResponse, error)
+	// GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+	// calls per arm, each guardrail's estimate with its always-valid interval, and the
+	// controller's decisions over time.
+	//
+	// Errors:
+	// - NOT_FOUND: `rollout_id` names no configured rollout.
+	// - UNAVAILABLE: the database is unreachable (RetryInfo).
+	// - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+	// - UNIMPLEMENTED: not available in this server version.
+	GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -305,6 +334,9 @@ func (UnimplementedAdminServiceServer) RollbackConfig(context.Context, *Rollback
 }
 func (UnimplementedAdminServiceServer) PreviewConfigChange(context.Context, *PreviewConfigChangeRequest) (*PreviewConfigChangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PreviewConfigChange not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRolloutStatus(context.Context, *GetRolloutStatusRequest) (*GetRolloutStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetRolloutStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -481,6 +513,24 @@ func _AdminService_PreviewConfigChange_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetRolloutStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRolloutStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelroute.admin.v1.AdminService/GetRolloutStatus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRolloutStatus(ctx, req.(*GetRolloutStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "modelroute.admin.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -520,6 +570,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PreviewConfigChange",
 			Handler:    _AdminService_PreviewConfigChange_Handler,
+		},
+		{
+			MethodName: "GetRolloutStatus",
+			Handler:    _AdminService_GetRolloutStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -128,14 +128,16 @@ export type ResolveModelResponse = Message<"modelroute.v1.ResolveModelResponse">
   reason: Reason;
 
   /**
-   * The experiment that assigned the model, when reason is EXPERIMENT.
+   * The experiment that assigned the model, when reason is EXPERIMENT; the rollout id
+   * (`rollouts/<id>`) when reason is ROLLOUT.
    *
    * @generated from field: string experiment_id = 5;
    */
   experimentId: string;
 
   /**
-   * The experiment variant, when reason is EXPERIMENT.
+   * The experiment variant, when reason is EXPERIMENT; the rollout arm (`candidate` or
+   * `baseline`) when reason is ROLLOUT.
    *
    * @generated from field: string variant_id = 6;
    */

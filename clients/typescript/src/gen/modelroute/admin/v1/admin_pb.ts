@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/admin/v1/admin.proto.
  */
 export const file_modelroute_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPBAoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBIswBChxHZXRFeHBlcmltZW50UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRI0Cgh2YXJpYW50cxgDIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudFJlc3VsdBIcChRzYW1wbGVfcmF0aW9fcF92YWx1ZRgEIAEoARIdChVzYW1wbGVfcmF0aW9fbWlzbWF0Y2gYBSABKAgSEQoJYnVja2V0X2J5GAYgASgJIhgKFkdldENvbmZpZ1N0YXR1c1JlcXVlc3QiXAoLUmVqZWN0ZWRLZXkSCwoDa2V5GAEgASgJEg0KBWVycm9yGAIgASgJEhAKCHJldmlzaW9uGAMgASgDEh8KF3ByZXZpb3VzX3ZhbHVlX2luX2ZvcmNlGAQgASgIIjEKC0Vudk92ZXJyaWRlEhAKCHZhcmlhYmxlGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJIpkBCgtRdW90YVN0YXR1cxIQCghwcm92aWRlchgBIAEoCRINCgVsaW1pdBgCIAEoCRITCgtsaW1pdF92YWx1ZRgDIAEoBBIRCglyZW1haW5pbmcYBCABKAQSLAoIcmVzZXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2lzX2V4Y2VlZGVkGAYgASgIIvEEChdHZXRDb25maWdTdGF0dXNSZXNwb25zZRIXCg9jb25maWdfcmV2aXNpb24YASABKAMSLwoLbGFzdF9yZWxvYWQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKDXJlamVjdGVkX2tleXMYAyADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlJlamVjdGVkS2V5EjcKDWVudl9vdmVycmlkZXMYBCADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLkVudk92ZXJyaWRlEhYKDmV0Y2RfY29ubmVjdGVkGAUgASgIEhYKDmV0Y2RfZW5kcG9pbnRzGAYgAygJEjIKDmRlZ3JhZGVkX3NpbmNlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJPCgprZXlfY291bnRzGAggAygLMjsubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdTdGF0dXNSZXNwb25zZS5LZXlDb3VudHNFbnRyeRIWCg5yZWplY3RlZF90b3RhbBgJIAEoAxIwCgZxdW90YXMYCiADKAsyIC5tb2RlbHJvdXRlLmFkbWluLnYxLlF1b3RhU3RhdHVzEjIKB2J1ZGdldHMYCyADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkJ1ZGdldFN0YXR1cxIeChZzZXJ2aW5nX2xhc3RfZ29vZF9maWxlGAwgASgIEhUKDWxpdmVfcmVwbGljYXMYDSABKAUaMAoOS2V5Q291bnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASKdAQoMQnVkZ2V0U3RhdHVzEg8KB2NvbnRleHQYASABKAkSEQoJbGltaXRfdXNkGAIgASgBEhEKCXNwZW50X3VzZBgDIAEoARIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBSABKAgSEwoLb25fZXhjZWVkZWQYBiABKAkirwEKBUFsZXJ0EhAKCGFsZXJ0X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSNAoIc2V2ZXJpdHkYAyABKA4yIi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0U2V2ZXJpdHkSDwoHbWVzc2FnZRgEIAEoCRIPCgdzdWJqZWN0GAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk0KEUxpc3RBbGVydHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJAChJMaXN0QWxlcnRzUmVzcG9uc2USKgoGYWxlcnRzGAEgAygLMhoubW9kZWxyb3V0ZS5hZG1pbi52MS5BbGVydCI8CglLZXlDaGFuZ2USCwoDa2V5GAEgASgJEhIKCnZhbHVlX2pzb24YAiABKAkSDgoGZGVsZXRlGAMgASgIIn8KEkFwcGx5Q29uZmlnUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USGQoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKAMSDwoHZHJ5X3J1bhgDIAEoCBIMCgRub3RlGAQgASgJIksKE0FwcGx5Q29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUi5AEKDENvbmZpZ0NoYW5nZRIQCghyZXZpc2lvbhgBIAEoAxIuCgpjaGFuZ2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNrZXkYAyABKAkSHgoRdmFsdWVfYmVmb3JlX2pzb24YBCABKAlIAIgBARIdChB2YWx1ZV9hZnRlcl9qc29uGAUgASgJSAGIAQESDQoFYWN0b3IYBiABKAkSDAoEbm90ZRgHIAEoCUIUChJfdmFsdWVfYmVmb3JlX2pzb25CEwoRX3ZhbHVlX2FmdGVyX2pzb24igAEKGExpc3RDb25maWdDaGFuZ2VzUmVxdWVzdBISCgprZXlfcHJlZml4GAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVsaW1pdBgDIAEoBRIWCg51cF90b19yZXZpc2lvbhgEIAEoAyJoChlMaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEjIKB2NoYW5nZXMYASADKAsyIS5tb2RlbHJvdXRlLmFkbWluLnYxLkNvbmZpZ0NoYW5nZRIXCg9vbGRlc3RfcmV2aXNpb24YAiABKAMiJgoSR2V0Q29uZmlnQXRSZXF1ZXN0EhAKCHJldmlzaW9uGAEgASgDIsIBChNHZXRDb25maWdBdFJlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEk0KC3ZhbHVlc19qc29uGAIgAygLMjgubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlc3BvbnNlLlZhbHVlc0pzb25FbnRyeRIXCg9vbGRlc3RfcmV2aXNpb24YAyABKAMaMQoPVmFsdWVzSnNvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYwoVUm9sbGJhY2tDb25maWdSZXF1ZXN0EhAKCHJldmlzaW9uGAEgASgDEg8KB2RyeV9ydW4YAiABKAgSDAoEbm90ZRgDIAEoCRIZChFleHBlY3RlZF9yZXZpc2lvbhgEIAEoAyJlChZSb2xsYmFja0NvbmZpZ1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEgwKBGRpZmYYAiADKAkSFAoMY2hhbmdlZF9rZXlzGAMgASgFEhUKDWJhc2VfcmV2aXNpb24YBCABKAMiZQoaUHJldmlld0NvbmZpZ0NoYW5nZVJlcXVlc3QSLwoHY2hhbmdlcxgBIAMoCzIeLm1vZGVscm91dGUuYWRtaW4udjEuS2V5Q2hhbmdlEhYKDndpbmRvd19zZWNvbmRzGAIgASgDIkAKCU1vZGVsTW92ZRISCgpmcm9tX21vZGVsGAEgASgJEhAKCHRvX21vZGVsGAIgASgJEg0KBWNhbGxzGAMgASgDIkYKC1ZhcmlhbnRNb3ZlEhQKDGZyb21fdmFyaWFudBgBIAEoCRISCgp0b192YXJpYW50GAIgASgJEg0KBXVzZXJzGAMgASgDIr4CCg1Db250ZXh0SW1wYWN0Eg8KB2NvbnRleHQYASABKAkSDQoFY2FsbHMYAiABKAMSFQoNY2hhbmdlZF9jYWxscxgDIAEoAxIVCg1jaGFuZ2VkX3NoYXJlGAQgASgBEi0KBW1vdmVzGAUgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5Nb2RlbE1vdmUSNwoNdmFyaWFudF9tb3ZlcxgGIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuVmFyaWFudE1vdmUSHwoXY29zdF9wZXJfZGF5X2JlZm9yZV91c2QYByABKAESHgoWY29zdF9wZXJfZGF5X2FmdGVyX3VzZBgIIAEoARIaChJ1bnJlYWNoYWJsZV9tb2RlbHMYCSADKAkSGgoSY2FsbHNfd2l0aG91dF91c2VyGAogASgDIoMCChtQcmV2aWV3Q29uZmlnQ2hhbmdlUmVzcG9uc2USNAoIY29udGV4dHMYASADKAsyIi5tb2RlbHJvdXRlLmFkbWluLnYxLkNvbnRleHRJbXBhY3QSFgoOY2FsbHNfcmVwbGF5ZWQYAiABKAMSMAoMd2luZG93X3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp3aW5kb3dfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1iYXNlX3JldmlzaW9uGAUgASgDEgwKBGRpZmYYBiADKAkSDwoHY2F2ZWF0cxgHIAMoCSqZAQoMVXNhZ2VHcm91cEJ5Eh4KGlVTQUdFX0dST1VQX0JZX1VOU1BFQ0lGSUVEEAASGgoWVVNBR0VfR1JPVVBfQllfQ09OVEVYVBABEhgKFFVTQUdFX0dST1VQX0JZX01PREVMEAISGwoXVVNBR0VfR1JPVVBfQllfUFJPVklERVIQAxIWChJVU0FHRV9HUk9VUF9CWV9EQVkQBCqBAQoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhcKE0FMRVJUX1NFVkVSSVRZX0lORk8QARIaChZBTEVSVF9TRVZFUklUWV9XQVJOSU5HEAISGwoXQUxFUlRfU0VWRVJJVFlfQ1JJVElDQUwQAzLjBwoMQWRtaW5TZXJ2aWNlEmwKD0dldFVzYWdlU3VtbWFyeRIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVzcG9uc2USewoUR2V0RXhwZXJpbWVudFJlc3VsdHMSMC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldEV4cGVyaW1lbnRSZXN1bHRzUmVxdWVzdBoxLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXNwb25zZRJsCg9HZXRDb25maWdTdGF0dXMSKy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1JlcXVlc3QaLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEl0KCkxpc3RBbGVydHMSJi5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXF1ZXN0GicubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0QWxlcnRzUmVzcG9uc2USYAoLQXBwbHlDb25maWcSJy5tb2RlbHJvdXRlLmFkbWluLnYxLkFwcGx5Q29uZmlnUmVxdWVzdBooLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXNwb25zZRJyChFMaXN0Q29uZmlnQ2hhbmdlcxItLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0Gi4ubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEmAKC0dldENvbmZpZ0F0EicubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlcXVlc3QaKC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2USaQoOUm9sbGJhY2tDb25maWcSKi5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxiYWNrQ29uZmlnUmVxdWVzdBorLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbGJhY2tDb25maWdSZXNwb25zZRJ4ChNQcmV2aWV3Q29uZmlnQ2hhbmdlEi8ubW9kZWxyb3V0ZS5hZG1pbi52MS5QcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBowLm1vZGVscm91dGUuYWRtaW4udjEuUHJldmlld0NvbmZpZ0NoYW5nZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9tb2RlbHJvdXRlL2FkbWluL3YxL2FkbWluLnByb3RvEhNtb2RlbHJvdXRlLmFkbWluLnYxIqkBChZHZXRVc2FnZVN1bW1hcnlSZXF1ZXN0EjMKCGdyb3VwX2J5GAEgASgOMiEubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZUdyb3VwQnkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAwoIVXNhZ2VSb3cSCwoDa2V5GAEgASgJEg0KBWNhbGxzGAIgASgDEg4KBmVycm9ycxgDIAEoAxIUCgxpbnB1dF90b2tlbnMYBCABKAMSFQoNb3V0cHV0X3Rva2VucxgFIAEoAxIQCghjb3N0X3VzZBgGIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARISCgplcnJvcl9yYXRlGAogASgBEhkKEWNvc3RfcGVyX2NhbGxfdXNkGAsgASgBEksKEGNhbGxzX2J5X291dGNvbWUYDCADKAsyMS5tb2RlbHJvdXRlLmFkbWluLnYxLlVzYWdlUm93LkNhbGxzQnlPdXRjb21lRW50cnkSFwoPbGF0ZW5jeV9tZWFuX21zGA0gASgBGjUKE0NhbGxzQnlPdXRjb21lRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJGChdHZXRVc2FnZVN1bW1hcnlSZXNwb25zZRIrCgRyb3dzGAEgAygLMh0ubW9kZWxyb3V0ZS5hZG1pbi52MS5Vc2FnZVJvdyKQAQobR2V0RXhwZXJpbWVudFJlc3VsdHNSZXF1ZXN0EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLKBwoNVmFyaWFudFJlc3VsdBISCgp2YXJpYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg4KBndlaWdodBgDIAEoDRIsCgV1c2FnZRgEIAEoCzIdLm1vZGVscm91dGUuYWRtaW4udjEuVXNhZ2VSb3cSEgoKZXJyb3JfcmF0ZRgFIAEoARIaChJtZWFuX3F1YWxpdHlfc2NvcmUYBiABKAESFgoOcXVhbGl0eV9jaV9sb3cYByABKAESFwoPcXVhbGl0eV9jaV9oaWdoGAggASgBEhYKDnRodW1ic191cF9yYXRlGAkgASgBEhkKEWVycm9yX3JhdGVfZWZmZWN0GAogASgBEhoKEmVycm9yX3JhdGVfcF92YWx1ZRgLIAEoARIXCg9sYXRlbmN5X3BfdmFsdWUYDCABKAESEwoLc2lnbmlmaWNhbnQYDSABKAgSEwoLYXNzaWdubWVudHMYDiABKAMSGQoRbGF0ZW5jeV9lZmZlY3RfbXMYDyABKAESFgoOcXVhbGl0eV9zY29yZXMYECABKAMSFgoOcXVhbGl0eV9lZmZlY3QYESABKAESFwoPcXVhbGl0eV9wX3ZhbHVlGBIgASgBEg4KBnRodW1icxgTIAEoAxIYChB0aHVtYnNfdXBfZWZmZWN0GBQgASgBEhkKEXRodW1ic191cF9wX3ZhbHVlGBUgASgBEiUKHWVycm9yX3JhdGVfc2VxdWVudGlhbF9wX3ZhbHVlGBYgASgBEiAKGGVycm9yX3JhdGVfZWZmZWN0X2NzX2xvdxgXIAEoARIhChllcnJvcl9yYXRlX2VmZmVjdF9jc19oaWdoGBggASgBEiIKGmxhdGVuY3lfc2VxdWVudGlhbF9wX3ZhbHVlGBkgASgBEh0KFWxhdGVuY3lfZWZmZWN0X2NzX2xvdxgaIAEoARIeChZsYXRlbmN5X2VmZmVjdF9jc19oaWdoGBsgASgBEiIKGnF1YWxpdHlfc2VxdWVudGlhbF9wX3ZhbHVlGBwgASgBEh0KFXF1YWxpdHlfZWZmZWN0X2NzX2xvdxgdIAEoARIeChZxdWFsaXR5X2VmZmVjdF9jc19oaWdoGB4gASgBEiQKHHRodW1ic191cF9zZXF1ZW50aWFsX3BfdmFsdWUYHyABKAESHwoXdGh1bWJzX3VwX2VmZmVjdF9jc19sb3cYICABKAESIAoYdGh1bWJzX3VwX2VmZmVjdF9jc19oaWdoGCEgASgBEh4KFnNpZ25pZmljYW50X3NlcXVlbnRpYWwYIiABKAgizAEKHEdldEV4cGVyaW1lbnRSZXN1bHRzUmVzcG9uc2USFQoNZXhwZXJpbWVudF9pZBgBIAEoCRIPCgdjb250ZXh0GAIgASgJEjQKCHZhcmlhbnRzGAMgAygLMiIubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50UmVzdWx0EhwKFHNhbXBsZV9yYXRpb19wX3ZhbHVlGAQgASgBEh0KFXNhbXBsZV9yYXRpb19taXNtYXRjaBgFIAEoCBIRCglidWNrZXRfYnkYBiABKAkiGAoWR2V0Q29uZmlnU3RhdHVzUmVxdWVzdCJcCgtSZWplY3RlZEtleRILCgNrZXkYASABKAkSDQoFZXJyb3IYAiABKAkSEAoIcmV2aXNpb24YAyABKAMSHwoXcHJldmlvdXNfdmFsdWVfaW5fZm9yY2UYBCABKAgiMQoLRW52T3ZlcnJpZGUSEAoIdmFyaWFibGUYASABKAkSEAoIbW9kZWxfaWQYAiABKAkimQEKC1F1b3RhU3RhdHVzEhAKCHByb3ZpZGVyGAEgASgJEg0KBWxpbWl0GAIgASgJEhMKC2xpbWl0X3ZhbHVlGAMgASgEEhEKCXJlbWFpbmluZxgEIAEoBBIsCghyZXNldF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaXNfZXhjZWVkZWQYBiABKAgi8QQKF0dldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEhcKD2NvbmZpZ19yZXZpc2lvbhgBIAEoAxIvCgtsYXN0X3JlbG9hZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoNcmVqZWN0ZWRfa2V5cxgDIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUmVqZWN0ZWRLZXkSNwoNZW52X292ZXJyaWRlcxgEIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuRW52T3ZlcnJpZGUSFgoOZXRjZF9jb25uZWN0ZWQYBSABKAgSFgoOZXRjZF9lbmRwb2ludHMYBiADKAkSMgoOZGVncmFkZWRfc2luY2UYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEk8KCmtleV9jb3VudHMYCCADKAsyOy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlLktleUNvdW50c0VudHJ5EhYKDnJlamVjdGVkX3RvdGFsGAkgASgDEjAKBnF1b3RhcxgKIAMoCzIgLm1vZGVscm91dGUuYWRtaW4udjEuUXVvdGFTdGF0dXMSMgoHYnVkZ2V0cxgLIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQnVkZ2V0U3RhdHVzEh4KFnNlcnZpbmdfbGFzdF9nb29kX2ZpbGUYDCABKAgSFQoNbGl2ZV9yZXBsaWNhcxgNIAEoBRowCg5LZXlDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIp0BCgxCdWRnZXRTdGF0dXMSDwoHY29udGV4dBgBIAEoCRIRCglsaW1pdF91c2QYAiABKAESEQoJc3BlbnRfdXNkGAMgASgBEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtpc19leGNlZWRlZBgFIAEoCBITCgtvbl9leGNlZWRlZBgGIAEoCSKvAQoFQWxlcnQSEAoIYWxlcnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRI0CghzZXZlcml0eRgDIAEoDjIiLm1vZGVscm91dGUuYWRtaW4udjEuQWxlcnRTZXZlcml0eRIPCgdtZXNzYWdlGAQgASgJEg8KB3N1YmplY3QYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoRTGlzdEFsZXJ0c1JlcXVlc3QSDQoFbGltaXQYASABKAUSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEkxpc3RBbGVydHNSZXNwb25zZRIqCgZhbGVydHMYASADKAsyGi5tb2RlbHJvdXRlLmFkbWluLnYxLkFsZXJ0IjwKCUtleUNoYW5nZRILCgNrZXkYASABKAkSEgoKdmFsdWVfanNvbhgCIAEoCRIOCgZkZWxldGUYAyABKAgifwoSQXBwbHlDb25maWdSZXF1ZXN0Ei8KB2NoYW5nZXMYASADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLktleUNoYW5nZRIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIPCgdkcnlfcnVuGAMgASgIEgwKBG5vdGUYBCABKAkiSwoTQXBwbHlDb25maWdSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIMCgRkaWZmGAIgAygJEhQKDGNoYW5nZWRfa2V5cxgDIAEoBSLkAQoMQ29uZmlnQ2hhbmdlEhAKCHJldmlzaW9uGAEgASgDEi4KCmNoYW5nZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2tleRgDIAEoCRIeChF2YWx1ZV9iZWZvcmVfanNvbhgEIAEoCUgAiAEBEh0KEHZhbHVlX2FmdGVyX2pzb24YBSABKAlIAYgBARINCgVhY3RvchgGIAEoCRIMCgRub3RlGAcgASgJQhQKEl92YWx1ZV9iZWZvcmVfanNvbkITChFfdmFsdWVfYWZ0ZXJfanNvbiKAAQoYTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0EhIKCmtleV9wcmVmaXgYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAMgASgFEhYKDnVwX3RvX3JldmlzaW9uGAQgASgDImgKGUxpc3RDb25maWdDaGFuZ2VzUmVzcG9uc2USMgoHY2hhbmdlcxgBIAMoCzIhLm1vZGVscm91dGUuYWRtaW4udjEuQ29uZmlnQ2hhbmdlEhcKD29sZGVzdF9yZXZpc2lvbhgCIAEoAyImChJHZXRDb25maWdBdFJlcXVlc3QSEAoIcmV2aXNpb24YASABKAMiwgEKE0dldENvbmZpZ0F0UmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSTQoLdmFsdWVzX2pzb24YAiADKAsyOC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2UuVmFsdWVzSnNvbkVudHJ5EhcKD29sZGVzdF9yZXZpc2lvbhgDIAEoAxoxCg9WYWx1ZXNKc29uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJjChVSb2xsYmFja0NvbmZpZ1JlcXVlc3QSEAoIcmV2aXNpb24YASABKAMSDwoHZHJ5X3J1bhgCIAEoCBIMCgRub3RlGAMgASgJEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgDImUKFlJvbGxiYWNrQ29uZmlnUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSDAoEZGlmZhgCIAMoCRIUCgxjaGFuZ2VkX2tleXMYAyABKAUSFQoNYmFzZV9yZXZpc2lvbhgEIAEoAyJlChpQcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBIvCgdjaGFuZ2VzGAEgAygLMh4ubW9kZWxyb3V0ZS5hZG1pbi52MS5LZXlDaGFuZ2USFgoOd2luZG93X3NlY29uZHMYAiABKAMiQAoJTW9kZWxNb3ZlEhIKCmZyb21fbW9kZWwYASABKAkSEAoIdG9fbW9kZWwYAiABKAkSDQoFY2FsbHMYAyABKAMiRgoLVmFyaWFudE1vdmUSFAoMZnJvbV92YXJpYW50GAEgASgJEhIKCnRvX3ZhcmlhbnQYAiABKAkSDQoFdXNlcnMYAyABKAMivgIKDUNvbnRleHRJbXBhY3QSDwoHY29udGV4dBgBIAEoCRINCgVjYWxscxgCIAEoAxIVCg1jaGFuZ2VkX2NhbGxzGAMgASgDEhUKDWNoYW5nZWRfc2hhcmUYBCABKAESLQoFbW92ZXMYBSADKAsyHi5tb2RlbHJvdXRlLmFkbWluLnYxLk1vZGVsTW92ZRI3Cg12YXJpYW50X21vdmVzGAYgAygLMiAubW9kZWxyb3V0ZS5hZG1pbi52MS5WYXJpYW50TW92ZRIfChdjb3N0X3Blcl9kYXlfYmVmb3JlX3VzZBgHIAEoARIeChZjb3N0X3Blcl9kYXlfYWZ0ZXJfdXNkGAggASgBEhoKEnVucmVhY2hhYmxlX21vZGVscxgJIAMoCRIaChJjYWxsc193aXRob3V0X3VzZXIYCiABKAMigwIKG1ByZXZpZXdDb25maWdDaGFuZ2VSZXNwb25zZRI0Cghjb250ZXh0cxgBIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuQ29udGV4dEltcGFjdBIWCg5jYWxsc19yZXBsYXllZBgCIAEoAxIwCgx3aW5kb3dfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCndpbmRvd19lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWJhc2VfcmV2aXNpb24YBSABKAMSDAoEZGlmZhgGIAMoCRIPCgdjYXZlYXRzGAcgAygJIi0KF0dldFJvbGxvdXRTdGF0dXNSZXF1ZXN0EhIKCnJvbGxvdXRfaWQYASABKAki/AEKD0d1YXJkcmFpbFN0YXR1cxIOCgZtZXRyaWMYASABKAkSDQoFYm91bmQYAiABKAkSFwoPY2FuZGlkYXRlX3ZhbHVlGAMgASgBEhYKDmJhc2VsaW5lX3ZhbHVlGAQgASgBEhAKCGVzdGltYXRlGAUgASgBEhQKDGludGVydmFsX2xvdxgGIAEoARIVCg1pbnRlcnZhbF9oaWdoGAcgASgBEhAKCGJyZWFjaGVkGAggASgIEhkKEWNhbmRpZGF0ZV9zYW1wbGVzGAkgASgDEhgKEGJhc2VsaW5lX3NhbXBsZXMYCiABKAMSEwoLZGVzY3JpcHRpb24YCyABKAkiegoPUm9sbG91dERlY2lzaW9uEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmFjdGlvbhgCIAEoCRIMCgRzdGVwGAMgASgFEg8KB3BlcmNlbnQYBCABKA0SDgoGZGV0YWlsGAUgASgJItQDCg1Sb2xsb3V0U3RhdHVzEhIKCnJvbGxvdXRfaWQYASABKAkSDwoHY29udGV4dBgCIAEoCRIRCgljYW5kaWRhdGUYAyABKAkSFgoOYmFzZWxpbmVfbW9kZWwYBCABKAkSDQoFc3RhdGUYBSABKAkSDAoEc3RlcBgGIAEoBRINCgVzdGVwcxgHIAEoBRIPCgdwZXJjZW50GAggASgNEi4KCnN0YXJ0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD3N0ZXBfc3RhcnRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPY2FuZGlkYXRlX2NhbGxzGAsgASgDEhYKDmJhc2VsaW5lX2NhbGxzGAwgASgDEhwKFHN0ZXBfY2FuZGlkYXRlX2NhbGxzGA0gASgDEjgKCmd1YXJkcmFpbHMYDiADKAsyJC5tb2RlbHJvdXRlLmFkbWluLnYxLkd1YXJkcmFpbFN0YXR1cxI3CglkZWNpc2lvbnMYDyADKAsyJC5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxvdXREZWNpc2lvbhIPCgdlbmFibGVkGBAgASgIIlAKGEdldFJvbGxvdXRTdGF0dXNSZXNwb25zZRI0Cghyb2xsb3V0cxgBIAMoCzIiLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbG91dFN0YXR1cyqZAQoMVXNhZ2VHcm91cEJ5Eh4KGlVTQUdFX0dST1VQX0JZX1VOU1BFQ0lGSUVEEAASGgoWVVNBR0VfR1JPVVBfQllfQ09OVEVYVBABEhgKFFVTQUdFX0dST1VQX0JZX01PREVMEAISGwoXVVNBR0VfR1JPVVBfQllfUFJPVklERVIQAxIWChJVU0FHRV9HUk9VUF9CWV9EQVkQBCqBAQoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhcKE0FMRVJUX1NFVkVSSVRZX0lORk8QARIaChZBTEVSVF9TRVZFUklUWV9XQVJOSU5HEAISGwoXQUxFUlRfU0VWRVJJVFlfQ1JJVElDQUwQAzLUCAoMQWRtaW5TZXJ2aWNlEmwKD0dldFVzYWdlU3VtbWFyeRIrLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVxdWVzdBosLm1vZGVscm91dGUuYWRtaW4udjEuR2V0VXNhZ2VTdW1tYXJ5UmVzcG9uc2USewoUR2V0RXhwZXJpbWVudFJlc3VsdHMSMC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldEV4cGVyaW1lbnRSZXN1bHRzUmVxdWVzdBoxLm1vZGVscm91dGUuYWRtaW4udjEuR2V0RXhwZXJpbWVudFJlc3VsdHNSZXNwb25zZRJsCg9HZXRDb25maWdTdGF0dXMSKy5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1JlcXVlc3QaLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ1N0YXR1c1Jlc3BvbnNlEl0KCkxpc3RBbGVydHMSJi5tb2RlbHJvdXRlLmFkbWluLnYxLkxpc3RBbGVydHNSZXF1ZXN0GicubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0QWxlcnRzUmVzcG9uc2USYAoLQXBwbHlDb25maWcSJy5tb2RlbHJvdXRlLmFkbWluLnYxLkFwcGx5Q29uZmlnUmVxdWVzdBooLm1vZGVscm91dGUuYWRtaW4udjEuQXBwbHlDb25maWdSZXNwb25zZRJyChFMaXN0Q29uZmlnQ2hhbmdlcxItLm1vZGVscm91dGUuYWRtaW4udjEuTGlzdENvbmZpZ0NoYW5nZXNSZXF1ZXN0Gi4ubW9kZWxyb3V0ZS5hZG1pbi52MS5MaXN0Q29uZmlnQ2hhbmdlc1Jlc3BvbnNlEmAKC0dldENvbmZpZ0F0EicubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRDb25maWdBdFJlcXVlc3QaKC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldENvbmZpZ0F0UmVzcG9uc2USaQoOUm9sbGJhY2tDb25maWcSKi5tb2RlbHJvdXRlLmFkbWluLnYxLlJvbGxiYWNrQ29uZmlnUmVxdWVzdBorLm1vZGVscm91dGUuYWRtaW4udjEuUm9sbGJhY2tDb25maWdSZXNwb25zZRJ4ChNQcmV2aWV3Q29uZmlnQ2hhbmdlEi8ubW9kZWxyb3V0ZS5hZG1pbi52MS5QcmV2aWV3Q29uZmlnQ2hhbmdlUmVxdWVzdBowLm1vZGVscm91dGUuYWRtaW4udjEuUHJldmlld0NvbmZpZ0NoYW5nZVJlc3BvbnNlEm8KEEdldFJvbGxvdXRTdGF0dXMSLC5tb2RlbHJvdXRlLmFkbWluLnYxLkdldFJvbGxvdXRTdGF0dXNSZXF1ZXN0Gi0ubW9kZWxyb3V0ZS5hZG1pbi52MS5HZXRSb2xsb3V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetUsageSummaryRequest selects usage to aggregate.
@@ -367,6 +367,101 @@ export type VariantResult = Message<"modelroute.admin.v1.VariantResult"> & {
    * @generated from field: double thumbs_up_p_value = 21;
    */
   thumbsUpPValue: number;
+
+  /**
+   * Always-valid (sequential) inference against the control: valid however often and
+   * whenever the results are looked at (mixture SPRT / normal-mixture confidence
+   * sequence, 95%). The fields above are fixed-horizon: valid for one look only.
+   * Always-valid p-value of the error-rate difference.
+   *
+   * @generated from field: double error_rate_sequential_p_value = 22;
+   */
+  errorRateSequentialPValue: number;
+
+  /**
+   * Always-valid 95% interval of the error-rate difference (low, high).
+   *
+   * @generated from field: double error_rate_effect_cs_low = 23;
+   */
+  errorRateEffectCsLow: number;
+
+  /**
+   * Upper end of the interval above.
+   *
+   * @generated from field: double error_rate_effect_cs_high = 24;
+   */
+  errorRateEffectCsHigh: number;
+
+  /**
+   * Always-valid p-value of the mean latency difference.
+   *
+   * @generated from field: double latency_sequential_p_value = 25;
+   */
+  latencySequentialPValue: number;
+
+  /**
+   * Always-valid 95% interval of the mean latency difference in ms (low, high).
+   *
+   * @generated from field: double latency_effect_cs_low = 26;
+   */
+  latencyEffectCsLow: number;
+
+  /**
+   * Upper end of the interval above.
+   *
+   * @generated from field: double latency_effect_cs_high = 27;
+   */
+  latencyEffectCsHigh: number;
+
+  /**
+   * Always-valid p-value of the mean quality score difference.
+   *
+   * @generated from field: double quality_sequential_p_value = 28;
+   */
+  qualitySequentialPValue: number;
+
+  /**
+   * Always-valid 95% interval of the quality score difference (low, high).
+   *
+   * @generated from field: double quality_effect_cs_low = 29;
+   */
+  qualityEffectCsLow: number;
+
+  /**
+   * Upper end of the interval above.
+   *
+   * @generated from field: double quality_effect_cs_high = 30;
+   */
+  qualityEffectCsHigh: number;
+
+  /**
+   * Always-valid p-value of the thumbs-up rate difference.
+   *
+   * @generated from field: double thumbs_up_sequential_p_value = 31;
+   */
+  thumbsUpSequentialPValue: number;
+
+  /**
+   * Always-valid 95% interval of the thumbs-up rate difference (low, high).
+   *
+   * @generated from field: double thumbs_up_effect_cs_low = 32;
+   */
+  thumbsUpEffectCsLow: number;
+
+  /**
+   * Upper end of the interval above.
+   *
+   * @generated from field: double thumbs_up_effect_cs_high = 33;
+   */
+  thumbsUpEffectCsHigh: number;
+
+  /**
+   * Whether any always-valid p-value is below 5% family-wise (Bonferroni over the four
+   * metrics). This is the flag to act on when results are checked repeatedly.
+   *
+   * @generated from field: bool significant_sequential = 34;
+   */
+  significantSequential: boolean;
 };
 
 /**
@@ -1475,6 +1570,319 @@ export const PreviewConfigChangeResponseSchema: GenMessage<PreviewConfigChangeRe
   messageDesc(file_modelroute_admin_v1_admin, 29);
 
 /**
+ * GetRolloutStatusRequest names a rollout, or none for all.
+ *
+ * @generated from message modelroute.admin.v1.GetRolloutStatusRequest
+ */
+export type GetRolloutStatusRequest = Message<"modelroute.admin.v1.GetRolloutStatusRequest"> & {
+  /**
+   * The rollout id (the `rollouts/<id>` key); empty: every configured rollout.
+   *
+   * @generated from field: string rollout_id = 1;
+   */
+  rolloutId: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetRolloutStatusRequest.
+ * Use `create(GetRolloutStatusRequestSchema)` to create a new message.
+ */
+export const GetRolloutStatusRequestSchema: GenMessage<GetRolloutStatusRequest> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 30);
+
+/**
+ * GuardrailStatus is one guardrail as the controller judges it now.
+ *
+ * @generated from message modelroute.admin.v1.GuardrailStatus
+ */
+export type GuardrailStatus = Message<"modelroute.admin.v1.GuardrailStatus"> & {
+  /**
+   * The metric, e.g. `ERROR_RATE`.
+   *
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * The bound as configured, e.g. `max_increase=0.02`.
+   *
+   * @generated from field: string bound = 2;
+   */
+  bound: string;
+
+  /**
+   * The candidate's value of the metric (P95_LATENCY_MS: its 95th percentile).
+   *
+   * @generated from field: double candidate_value = 3;
+   */
+  candidateValue: number;
+
+  /**
+   * The baseline's value of the metric.
+   *
+   * @generated from field: double baseline_value = 4;
+   */
+  baselineValue: number;
+
+  /**
+   * The tested quantity: candidate minus the highest value the bound tolerates
+   * (ERROR_RATE, COST_PER_CALL, P95_LATENCY_MS) or the candidate's shortfall beyond the
+   * allowed decrease (QUALITY, THUMBS_UP_RATE). Positive: worse than allowed.
+   *
+   * @generated from field: double estimate = 5;
+   */
+  estimate: number;
+
+  /**
+   * Always-valid 95% confidence sequence of the tested quantity (low, high). A breach is
+   * declared when `interval_low` > 0.
+   *
+   * @generated from field: double interval_low = 6;
+   */
+  intervalLow: number;
+
+  /**
+   * Upper end of the interval above.
+   *
+   * @generated from field: double interval_high = 7;
+   */
+  intervalHigh: number;
+
+  /**
+   * Whether the guardrail is breached.
+   *
+   * @generated from field: bool breached = 8;
+   */
+  breached: boolean;
+
+  /**
+   * Observations behind the figures (calls, or scores/thumbs for QUALITY / THUMBS_UP_RATE)
+   * for the candidate and the baseline.
+   *
+   * @generated from field: int64 candidate_samples = 9;
+   */
+  candidateSamples: bigint;
+
+  /**
+   * Baseline observations.
+   *
+   * @generated from field: int64 baseline_samples = 10;
+   */
+  baselineSamples: bigint;
+
+  /**
+   * How the quantity is defined, for people reading the status.
+   *
+   * @generated from field: string description = 11;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GuardrailStatus.
+ * Use `create(GuardrailStatusSchema)` to create a new message.
+ */
+export const GuardrailStatusSchema: GenMessage<GuardrailStatus> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 31);
+
+/**
+ * RolloutDecision is one action of the rollout controller.
+ *
+ * @generated from message modelroute.admin.v1.RolloutDecision
+ */
+export type RolloutDecision = Message<"modelroute.admin.v1.RolloutDecision"> & {
+  /**
+   * When it was taken.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * `started`, `advanced`, `rolled_back`, `paused`, `completed`.
+   *
+   * @generated from field: string action = 2;
+   */
+  action: string;
+
+  /**
+   * The step index (0-based) after the decision.
+   *
+   * @generated from field: int32 step = 3;
+   */
+  step: number;
+
+  /**
+   * The candidate's share in percent after the decision.
+   *
+   * @generated from field: uint32 percent = 4;
+   */
+  percent: number;
+
+  /**
+   * Why, in words.
+   *
+   * @generated from field: string detail = 5;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RolloutDecision.
+ * Use `create(RolloutDecisionSchema)` to create a new message.
+ */
+export const RolloutDecisionSchema: GenMessage<RolloutDecision> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 32);
+
+/**
+ * RolloutStatus is one rollout's progress.
+ *
+ * @generated from message modelroute.admin.v1.RolloutStatus
+ */
+export type RolloutStatus = Message<"modelroute.admin.v1.RolloutStatus"> & {
+  /**
+   * The rollout id.
+   *
+   * @generated from field: string rollout_id = 1;
+   */
+  rolloutId: string;
+
+  /**
+   * The context rolled out on.
+   *
+   * @generated from field: string context = 2;
+   */
+  context: string;
+
+  /**
+   * The candidate model.
+   *
+   * @generated from field: string candidate = 3;
+   */
+  candidate: string;
+
+  /**
+   * The model the context serves otherwise (the baseline arm).
+   *
+   * @generated from field: string baseline_model = 4;
+   */
+  baselineModel: string;
+
+  /**
+   * `PENDING` (no controller check yet), `RUNNING`, `PAUSED`, `ROLLED_BACK`, `COMPLETED`
+   * or `DISABLED`.
+   *
+   * @generated from field: string state = 5;
+   */
+  state: string;
+
+  /**
+   * The current step index (0-based) and the number of steps.
+   *
+   * @generated from field: int32 step = 6;
+   */
+  step: number;
+
+  /**
+   * The number of steps.
+   *
+   * @generated from field: int32 steps = 7;
+   */
+  steps: number;
+
+  /**
+   * The candidate's current share of the context's traffic in percent.
+   *
+   * @generated from field: uint32 percent = 8;
+   */
+  percent: number;
+
+  /**
+   * When the controller first saw the rollout, and when the current step began.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 9;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * When the current step began.
+   *
+   * @generated from field: google.protobuf.Timestamp step_started_at = 10;
+   */
+  stepStartedAt?: Timestamp | undefined;
+
+  /**
+   * Calls reported per arm since the rollout started.
+   *
+   * @generated from field: int64 candidate_calls = 11;
+   */
+  candidateCalls: bigint;
+
+  /**
+   * Baseline calls since the rollout started.
+   *
+   * @generated from field: int64 baseline_calls = 12;
+   */
+  baselineCalls: bigint;
+
+  /**
+   * Candidate calls reported since the current step began.
+   *
+   * @generated from field: int64 step_candidate_calls = 13;
+   */
+  stepCandidateCalls: bigint;
+
+  /**
+   * Each guardrail's estimate and interval.
+   *
+   * @generated from field: repeated modelroute.admin.v1.GuardrailStatus guardrails = 14;
+   */
+  guardrails: GuardrailStatus[];
+
+  /**
+   * The controller's decisions, oldest first.
+   *
+   * @generated from field: repeated modelroute.admin.v1.RolloutDecision decisions = 15;
+   */
+  decisions: RolloutDecision[];
+
+  /**
+   * Whether the rollout is enabled.
+   *
+   * @generated from field: bool enabled = 16;
+   */
+  enabled: boolean;
+};
+
+/**
+ * Describes the message modelroute.admin.v1.RolloutStatus.
+ * Use `create(RolloutStatusSchema)` to create a new message.
+ */
+export const RolloutStatusSchema: GenMessage<RolloutStatus> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 33);
+
+/**
+ * GetRolloutStatusResponse lists rollouts.
+ *
+ * @generated from message modelroute.admin.v1.GetRolloutStatusResponse
+ */
+export type GetRolloutStatusResponse = Message<"modelroute.admin.v1.GetRolloutStatusResponse"> & {
+  /**
+   * Rollouts by id.
+   *
+   * @generated from field: repeated modelroute.admin.v1.RolloutStatus rollouts = 1;
+   */
+  rollouts: RolloutStatus[];
+};
+
+/**
+ * Describes the message modelroute.admin.v1.GetRolloutStatusResponse.
+ * Use `create(GetRolloutStatusResponseSchema)` to create a new message.
+ */
+export const GetRolloutStatusResponseSchema: GenMessage<GetRolloutStatusResponse> = /*@__PURE__*/
+  messageDesc(file_modelroute_admin_v1_admin, 34);
+
+/**
  * UsageGroupBy is the dimension usage is aggregated on.
  *
  * @generated from enum modelroute.admin.v1.UsageGroupBy
@@ -1720,6 +2128,24 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof PreviewConfigChangeRequestSchema;
     output: typeof PreviewConfigChangeResponseSchema;
+  },
+  /**
+   * GetRolloutStatus reports guarded progressive rollouts (`rollouts/<id>`): step, share,
+   * calls per arm, each guardrail's estimate with its always-valid interval, and the
+   * controller's decisions over time.
+   *
+   * Errors:
+   * - NOT_FOUND: `rollout_id` names no configured rollout.
+   * - UNAVAILABLE: the database is unreachable (RetryInfo).
+   * - UNAUTHENTICATED / PERMISSION_DENIED: missing or wrong operator token.
+   * - UNIMPLEMENTED: not available in this server version.
+   *
+   * @generated from rpc modelroute.admin.v1.AdminService.GetRolloutStatus
+   */
+  getRolloutStatus: {
+    methodKind: "unary";
+    input: typeof GetRolloutStatusRequestSchema;
+    output: typeof GetRolloutStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_modelroute_admin_v1_admin, 0);

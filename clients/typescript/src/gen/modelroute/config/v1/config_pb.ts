@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelroute/config/v1/config.proto.
  */
 export const file_modelroute_config_v1_config: GenFile = /*@__PURE__*/
-  fileDesc("CiFtb2RlbHJvdXRlL2NvbmZpZy92MS9jb25maWcucHJvdG8SFG1vZGVscm91dGUuY29uZmlnLnYxIpgBCgVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgV0aWVycxgCIAMoCRIaChJpbnB1dF91c2RfcGVyX210b2sYAyABKAESGwoTb3V0cHV0X3VzZF9wZXJfbXRvaxgEIAEoARIUCgdlbmFibGVkGAUgASgISACIAQESEwoLZGVzY3JpcHRpb24YBiABKAlCCgoIX2VuYWJsZWQiagoGQnVkZ2V0EhMKC3VzZF9wZXJfZGF5GAEgASgBEhIKCndhcm5fcmF0aW8YAiABKAESNwoLb25fZXhjZWVkZWQYAyABKA4yIi5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXRBY3Rpb24ihwEKB0NvbnRleHQSDQoFbW9kZWwYASABKAkSEQoJZmFsbGJhY2tzGAIgAygJEhcKD3VzZXJfc2VsZWN0YWJsZRgDIAEoCBIsCgZidWRnZXQYBCABKAsyHC5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXQSEwoLZGVzY3JpcHRpb24YBSABKAkiNAoHVmFyaWFudBIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZ3ZWlnaHQYAyABKA0i+wEKCkV4cGVyaW1lbnQSDwoHY29udGV4dBgBIAEoCRIvCgh2YXJpYW50cxgCIAMoCzIdLm1vZGVscm91dGUuY29uZmlnLnYxLlZhcmlhbnQSKQoFc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoJYnVja2V0X2J5GAUgASgOMh4ubW9kZWxyb3V0ZS5jb25maWcudjEuQnVja2V0QnkSDwoHZW5hYmxlZBgGIAEoCBITCgtkZXNjcmlwdGlvbhgHIAEoCSJUCghPdmVycmlkZRINCgVtb2RlbBgBIAEoCRIMCgRub3RlGAIgASgJEisKB2V4cGlyZXMYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqIBCghQcm92aWRlchIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgEEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEhgKEHJlcXVlc3RzX3Blcl9kYXkYAyABKAQSFgoOdG9rZW5zX3Blcl9kYXkYBCABKAQSEgoKd2Fybl9yYXRpbxgFIAEoARIYChBjb29sZG93bl9zZWNvbmRzGAYgASgNIsMBCghTZXR0aW5ncxIVCg1kZWZhdWx0X21vZGVsGAEgASgJEhkKEWRlZmF1bHRfZmFsbGJhY2tzGAIgAygJEhkKEWFsZXJ0X3dlYmhvb2tfdXJsGAMgASgJEiMKFmRlY2lzaW9uX2NhY2hlX3NlY29uZHMYBCABKA1IAIgBARIZCgxoaXN0b3J5X2RheXMYCSABKA1IAYgBAUIZChdfZGVjaXNpb25fY2FjaGVfc2Vjb25kc0IPCg1faGlzdG9yeV9kYXlzIm0KBkNsaWVudBISCgprZXlfc2hhMjU2GAEgASgJEhgKEGFsbG93ZWRfY29udGV4dHMYAiADKAkSFAoHZW5hYmxlZBgDIAEoCEgAiAEBEhMKC2Rlc2NyaXB0aW9uGAQgASgJQgoKCF9lbmFibGVkKmEKDEJ1ZGdldEFjdGlvbhIdChlCVURHRVRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGgoWQlVER0VUX0FDVElPTl9GQUxMQkFDSxABEhYKEkJVREdFVF9BQ1RJT05fREVOWRACKlAKCEJ1Y2tldEJ5EhkKFUJVQ0tFVF9CWV9VTlNQRUNJRklFRBAAEhIKDkJVQ0tFVF9CWV9VU0VSEAESFQoRQlVDS0VUX0JZX1JFUVVFU1QQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiFtb2RlbHJvdXRlL2NvbmZpZy92MS9jb25maWcucHJvdG8SFG1vZGVscm91dGUuY29uZmlnLnYxIpgBCgVNb2RlbBIQCghwcm92aWRlchgBIAEoCRINCgV0aWVycxgCIAMoCRIaChJpbnB1dF91c2RfcGVyX210b2sYAyABKAESGwoTb3V0cHV0X3VzZF9wZXJfbXRvaxgEIAEoARIUCgdlbmFibGVkGAUgASgISACIAQESEwoLZGVzY3JpcHRpb24YBiABKAlCCgoIX2VuYWJsZWQiagoGQnVkZ2V0EhMKC3VzZF9wZXJfZGF5GAEgASgBEhIKCndhcm5fcmF0aW8YAiABKAESNwoLb25fZXhjZWVkZWQYAyABKA4yIi5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXRBY3Rpb24ihwEKB0NvbnRleHQSDQoFbW9kZWwYASABKAkSEQoJZmFsbGJhY2tzGAIgAygJEhcKD3VzZXJfc2VsZWN0YWJsZRgDIAEoCBIsCgZidWRnZXQYBCABKAsyHC5tb2RlbHJvdXRlLmNvbmZpZy52MS5CdWRnZXQSEwoLZGVzY3JpcHRpb24YBSABKAkiNAoHVmFyaWFudBIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZ3ZWlnaHQYAyABKA0i+wEKCkV4cGVyaW1lbnQSDwoHY29udGV4dBgBIAEoCRIvCgh2YXJpYW50cxgCIAMoCzIdLm1vZGVscm91dGUuY29uZmlnLnYxLlZhcmlhbnQSKQoFc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoJYnVja2V0X2J5GAUgASgOMh4ubW9kZWxyb3V0ZS5jb25maWcudjEuQnVja2V0QnkSDwoHZW5hYmxlZBgGIAEoCBITCgtkZXNjcmlwdGlvbhgHIAEoCSJUCghPdmVycmlkZRINCgVtb2RlbBgBIAEoCRIMCgRub3RlGAIgASgJEisKB2V4cGlyZXMYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqIBCghQcm92aWRlchIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgEEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEhgKEHJlcXVlc3RzX3Blcl9kYXkYAyABKAQSFgoOdG9rZW5zX3Blcl9kYXkYBCABKAQSEgoKd2Fybl9yYXRpbxgFIAEoARIYChBjb29sZG93bl9zZWNvbmRzGAYgASgNIoECCghTZXR0aW5ncxIVCg1kZWZhdWx0X21vZGVsGAEgASgJEhkKEWRlZmF1bHRfZmFsbGJhY2tzGAIgAygJEhkKEWFsZXJ0X3dlYmhvb2tfdXJsGAMgASgJEiMKFmRlY2lzaW9uX2NhY2hlX3NlY29uZHMYBCABKA1IAIgBARIiChVyb2xsb3V0X2NoZWNrX3NlY29uZHMYBiABKA1IAYgBARIZCgxoaXN0b3J5X2RheXMYCSABKA1IAogBAUIZChdfZGVjaXNpb25fY2FjaGVfc2Vjb25kc0IYChZfcm9sbG91dF9jaGVja19zZWNvbmRzQg8KDV9oaXN0b3J5X2RheXMibQoGQ2xpZW50EhIKCmtleV9zaGEyNTYYASABKAkSGAoQYWxsb3dlZF9jb250ZXh0cxgCIAMoCRIUCgdlbmFibGVkGAMgASgISACIAQESEwoLZGVzY3JpcHRpb24YBCABKAlCCgoIX2VuYWJsZWQi2AEKCUd1YXJkcmFpbBI1CgZtZXRyaWMYASABKA4yJS5tb2RlbHJvdXRlLmNvbmZpZy52MS5HdWFyZHJhaWxNZXRyaWMSGQoMbWF4X2luY3JlYXNlGAIgASgBSACIAQESIgoVbWF4X3JlbGF0aXZlX2luY3JlYXNlGAMgASgBSAGIAQESGQoMbWF4X2RlY3JlYXNlGAQgASgBSAKIAQFCDwoNX21heF9pbmNyZWFzZUIYChZfbWF4X3JlbGF0aXZlX2luY3JlYXNlQg8KDV9tYXhfZGVjcmVhc2UiRgoLUm9sbG91dFN0ZXASDwoHcGVyY2VudBgBIAEoDRITCgttaW5fc2Vjb25kcxgCIAEoDRIRCgltaW5fY2FsbHMYAyABKAQi8QEKB1JvbGxvdXQSDwoHY29udGV4dBgBIAEoCRIRCgljYW5kaWRhdGUYAiABKAkSMAoFc3RlcHMYAyADKAsyIS5tb2RlbHJvdXRlLmNvbmZpZy52MS5Sb2xsb3V0U3RlcBIzCgpndWFyZHJhaWxzGAQgAygLMh8ubW9kZWxyb3V0ZS5jb25maWcudjEuR3VhcmRyYWlsEjUKCW9uX2JyZWFjaBgFIAEoDjIiLm1vZGVscm91dGUuY29uZmlnLnYxLkJyZWFjaEFjdGlvbhIPCgdlbmFibGVkGAYgASgIEhMKC2Rlc2NyaXB0aW9uGAcgASgJKmEKDEJ1ZGdldEFjdGlvbhIdChlCVURHRVRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGgoWQlVER0VUX0FDVElPTl9GQUxMQkFDSxABEhYKEkJVREdFVF9BQ1RJT05fREVOWRACKlAKCEJ1Y2tldEJ5EhkKFUJVQ0tFVF9CWV9VTlNQRUNJRklFRBAAEhIKDkJVQ0tFVF9CWV9VU0VSEAESFQoRQlVDS0VUX0JZX1JFUVVFU1QQAirgAQoPR3VhcmRyYWlsTWV0cmljEiAKHEdVQVJEUkFJTF9NRVRSSUNfVU5TUEVDSUZJRUQQABIfChtHVUFSRFJBSUxfTUVUUklDX0VSUk9SX1JBVEUQARIjCh9HVUFSRFJBSUxfTUVUUklDX1A5NV9MQVRFTkNZX01TEAISIgoeR1VBUkRSQUlMX01FVFJJQ19DT1NUX1BFUl9DQUxMEAMSHAoYR1VBUkRSQUlMX01FVFJJQ19RVUFMSVRZEAQSIwofR1VBUkRSQUlMX01FVFJJQ19USFVNQlNfVVBfUkFURRAFKmIKDEJyZWFjaEFjdGlvbhIdChlCUkVBQ0hfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGgoWQlJFQUNIX0FDVElPTl9ST0xMQkFDSxABEhcKE0JSRUFDSF9BQ1RJT05fUEFVU0UQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Model is the value of `models/<model_id>`: a model that can be routed to.
@@ -388,6 +388,14 @@ export type Settings = Message<"modelroute.config.v1.Settings"> & {
   decisionCacheSeconds?: number | undefined;
 
   /**
+   * Seconds between two checks of every rollout by the rollout controller. Default 60 when
+   * absent.
+   *
+   * @generated from field: optional uint32 rollout_check_seconds = 6;
+   */
+  rolloutCheckSeconds?: number | undefined;
+
+  /**
    * Days of config history (`config_changes`) kept; older revisions can no longer be
    * shown or rolled back to. Default 90 when absent.
    *
@@ -449,6 +457,152 @@ export type Client = Message<"modelroute.config.v1.Client"> & {
  */
 export const ClientSchema: GenMessage<Client> = /*@__PURE__*/
   messageDesc(file_modelroute_config_v1_config, 8);
+
+/**
+ * Guardrail is one limit a rollout's candidate must stay within, compared with the
+ * baseline by an always-valid sequential test. Exactly one bound is set.
+ *
+ * @generated from message modelroute.config.v1.Guardrail
+ */
+export type Guardrail = Message<"modelroute.config.v1.Guardrail"> & {
+  /**
+   * The metric compared.
+   *
+   * @generated from field: modelroute.config.v1.GuardrailMetric metric = 1;
+   */
+  metric: GuardrailMetric;
+
+  /**
+   * Breach when the candidate is worse than the baseline by more than this (metric units).
+   *
+   * @generated from field: optional double max_increase = 2;
+   */
+  maxIncrease?: number | undefined;
+
+  /**
+   * Breach when the candidate exceeds the baseline by more than this fraction of the
+   * baseline (0.25 = 25% more).
+   *
+   * @generated from field: optional double max_relative_increase = 3;
+   */
+  maxRelativeIncrease?: number | undefined;
+
+  /**
+   * Breach when the candidate is below the baseline by more than this (metric units).
+   *
+   * @generated from field: optional double max_decrease = 4;
+   */
+  maxDecrease?: number | undefined;
+};
+
+/**
+ * Describes the message modelroute.config.v1.Guardrail.
+ * Use `create(GuardrailSchema)` to create a new message.
+ */
+export const GuardrailSchema: GenMessage<Guardrail> = /*@__PURE__*/
+  messageDesc(file_modelroute_config_v1_config, 9);
+
+/**
+ * RolloutStep is one stage of a progressive rollout.
+ *
+ * @generated from message modelroute.config.v1.RolloutStep
+ */
+export type RolloutStep = Message<"modelroute.config.v1.RolloutStep"> & {
+  /**
+   * Share of the context's traffic (1..100) served by the candidate during this step.
+   *
+   * @generated from field: uint32 percent = 1;
+   */
+  percent: number;
+
+  /**
+   * The step lasts at least this many seconds before the next one.
+   *
+   * @generated from field: uint32 min_seconds = 2;
+   */
+  minSeconds: number;
+
+  /**
+   * The candidate serves at least this many calls in this step before the next one.
+   *
+   * @generated from field: uint64 min_calls = 3;
+   */
+  minCalls: bigint;
+};
+
+/**
+ * Describes the message modelroute.config.v1.RolloutStep.
+ * Use `create(RolloutStepSchema)` to create a new message.
+ */
+export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
+  messageDesc(file_modelroute_config_v1_config, 10);
+
+/**
+ * Rollout is the value of `rollouts/<rollout_id>`: a guarded progressive rollout of a
+ * candidate model on a context. The candidate serves `percent` of the context's traffic
+ * (users bucketed by murmur3 of `rollout_id + "/" + user_id`, as experiments); the
+ * baseline is what the context serves otherwise. The controller's progress (step, share,
+ * state) lives in `runtime/rollouts/<rollout_id>`, written only by modelroute.
+ *
+ * @generated from message modelroute.config.v1.Rollout
+ */
+export type Rollout = Message<"modelroute.config.v1.Rollout"> & {
+  /**
+   * The context rolled out on. At most one enabled rollout or experiment per context.
+   *
+   * @generated from field: string context = 1;
+   */
+  context: string;
+
+  /**
+   * The model being rolled out.
+   *
+   * @generated from field: string candidate = 2;
+   */
+  candidate: string;
+
+  /**
+   * The stages; percents strictly increase, each in 1..100.
+   *
+   * @generated from field: repeated modelroute.config.v1.RolloutStep steps = 3;
+   */
+  steps: RolloutStep[];
+
+  /**
+   * The limits checked at every controller check.
+   *
+   * @generated from field: repeated modelroute.config.v1.Guardrail guardrails = 4;
+   */
+  guardrails: Guardrail[];
+
+  /**
+   * What a breach does.
+   *
+   * @generated from field: modelroute.config.v1.BreachAction on_breach = 5;
+   */
+  onBreach: BreachAction;
+
+  /**
+   * A disabled rollout never applies (the baseline serves everything).
+   *
+   * @generated from field: bool enabled = 6;
+   */
+  enabled: boolean;
+
+  /**
+   * Free-form description shown to operators.
+   *
+   * @generated from field: string description = 7;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message modelroute.config.v1.Rollout.
+ * Use `create(RolloutSchema)` to create a new message.
+ */
+export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
+  messageDesc(file_modelroute_config_v1_config, 11);
 
 /**
  * BudgetAction says what happens when a context's daily budget is spent.
@@ -517,4 +671,95 @@ export enum BucketBy {
  */
 export const BucketBySchema: GenEnum<BucketBy> = /*@__PURE__*/
   enumDesc(file_modelroute_config_v1_config, 1);
+
+/**
+ * GuardrailMetric is what a rollout guardrail compares between candidate and baseline.
+ *
+ * @generated from enum modelroute.config.v1.GuardrailMetric
+ */
+export enum GuardrailMetric {
+  /**
+   * Not set: rejected.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Share of calls whose outcome is not OK (0..1). Bound: max_increase (absolute points as
+   * a fraction, e.g. 0.02) or max_relative_increase.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_ERROR_RATE = 1;
+   */
+  ERROR_RATE = 1,
+
+  /**
+   * 95th percentile of reported latency in milliseconds. Bound: max_increase (ms) or
+   * max_relative_increase.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_P95_LATENCY_MS = 2;
+   */
+  P95_LATENCY_MS = 2,
+
+  /**
+   * Mean cost of a call in USD. Bound: max_increase (USD) or max_relative_increase.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_COST_PER_CALL = 3;
+   */
+  COST_PER_CALL = 3,
+
+  /**
+   * Mean reviewer quality score (0..1). Bound: max_decrease.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_QUALITY = 4;
+   */
+  QUALITY = 4,
+
+  /**
+   * Share of thumbs up among thumbs given (0..1). Bound: max_decrease.
+   *
+   * @generated from enum value: GUARDRAIL_METRIC_THUMBS_UP_RATE = 5;
+   */
+  THUMBS_UP_RATE = 5,
+}
+
+/**
+ * Describes the enum modelroute.config.v1.GuardrailMetric.
+ */
+export const GuardrailMetricSchema: GenEnum<GuardrailMetric> = /*@__PURE__*/
+  enumDesc(file_modelroute_config_v1_config, 2);
+
+/**
+ * BreachAction says what the rollout controller does when a guardrail is breached.
+ *
+ * @generated from enum modelroute.config.v1.BreachAction
+ */
+export enum BreachAction {
+  /**
+   * Not set: treated as BREACH_ACTION_ROLLBACK.
+   *
+   * @generated from enum value: BREACH_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Set the candidate's share to 0 (the baseline serves everything).
+   *
+   * @generated from enum value: BREACH_ACTION_ROLLBACK = 1;
+   */
+  ROLLBACK = 1,
+
+  /**
+   * Hold the current share until an operator acts.
+   *
+   * @generated from enum value: BREACH_ACTION_PAUSE = 2;
+   */
+  PAUSE = 2,
+}
+
+/**
+ * Describes the enum modelroute.config.v1.BreachAction.
+ */
+export const BreachActionSchema: GenEnum<BreachAction> = /*@__PURE__*/
+  enumDesc(file_modelroute_config_v1_config, 3);
 
