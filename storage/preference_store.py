@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelroute.storage.database import database_call, dialect_insert
+from modelroute.storage.rollups import RollupWriter
 from modelroute.storage.tables import LlmFeedback, UserModelPreference, table_of
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
@@ -85,6 +86,7 @@ class FeedbackStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._rollups = RollupWriter(engine)
 
     @database_call
     def insert(self, record: FeedbackRecord) -> int:
@@ -103,4 +105,6 @@ class FeedbackStore:
         }
         with self.engine.begin() as connection:
             result = connection.execute(insert(_feedback).returning(_feedback.c.id), row)
-            return int(result.scalar_one())
+            feedback_id = int(result.scalar_one())
+            self._rollups.add_feedback(connection, [record])  # same transaction as the row
+            return feedback_id

@@ -9,8 +9,10 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
+    String,
     Table,
     Text,
     UniqueConstraint,
@@ -169,6 +171,101 @@ class Alert(SQLModel, table=True):
     message: str = _text(nullable=False)
     dedup_key: str = Field(max_length=256, index=True)
     created_at: datetime = _created_at(index=True)
+
+
+# --- rollups (written by modelroute.storage.rollups, read by analysis_store) ----------------
+# Composite primary keys are the rollup keys (additive upserts conflict on them); on SQLite
+# the tables are WITHOUT ROWID, so rows are stored in key order and a period's time range
+# is one contiguous read. "" (not NULL) stands for "no experiment / variant": NULLs never
+# collide in a key. bucket_start is Unix seconds (UTC) of the hour or day.
+
+
+def _key_text(length: int) -> Any:
+    return Field(sa_column=Column(String(length), primary_key=True, nullable=False))
+
+
+def _key_int() -> Any:
+    return Field(sa_column=Column(BigInteger, primary_key=True, nullable=False))
+
+
+def _count() -> Any:
+    return Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def _amount() -> Any:
+    return Field(sa_column=Column(Float, nullable=False))
+
+
+class UsageRollup(SQLModel, table=True):
+    """Usage totals per bucket (hour, day or week) and dimensions (`usage_rollups`)."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    period_seconds: int = _key_int()  # 3600 or 86400
+    bucket_start: int = _key_int()
+    context: str = _key_text(128)
+    model_id: str = _key_text(128)
+    provider: str = _key_text(128)
+    experiment_id: str = _key_text(128)
+    variant_id: str = _key_text(128)
+    outcome: str = _key_text(32)
+    calls: int = _count()
+    input_tokens: int = _count()
+    output_tokens: int = _count()
+    cost_usd: float = _amount()
+    latency_ms_sum: int = _count()
+    latency_ms_sq_sum: float = _amount()
+
+
+class UsageLatencyRollup(SQLModel, table=True):
+    """Latency histogram per rollup bucket (`usage_latency_rollups`)."""
+
+    __tablename__ = "usage_latency_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    period_seconds: int = _key_int()
+    bucket_start: int = _key_int()
+    context: str = _key_text(128)
+    model_id: str = _key_text(128)
+    provider: str = _key_text(128)
+    experiment_id: str = _key_text(128)
+    variant_id: str = _key_text(128)
+    latency_bucket: int = _key_int()  # index into rollups.BUCKET_UPPERS
+    calls: int = _count()
+
+
+class FeedbackRollup(SQLModel, table=True):
+    """Feedback totals per rollup bucket (`feedback_rollups`)."""
+
+    __tablename__ = "feedback_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    period_seconds: int = _key_int()
+    bucket_start: int = _key_int()
+    context: str = _key_text(128)
+    model_id: str = _key_text(128)
+    experiment_id: str = _key_text(128)
+    variant_id: str = _key_text(128)
+    feedbacks: int = _count()
+    scores: int = _count()  # feedback with a quality_score
+    score_sum: float = _amount()
+    score_sq_sum: float = _amount()
+    thumbs: int = _count()
+    thumbs_up: int = _count()
+
+
+class ExperimentUser(SQLModel, table=True):
+    """Users seen per experiment variant: assignments counted in users without reading raw rows."""
+
+    __tablename__ = "experiment_users"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    experiment_id: str = _key_text(128)
+    variant_id: str = _key_text(128)
+    user_id: str = _key_text(256)
+    first_seen: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
 
 
 class ConfigChange(SQLModel, table=True):

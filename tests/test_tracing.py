@@ -103,6 +103,23 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
                 ),
                 metadata=(("traceparent", traceparent),),
             )
+            # Several reports of one model in a call: one span, sums and counts.
+            await stub.ReportUsage(
+                router_pb2.ReportUsageRequest(
+                    reports=[
+                        router_pb2.UsageReport(
+                            report_id=f"t{n}",
+                            context="rag.answer",
+                            model_id="gpt-4o",
+                            input_tokens=10 * n,
+                            output_tokens=n,
+                            latency_ms=5,
+                            outcome=types_pb2.OUTCOME_TIMEOUT if n == 2 else types_pb2.OUTCOME_OK,
+                        )
+                        for n in (2, 3)
+                    ]
+                )
+            )
 
         def exported() -> tuple[Any, Any, Any]:
             resolves = collector.named("modelroute.resolve")
@@ -130,5 +147,19 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
         )
         assert (usage["gen_ai.usage.input_tokens"], usage["gen_ai.usage.output_tokens"]) == (12, 34)
         assert attributes(reload_span)["modelroute.config_revision"] == seed
+
+        def grouped_span() -> Any:
+            spans = collector.named("usage gpt-4o")
+            assert len(spans) == 1
+            return spans[0]
+
+        grouped = await eventually(grouped_span, timeout=15)
+        summed = attributes(grouped)
+        assert (summed["gen_ai.usage.input_tokens"], summed["gen_ai.usage.output_tokens"]) == (
+            50,
+            5,
+        )
+        assert (summed["modelroute.reports"], summed["modelroute.errors"]) == (2, 1)
+        assert summed["error.type"] == "TIMEOUT"
     finally:
         assert await asyncio.to_thread(server.stop) == 0

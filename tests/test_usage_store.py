@@ -402,3 +402,9 @@ async def test_a_failed_transaction_stores_nothing_from_any_call_in_it(engine: E
         # Nothing was acknowledged, so the client retries; alone, the good call commits.
         assert await writer.submit(records("good", 2)) == [True, True]
     assert store.count() == 1 + 2
+    # The rollups went with the rows: the rolled-back calls left nothing there either.
+    with engine.connect() as connection:
+        rolled_up = connection.execute(
+            text("SELECT sum(calls) FROM usage_rollups WHERE period_seconds = 3600")
+        ).scalar_one()
+    assert rolled_up == 1 + 2

@@ -8,6 +8,7 @@ INVALID_ARGUMENT status with a BadRequest detail.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -47,9 +48,15 @@ REQUIRED: Final = "required"
 TIMESTAMP_RULE: Final = "a timestamp between years 0001 and 9999"
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_context(context: str) -> bool:
+    # Cached: every usage report names one of a few contexts (ingestion's hot path).
+    return CONTEXT_PATTERN.match(context) is not None
+
+
 def context_violation(field: str, context: str) -> Violation | None:
     """A context name: 1-128 characters of letters, digits and `. _ : / -`."""
-    return None if CONTEXT_PATTERN.match(context) else (field, CONTEXT_RULE)
+    return None if _is_context(context) else (field, CONTEXT_RULE)
 
 
 def tier_violation(field: str, tier: str) -> Violation | None:
@@ -119,6 +126,9 @@ def validate_reports(request: router_pb2.ReportUsageRequest) -> list[Violation]:
     return []
 
 
+_OUTCOMES: Final = frozenset(types_pb2.Outcome.values())  # values() builds a list per call
+
+
 def report_violation(report: router_pb2.UsageReport) -> Violation | None:
     """The first thing wrong with one usage report (it is rejected alone), or None."""
     if not 1 <= len(report.report_id) <= REPORT_ID_MAX:
@@ -134,7 +144,7 @@ def report_violation(report: router_pb2.UsageReport) -> Violation | None:
     ):
         if not 0 <= value <= limit:
             return (name, f"{value} is outside 0..{limit:,}")
-    if not report.outcome or report.outcome not in types_pb2.Outcome.values():
+    if not report.outcome or report.outcome not in _OUTCOMES:
         return ("outcome", "required (OK, RATE_LIMITED, QUOTA_EXCEEDED, ...)")
     if report.HasField("retry_after") and not (
         0 <= report.retry_after.ToNanoseconds() <= MAX_RETRY_AFTER.total_seconds() * 1e9
