@@ -10,9 +10,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -38,6 +36,7 @@ from modelroute.server.core.snapshot import (
     Snapshot,
     env_overrides_from,
 )
+from modelroute.server.options import DEFAULT_BOOTSTRAP, ServeOptions
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
 from modelroute.server.runtime.history_recorder import HistoryRecorder
@@ -59,10 +58,7 @@ from modelroute.storage.data_dir_lock import DataDirLock
 from modelroute.storage.database import create_engine_for, default_sqlite_url, upgrade
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.etcd import (
-    DEFAULT_PREFIX,
-    ConfigUpdate,
     EtcdConfigSource,
-    EtcdTls,
     connect,
     parse_endpoints,
 )
@@ -70,75 +66,18 @@ from modelroute.storage.history_store import HistoryStore
 from modelroute.storage.preference_store import FeedbackStore, PreferenceStore
 from modelroute.storage.rollout_store import EtcdRolloutStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
+from modelroute.storage.updates import ConfigUpdate
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
 
+__all__ = ["DEFAULT_BOOTSTRAP", "ModelrouteServer", "ServeOptions", "serve_until_signalled"]
+
 log = logging.getLogger("modelroute.server")
-DEFAULT_BOOTSTRAP = Path(__file__).resolve().parent.parent / "config" / "bootstrap.yaml"
 SERVICE_NAMES = (
     router_pb2.DESCRIPTOR.services_by_name["ModelRouterService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
-
-
-@dataclass
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    # None: start an embedded single-node etcd in `data_dir` (seeded when empty).
-    etcd_endpoints: str | None = None
-    etcd_prefix: str = DEFAULT_PREFIX
-    etcd_username: str | None = None
-    etcd_password: str | None = None
-    # None: SQLite file in `data_dir`.
-    database_url: str | None = None
-    data_dir: Path = field(default_factory=lambda: Path(".modelroute"))
-    bootstrap: Path = DEFAULT_BOOTSTRAP
-    # None: seed only the embedded etcd. True: also seed an external, empty prefix.
-    seed: bool | None = None
-    shutdown_grace_seconds: float = 10.0
-    # Usage reports queued but not yet committed; beyond this ReportUsage answers
-    # RESOURCE_EXHAUSTED with RetryInfo instead of growing without bound.
-    usage_max_pending: int = 50_000
-    # Local copy of the last good config, served when etcd is unreachable at start.
-    # None: `<data_dir>/last-good-config.json`.
-    last_good_file: Path | None = None
-    # How long a starting replica waits for etcd before serving the last-good file.
-    etcd_start_timeout_seconds: float = 3.0
-    # etcd unreachable for this long raises an `etcd_unreachable` alert.
-    etcd_alert_after_seconds: float = 5.0
-    # --- security (docs/security.md) ---
-    # Admin bearer tokens. None: read env MODELROUTE_ADMIN_TOKENS (comma-separated).
-    # No token at all (and no file): AdminService is open, with a warning at start.
-    admin_tokens: list[str] | None = None
-    # One token per line; re-read when it changes.
-    admin_token_file: Path | None = None
-    # TLS for gRPC (and the admin HTTP server). A client CA makes it mutual TLS.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    # TLS towards etcd: CA to verify it, client cert + key when etcd requires them.
-    etcd_ca: Path | None = None
-    etcd_cert: Path | None = None
-    etcd_key: Path | None = None
-
-    def etcd_tls(self) -> EtcdTls | None:
-        if self.etcd_ca is None and self.etcd_cert is None and self.etcd_key is None:
-            return None
-        return EtcdTls(self.etcd_ca, self.etcd_cert, self.etcd_key)
-
-    # Admin HTTP API + dashboard + /metrics on this port (0: any free port); None: off.
-    admin_port: int | None = None
-    # Checks the admin HTTP bearer token (None: no token required).
-    admin_verify_token: Callable[[str | None], bool] | None = None
-    # --- set by `serve --workers N` (server/workers.py) for each worker ---
-    # Named in the `modelroute-worker` trailing metadata of ResolveModel/ReportUsage.
-    worker_name: str = ""
-    # The supervising parent: a worker whose parent is gone stops (no orphans).
-    parent_pid: int | None = None
-    # Bind the gRPC port with SO_REUSEPORT (workers share it).
-    reuse_port: bool = False
 
 
 class ModelrouteServer:

@@ -21,6 +21,8 @@ _table: Table = table_of(Alert)
 
 @dataclass(frozen=True, slots=True)
 class AlertRecord:
+    """One alert as stored in the `alerts` table."""
+
     alert_id: str
     kind: str
     severity: str  # info / warning / critical
@@ -31,10 +33,13 @@ class AlertRecord:
 
 
 def alert_id_for(dedup_key: str) -> str:
+    """The alert's primary key: the same on every replica for one de-duplication key."""
     return hashlib.sha256(dedup_key.encode()).hexdigest()[:32]
 
 
 class AlertStore:
+    """The `alerts` table: insert once per condition and window, read the latest."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = (
@@ -60,6 +65,7 @@ class AlertStore:
 
     @database_call
     def recent(self, limit: int, since: datetime | None = None) -> list[AlertRecord]:
+        """At most `limit` alerts, newest first, optionally only those since `since`."""
         query = select(
             _table.c.id,
             _table.c.kind,

@@ -61,6 +61,8 @@ _COLUMNS: Final = {
 
 @dataclass
 class UsageGroup:
+    """Usage totals, outcome counts and latency percentiles of one group."""
+
     key: str
     calls: int = 0
     errors: int = 0
@@ -76,6 +78,8 @@ class UsageGroup:
 
 @dataclass
 class FeedbackGroup:
+    """Feedback counts and quality-score statistics of one experiment variant."""
+
     key: str
     scores: int = 0
     score_mean: float = 0.0
@@ -104,6 +108,7 @@ class UsageAccumulator:
         latency_sum: Any,
         latency_sq_sum: Any,
     ) -> None:
+        """Add one (group, outcome) aggregate row to the group's totals."""
         group, calls = self.group, int(calls)
         group.calls += calls
         if outcome != "OK":
@@ -116,9 +121,11 @@ class UsageAccumulator:
         self.latency_sq_sum += float(latency_sq_sum or 0.0)
 
     def add_bucket(self, bucket: int, calls: Any) -> None:
+        """Add the calls of one latency bucket (for percentiles)."""
         self.buckets[bucket] = self.buckets.get(bucket, 0) + int(calls)
 
     def finish(self, units: int | None) -> UsageGroup:
+        """The group's totals, with latency percentiles and `units` distinct units."""
         group, n = self.group, self.group.calls
         if n:
             group.latency_mean_ms = self.latency_sum / n
@@ -176,6 +183,8 @@ def _key_of(row: Sequence[Any], keys: Sequence[str]) -> tuple[str, ...]:
 
 
 class AnalysisStore:
+    """Read-only aggregations over usage and feedback for summaries and experiments."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -211,7 +220,8 @@ class AnalysisStore:
     ) -> dict[tuple[str, ...], UsageAccumulator]:
         """Accumulators per key tuple (keys from model, context, provider, variant,
         experiment, day); `filters` are equalities on those columns. Rows of an experiment
-        without a variant are left out when filtering on an experiment."""
+        without a variant are left out when filtering on an experiment.
+        """
         window = plan(since, until, DAY if "day" in keys else WEEK)
         accumulators: dict[tuple[str, ...], UsageAccumulator] = {}
 
@@ -321,7 +331,8 @@ class AnalysisStore:
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, int]:
         """Distinct users per variant: from `experiment_users` when the window is open on at
-        least one side (first/last call decide), from the raw rows otherwise."""
+        least one side (first/last call decide), from the raw rows otherwise.
+        """
         if since is not None and until is not None:
             query: Any = (
                 select(_usage.c.variant_id, func.count(distinct(_usage.c.user_id)))
@@ -429,5 +440,6 @@ class AnalysisStore:
     def feedback_by_variant(
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, FeedbackGroup]:
+        """Feedback of an experiment per variant, within the optional time range."""
         found = self.feedback_by(("variant",), since, until, {"experiment_id": experiment_id})
         return {key[0]: group for key, group in found.items()}

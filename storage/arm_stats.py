@@ -16,6 +16,8 @@ ARM_KEYS = ("context", "model", "experiment", "variant")
 
 @dataclass(frozen=True, slots=True)
 class ArmStats:
+    """Calls, errors, tokens and cost of one arm over a window."""
+
     context: str
     model_id: str
     experiment_id: str  # "" = not in an experiment / rollout
@@ -38,10 +40,12 @@ class ArmStats:
 
     @property
     def error_rate(self) -> float:
+        """Errors per call (0 without calls)."""
         return self.errors / self.calls if self.calls else 0.0
 
     @property
     def cost_per_call_usd(self) -> float:
+        """Estimated cost per call in USD (0 without calls)."""
         return self.cost_usd / self.calls if self.calls else 0.0
 
 
@@ -54,7 +58,8 @@ def arm_stats(
     experiment_id: str | None = None,
 ) -> list[ArmStats]:
     """Every arm with calls or feedback in [since, until) (None = open end), optionally only
-    one context and/or one experiment, sorted by (context, model, experiment, variant)."""
+    one context and/or one experiment, sorted by (context, model, experiment, variant).
+    """
     filters = {k: v for k, v in (("context", context), ("experiment_id", experiment_id)) if v}
     usage = store.usage_by(ARM_KEYS, since, until, filters)
     feedback = store.feedback_by(ARM_KEYS, since, until, filters)

@@ -74,6 +74,7 @@ class BulkInsertNew(_Bulk):
             self._statement = self._insert(self._source) + self._tail
 
     def run(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> set[Any]:
+        """Insert `rows` on `connection`; returns the unique values actually stored."""
         stored: set[Any] = set()
         if not rows:
             return stored
@@ -97,7 +98,8 @@ class BulkInsertNew(_Bulk):
 
 class BulkAddUpsert(_Bulk):
     """INSERT rows (`keys`, `sums`, `others`), or add their `sums` to the rows with the same
-    `keys` (and apply `extra_set`). A key must not repeat within one run()."""
+    `keys` (and apply `extra_set`). A key must not repeat within one run().
+    """
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class BulkAddUpsert(_Bulk):
             )
 
     def run(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert `rows` on `connection`, adding the sums to existing rows."""
         if not rows:
             return
         if self._postgres:

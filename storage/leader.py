@@ -24,6 +24,8 @@ LeaderWork = Callable[[], Coroutine[Any, Any, None]]
 
 
 class LeaderElection:
+    """One leader at a time among replicas, through a leased etcd key."""
+
     def __init__(
         self, etcd: aetcd.Client, key: bytes, identity: str, *, ttl: int = DEFAULT_TTL
     ) -> None:

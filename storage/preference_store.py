@@ -21,6 +21,8 @@ _feedback: Table = table_of(LlmFeedback)
 
 @dataclass(frozen=True, slots=True)
 class StoredPreference:
+    """A user's chosen model for one context (empty context: all contexts)."""
+
     user_id: str
     context: str  # "" = every user-selectable context
     model_id: str
@@ -29,6 +31,8 @@ class StoredPreference:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackRecord:
+    """One row of `llm_feedback`."""
+
     decision_id: str
     thumbs: str | None  # "UP" / "DOWN"
     quality_score: float | None
@@ -42,6 +46,8 @@ class FeedbackRecord:
 
 
 class PreferenceStore:
+    """The `user_model_preferences` table: the record of users' model choices."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         upsert = dialect_insert(engine, _preferences)
@@ -64,6 +70,7 @@ class PreferenceStore:
 
     @database_call
     def set(self, preference: StoredPreference) -> None:
+        """Insert or replace the user's preference for its context."""
         row = {
             "user_id": preference.user_id,
             "context": preference.context,
@@ -75,12 +82,15 @@ class PreferenceStore:
 
 
 class FeedbackStore:
+    """The `llm_feedback` table."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._rollups = RollupWriter(engine)
 
     @database_call
     def insert(self, record: FeedbackRecord) -> int:
+        """Store one feedback row; returns its id."""
         row = {
             "decision_id": record.decision_id,
             "thumbs": record.thumbs,

@@ -1,5 +1,6 @@
 """Reads for the impact preview: the usage of a window summed per (context, user, tier),
-and every stored preference. Synchronous; callers run it in a thread."""
+and every stored preference. Synchronous; callers run it in a thread.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def window_usage(
     merge_users: Callable[[str], bool],
     merged_user: str,
 ) -> list[UsageSums]:
-    """Rows with start <= created_at < end summed per (context, user, tier). For a context
-    where `merge_users(context)` holds, all calls that carry a user id are summed under
-    `merged_user` (calls without one stay apart). Grouped here rather than with SQL GROUP
-    BY: hashing streamed rows is faster than SQLite's sort-based grouping of a million
-    rows, and needs no extra index."""
+    """Rows with start <= created_at < end summed per (context, user, tier).
+
+    For a context where `merge_users(context)` holds, all calls that carry a user id are summed
+    under `merged_user` (calls without one stay apart). Grouped here rather than with SQL GROUP
+    BY: hashing streamed rows is faster than SQLite's sort-based grouping of a million rows, and
+    needs no extra index.
+    """
     query = select(
         _usage.c.context,
         _usage.c.user_id,
@@ -57,7 +60,7 @@ def window_usage(
 
 @database_call
 def all_preferences(engine: Engine) -> dict[str, dict[str, str]]:
-    """user id → context ("" = every user-selectable context) → preferred model."""
+    """User id → context ("" = every user-selectable context) → preferred model."""
     query = select(_preferences.c.user_id, _preferences.c.context, _preferences.c.model_id)
     out: dict[str, dict[str, str]] = {}
     with engine.connect() as connection:

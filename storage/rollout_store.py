@@ -1,5 +1,6 @@
 """The rollout controller's etcd access: one leader among replicas, the progress keys it
-reads, and its one guarded write (keys relative to the prefix)."""
+reads, and its one guarded write (keys relative to the prefix).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
 
 
 class EtcdRolloutStore:
+    """The rollout controller's guarded progress writes to etcd."""
+
     def __init__(self, client: aetcd.Client, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
@@ -41,7 +44,8 @@ class EtcdRolloutStore:
     ) -> bool:
         """Write `key` (and `also`, in the same transaction) only if `key` is still at
         `expected_mod_revision` (0: absent) and, with `fence` = (key, value), that key still
-        holds that value (e.g. this replica still leads). True if written."""
+        holds that value (e.g. this replica still leads). True if written.
+        """
         tx = self.client.transactions
         compare = [tx.mod(self._key(key)) == expected_mod_revision]
         if fence is not None:

@@ -16,6 +16,8 @@ from modelroute.storage.rollups import HOUR, PERIODS
 
 @dataclass(frozen=True)
 class Window:
+    """Which rollup buckets and which raw-row ranges together cover a time window."""
+
     # (period_seconds, start, end): bucket_start in [start, end); None = unbounded.
     rollups: list[tuple[int, int | None, int | None]] = field(default_factory=list)
     raw: list[tuple[datetime, datetime]] = field(default_factory=list)
@@ -44,7 +46,8 @@ def _moment(seconds: int) -> datetime:
 
 def _split(window: Window, levels: tuple[int, ...], low: int | None, high: int | None) -> None:
     """Cover [low, high) (multiples of levels[0], None = open) with the coarsest rows that
-    fit: the middle from coarser levels, the ends from this one."""
+    fit: the middle from coarser levels, the ends from this one.
+    """
     level, coarser = levels[0], levels[1:]
     if not coarser:
         window.rollups.append((level, low, high))
@@ -63,7 +66,8 @@ def _split(window: Window, levels: tuple[int, ...], low: int | None, high: int |
 
 def plan(since: datetime | None, until: datetime | None, coarsest: int = PERIODS[-1]) -> Window:
     """Rollup ranges and raw ranges that together cover [since, until) exactly once, using
-    periods up to `coarsest` (a day for results grouped by day)."""
+    periods up to `coarsest` (a day for results grouped by day).
+    """
     since = _utc(since) if since is not None else None
     until = _utc(until) if until is not None else None
     if since is not None and until is not None and since >= until:

@@ -76,7 +76,8 @@ def latency_bucket(latency_ms: int) -> int:
 
 def bucket_case_sql(column: str) -> str:
     """latency_bucket() as SQL (both dialects): a balanced tree of CASEs, a few comparisons
-    per row. Migration 0003 carries its own copy (migrations import no application code)."""
+    per row. Migration 0003 carries its own copy (migrations import no application code).
+    """
 
     def tree(first: int, last: int) -> str:
         if first == last:
@@ -101,6 +102,7 @@ def bucket_value(index: int) -> float:
 
 
 def epoch_seconds(moment: datetime) -> int:
+    """Whole seconds since the epoch of an aware (or naive UTC) datetime."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() // 1)
@@ -108,7 +110,8 @@ def epoch_seconds(moment: datetime) -> int:
 
 class RollupWriter:
     """Builds and applies the rollup deltas of freshly inserted rows (call it inside the
-    transaction that inserted them)."""
+    transaction that inserted them).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._usage = BulkAddUpsert(engine, usage_rollups, (*_KEY, "outcome"), _USAGE_SUMS)

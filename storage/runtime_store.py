@@ -54,8 +54,10 @@ class RuntimeStore(Protocol):
     async def put_if_others_unchanged(
         self, key: str, value: bytes, *, directory: str, since_revision: int, lease: int
     ) -> bool:
-        """Write `key` (under `directory`) only if no *other* key of the directory was
-        modified after `since_revision`; True if written."""
+        """Write `key` only if no other key of `directory` changed after `since_revision`.
+
+        Returns True if written.
+        """
         ...
 
     async def read_dir(self, directory: str) -> DirectoryRead:

@@ -42,6 +42,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to aware UTC on the way into the database."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -49,6 +50,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Tag UTC on the way out (SQLite returns naive datetimes)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -76,6 +78,8 @@ def _text(*, nullable: bool) -> Any:
 
 
 class LlmUsageLog(SQLModel, table=True):
+    """One usage report (`llm_usage_logs`); `report_id` makes reports idempotent."""
+
     __tablename__ = "llm_usage_logs"
     __table_args__ = (
         # Named so later (batch-mode, on SQLite) migrations can refer to them.
@@ -119,6 +123,8 @@ class LlmUsageLog(SQLModel, table=True):
 
 
 class LlmFeedback(SQLModel, table=True):
+    """One feedback on a decision (`llm_feedback`)."""
+
     __tablename__ = "llm_feedback"
     __table_args__ = (
         Index("ix_llm_feedback_experiment_id_variant_id", "experiment_id", "variant_id"),
@@ -138,6 +144,8 @@ class LlmFeedback(SQLModel, table=True):
 
 
 class UserModelPreference(SQLModel, table=True):
+    """A user's preferred model per context (`user_model_preferences`)."""
+
     __tablename__ = "user_model_preferences"
     __table_args__ = (
         UniqueConstraint("user_id", "context", name="uq_user_model_preferences_user_id_context"),
@@ -152,6 +160,8 @@ class UserModelPreference(SQLModel, table=True):
 
 
 class Alert(SQLModel, table=True):
+    """One alert (`alerts`); the id is derived from its de-duplication key."""
+
     __tablename__ = "alerts"
 
     id: str = Field(primary_key=True, max_length=64)
@@ -187,6 +197,8 @@ def _amount() -> Any:
 
 
 class UsageRollup(SQLModel, table=True):
+    """Usage totals per bucket (hour, day or week) and dimensions (`usage_rollups`)."""
+
     __tablename__ = "usage_rollups"
     __table_args__ = {"sqlite_with_rowid": False}
 
@@ -207,6 +219,8 @@ class UsageRollup(SQLModel, table=True):
 
 
 class UsageLatencyRollup(SQLModel, table=True):
+    """Latency histogram per rollup bucket (`usage_latency_rollups`)."""
+
     __tablename__ = "usage_latency_rollups"
     __table_args__ = {"sqlite_with_rowid": False}
 
@@ -222,6 +236,8 @@ class UsageLatencyRollup(SQLModel, table=True):
 
 
 class FeedbackRollup(SQLModel, table=True):
+    """Feedback totals per rollup bucket (`feedback_rollups`)."""
+
     __tablename__ = "feedback_rollups"
     __table_args__ = {"sqlite_with_rowid": False}
 
@@ -257,7 +273,8 @@ class ConfigChange(SQLModel, table=True):
 
     `value_before` / `value_after` are the raw JSON values (NULL: the key did not exist /
     was deleted), with the secrets of `clients/` values redacted. The row with key ""
-    marks where recording started: the state before it is not known."""
+    marks where recording started: the state before it is not known.
+    """
 
     __tablename__ = "config_changes"
     __table_args__ = (

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from modelroute.storage.bulk_sql import BulkInsertNew, time_binder
+from modelroute.storage.database import database_call
 from modelroute.storage.rollups import RollupWriter
 from modelroute.storage.tables import LlmUsageLog, table_of
 from sqlalchemy import Engine, Table, func, select
@@ -57,16 +58,20 @@ def _values(r: UsageRecord, bind: Callable[[datetime], Any]) -> tuple[Any, ...]:
 
 
 class UsageStore:
+    """The `llm_usage_logs` table: idempotent batch inserts and lookups."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = BulkInsertNew(engine, _table, _FIELDS, "report_id")
         self._time = time_binder(engine)
         self._rollups = RollupWriter(engine)
 
+    @database_call
     def insert_batch(self, records: Sequence[UsageRecord]) -> list[bool]:
         """Insert in ONE transaction, with the rows' rollups. Per record, in order: True if
         stored now, False if its report_id already existed (in the table, or earlier in this
-        batch). Database errors propagate unchanged; then nothing from the batch is stored."""
+        batch). A database failure raises StoreUnavailableError; then nothing is stored.
+        """
         first_index: dict[str, int] = {}
         for index, record in enumerate(records):
             first_index.setdefault(record.report_id, index)
@@ -87,11 +92,15 @@ class UsageStore:
             for index, record in enumerate(records)
         ]
 
+    @database_call
     def count(self) -> int:
+        """How many usage rows are stored."""
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(_table)).scalar_one())
 
+    @database_call
     def get(self, report_id: str) -> UsageRecord | None:
+        """The stored report with this id, or None."""
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(*_COLUMNS).where(_table.c.report_id == report_id)

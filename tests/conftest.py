@@ -3,33 +3,20 @@ test, in-process servers on port 0, and `eventually` instead of sleeps."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import ipaddress
 import os
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aetcd
-import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from modelroute.admin.v1 import admin_pb2_grpc
 from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
-from modelroute.v1 import router_pb2_grpc
 
-T = TypeVar("T")
+from tests.helpers import Pki, Running, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -56,38 +43,6 @@ async def etcd(etcd_endpoint: str) -> AsyncIterator[aetcd.Client]:
     client = connect(parse_endpoints(etcd_endpoint))
     yield client
     await client.close()
-
-
-async def eventually(
-    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005
-) -> Any:
-    """Retry `check` until it stops raising AssertionError (or grpc errors); return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-        except (AssertionError, grpc.RpcError):
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(interval)
-
-
-class Running:
-    """An in-process replica and stubs connected to it."""
-
-    def __init__(self, server: ModelrouteServer) -> None:
-        self.server = server
-        self.address = f"127.0.0.1:{server.port}"
-        self.channel = grpc.aio.insecure_channel(self.address)
-        self.router = router_pb2_grpc.ModelRouterServiceStub(self.channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
-
-    async def close(self) -> None:
-        await self.channel.close()
-        await self.server.stop()
 
 
 @pytest.fixture
@@ -160,172 +115,7 @@ async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> 
     return await start_server()
 
 
-class ServerProcess:
-    """`modelroute serve` as a real process on a free port (for signals and env tests)."""
-
-    def __init__(
-        self,
-        args: list[str],
-        env: dict[str, str] | None = None,
-        *,
-        own_group: bool = False,
-        cwd: Path | None = None,
-    ) -> None:
-        """`own_group`: a process group of its own, as a shell gives a foreground job (so
-        a test can send Ctrl-C's SIGINT to the whole group). `cwd`: where it runs (the
-        default data dir is `.modelroute` there)."""
-        import re
-        import subprocess
-        import sys
-
-        self.process = subprocess.Popen(
-            # Admin HTTP on a free port too: parallel servers must not fight over 8081.
-            [
-                sys.executable,
-                "-m",
-                "modelroute.server.cli",
-                "serve",
-                "--port",
-                "0",
-                "--admin-port",
-                "0",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
-            process_group=0 if own_group else None,
-            cwd=cwd,
-        )
-        assert self.process.stdout is not None
-        self.output: list[str] = []
-        for line in self.process.stdout:
-            self.output.append(line)
-            match = re.search(r"serving gRPC on [\d.]+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                # Keep draining: a full pipe would block the server on its next log write.
-                threading.Thread(target=self._drain, daemon=True).start()
-                self._wait_serving()
-                return
-        raise RuntimeError("server did not start:\n" + "".join(self.output))
-
-    def _wait_serving(self, timeout: float = 30) -> None:
-        """The port is announced before the first config snapshot is loaded; callers
-        must not race that window (they would get UNAVAILABLE)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                time.sleep(0.01)
-        raise TimeoutError("server did not become SERVING:\n" + "".join(self.output))
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def wait(self, timeout: float = 30) -> int:
-        """Exit code; on a hang, fail with the server's thread stacks (SIGUSR1 dump)."""
-        import signal
-        import subprocess
-
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGUSR1)
-            time.sleep(1)
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(
-                f"server did not exit within {timeout}s:\n" + "".join(self.output[-200:])
-            ) from None
-
-    def stop(self, timeout: float = 30) -> int:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-
-# --- TLS: a throwaway CA and certificates (tests/test_security.py, test_cli_tls.py) ---
-
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-    def read(self, name: str) -> bytes:
-        path: Path = getattr(self, name)
-        return path.read_bytes()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _issue(
-    name: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if usage is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelroute test CA")])
-    ca_cert = _issue("modelroute test CA", ca_key, ca_name, ca_key, ca=True)
-    files: dict[str, Path] = {"ca": directory / "ca.pem"}
-    files["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for role, usage in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"modelroute {role}", key, ca_name, ca_key, usage=usage)
-        files[f"{role}_cert"] = directory / f"{role}.pem"
-        files[f"{role}_key"] = directory / f"{role}-key.pem"
-        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{role}_key"].write_bytes(_key_pem(key))
-    return Pki(**files)
+    return make_pki(tmp_path_factory.mktemp("pki"))

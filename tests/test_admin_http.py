@@ -20,22 +20,9 @@ from modelroute.server.api.admin_http_models import UsageRow
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually, seed_experiment_traffic, usage
 
 TOKEN = "s3cret-operator-token"
-
-
-def usage(report_id: str, model: str = "gemini-3-flash-preview", **fields: object):
-    base: dict[str, object] = {
-        "report_id": report_id,
-        "context": "rag.answer",
-        "model_id": model,
-        "input_tokens": 1000,
-        "output_tokens": 500,
-        "latency_ms": 100,
-        "outcome": types_pb2.OUTCOME_OK,
-    }
-    return router_pb2.UsageReport(**(base | fields))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -247,58 +234,6 @@ async def test_every_admin_path_requires_the_token(http_server: Running) -> None
             assert good.status_code in (200, 404, 501), (path, good.text)
         # The dashboard itself stays reachable: it asks for the token in a form.
         assert (await http.get("/dashboard/")).status_code == 200
-
-
-EXPERIMENT = {
-    "context": "rag.answer",
-    "variants": [
-        {"id": "control", "model": "gemini-3-flash-preview", "weight": 50},
-        {"id": "mini", "model": "gpt-4o-mini", "weight": 50},
-    ],
-    "bucket_by": "REQUEST",
-    "enabled": True,
-}
-
-
-async def seed_experiment_traffic(
-    server: Running, etcd: aetcd.Client, prefix: str, calls: int = 400
-) -> dict[str, int]:
-    """Real decisions, then ReportUsage with their decision ids (so rows carry the variant);
-    the `mini` variant fails 40% of its calls, `control` never: a significant difference."""
-    revision = await write_changes(
-        etcd, prefix, {"experiments/cheap": json.dumps(EXPERIMENT).encode()}, 0, []
-    )
-
-    async def loaded() -> None:
-        current = server.server.config.current
-        assert current is not None and current.revision >= revision
-
-    await eventually(loaded)
-    decisions = await asyncio.gather(
-        *(
-            server.router.ResolveModel(
-                router_pb2.ResolveModelRequest(context="rag.answer", request_id=f"req-{i}")
-            )
-            for i in range(calls)
-        )
-    )
-    per_variant: dict[str, int] = {}
-    reports = []
-    for i, decision in enumerate(decisions):
-        variant = decision.variant_id
-        seen = per_variant.get(variant, 0)
-        per_variant[variant] = seen + 1
-        failed = variant == "mini" and seen % 5 < 2
-        reports.append(
-            usage(
-                f"exp-{i}",
-                model=decision.model_id,
-                decision_id=decision.decision_id,
-                outcome=types_pb2.OUTCOME_SERVER_ERROR if failed else types_pb2.OUTCOME_OK,
-            )
-        )
-    await server.router.ReportUsage(router_pb2.ReportUsageRequest(reports=reports))
-    return per_variant
 
 
 async def test_experiment_results_match_grpc_and_mark_significance(

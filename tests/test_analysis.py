@@ -18,8 +18,7 @@ from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore
 from modelroute.storage.rollups import LATENCY_RELATIVE_ERROR
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
-from tests.conftest import Running, eventually
-from tests.test_cli import run_cli
+from tests.helpers import Running, eventually, run_cli
 
 DAY1 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 DAY2 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

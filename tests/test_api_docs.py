@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import Running
+from tests.helpers import Running
 
 CHROMIUM = os.environ.get("MODELROUTE_CHROMIUM", "/usr/bin/chromium")
 ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")

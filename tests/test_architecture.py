@@ -41,7 +41,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
 }
 # The wiring (app) and the CLI sit on top and may import every part.
-TOP = ("modelroute.server.app", "modelroute.server.workers", "modelroute.server.cli")
+TOP = (
+    "modelroute.server.app",
+    "modelroute.server.options",
+    "modelroute.server.workers",
+    "modelroute.server.cli",
+)
 CORE_FORBIDDEN = ("aetcd", "grpc", "sqlalchemy", "sqlmodel", "httpx", "fastapi", "opentelemetry")
 
 
@@ -175,3 +180,15 @@ def test_the_checker_sees_the_imports_the_rules_are_about() -> None:
         for f in imports
     )
     assert is_ours("modelroute.storage.etcd") and not is_ours("modelroute.v1.router_pb2")
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers.py (or fixtures), not in test modules."""
+    tests_dir = ROOT / "tests"
+    offending = []
+    for path in sorted(tests_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.startswith(("tests.test_", "tests.conftest")):
+                    offending.append(f"{path.name}:{node.lineno} imports {node.module}")
+    assert offending == []

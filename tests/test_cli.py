@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import aetcd
@@ -14,40 +11,7 @@ import pytest
 from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import read_prefix, write_changes
 
-from tests.conftest import Running
-
-
-def modelroute(
-    *args: str,
-    etcd: str,
-    prefix: str,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, with only the environment given here (plus etcd's
-    location when `etcd` is set) and in `cwd` (default: the repository)."""
-    base = {"PATH": "/usr/bin:/bin"}
-    if etcd:
-        base |= {"MODELROUTE_ETCD_ENDPOINTS": etcd, "MODELROUTE_ETCD_PREFIX": prefix}
-    return subprocess.run(
-        [sys.executable, "-m", "modelroute.server.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=base | (env or {}),
-    )
-
-
-async def run_cli(
-    *args: str,
-    etcd: str,
-    prefix: str,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(modelroute, *args, etcd=etcd, prefix=prefix, cwd=cwd, env=env)
-
+from tests.helpers import Running, run_cli
 
 CHANGE = "contexts:\n  reranker:\n    model: gpt-4o\n    fallbacks: [gpt-4o-mini]\n"
 
@@ -202,7 +166,7 @@ async def test_relative_expiry_in_a_file_and_on_the_command_line(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from tests.conftest import eventually
+    from tests.helpers import eventually
 
     at = ("--server", server.address)
     applied = await run_cli(

@@ -20,8 +20,7 @@ from modelroute.server.cli.serve import publish_instance
 from modelroute.storage.instance_file import InstanceInfo, read_instance, write_instance
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running
-from tests.test_cli import run_cli
+from tests.helpers import Running, run_cli
 
 
 async def start_cooldown(server: Running) -> None:
@@ -146,7 +145,7 @@ def test_python_sdk_reads_the_same_variable(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_server_process_publishes_itself_and_removes_the_file_on_exit(
     tmp_path: Path,
 ) -> None:
-    from tests.conftest import ServerProcess
+    from tests.helpers import ServerProcess
 
     data_dir = tmp_path / "data"
     process = ServerProcess(["--data-dir", str(data_dir)])

@@ -11,8 +11,7 @@ import pytest
 from modelroute.server.cli import app
 from modelroute.server.cli.serve import publish_instance
 
-from tests.conftest import Pki, Running
-from tests.test_cli import run_cli
+from tests.helpers import Pki, Running, run_cli
 
 StartServer = Callable[..., Awaitable[Running]]
 TOKEN = "cli-admin-token-0123456789abcdef"

@@ -17,7 +17,7 @@ from modelroute.client import (
 )
 from sqlalchemy import text
 
-from tests.conftest import Running
+from tests.helpers import Running
 
 # A hang fails the test through this bound; a healthy run needs a small fraction of it.
 PROCESS_BOUND_SECONDS = 90

@@ -29,10 +29,8 @@ from modelroute.client import (
 from modelroute.client.classify import FailureClassifier
 from modelroute.storage.embedded_etcd import free_port
 from modelroute.v1 import router_pb2, types_pb2
-from sqlalchemy import text
 
-from tests.conftest import Running, eventually
-from tests.test_config_reload import put
+from tests.helpers import Running, eventually, put, usage_rows
 
 RESOLVE = "/modelroute.v1.ModelRouterService/ResolveModel"
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())
@@ -59,15 +57,6 @@ class ProviderError(Exception):
         super().__init__(message)
         self.status_code = status_code
         self.headers = headers or {}
-
-
-def usage_rows(server: Running, where: str = "1=1") -> list[dict[str, Any]]:
-    assert server.server.engine is not None
-    with server.server.engine.connect() as connection:
-        result = connection.execute(
-            text(f"SELECT * FROM llm_usage_logs WHERE {where} ORDER BY created_at")
-        )
-        return [dict(r._mapping) for r in result]
 
 
 async def test_cache_hit_skips_the_network_and_an_etcd_change_clears_it_within_200ms(

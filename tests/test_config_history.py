@@ -17,7 +17,7 @@ from modelroute.storage.history_store import ChangeRecord, HistoryStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually
 
 ALICE = [("authorization", "Bearer alice-secret")]
 BARE = [("authorization", "Bearer plain-secret")]

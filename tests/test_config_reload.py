@@ -22,18 +22,13 @@ from modelroute.storage.etcd import (
 )
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually, put
 
 
 def resolve_request(
     context: str = "rag.answer", **kwargs: object
 ) -> router_pb2.ResolveModelRequest:
     return router_pb2.ResolveModelRequest(context=context, **kwargs)  # type: ignore[arg-type]
-
-
-async def put(etcd: aetcd.Client, prefix: str, key: str, value: object) -> int:
-    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return await write_changes(etcd, prefix, {key: raw}, 0, [])
 
 
 async def served_model(

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Pki, Running, eventually
+from tests.helpers import Pki, Running, eventually
 
 SERVICE = "/modelroute.v1.ModelRouterService/"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from google.protobuf import duration_pb2
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually
 
 
 def quota_report(report_id: str, seconds: float, **fields: object) -> router_pb2.UsageReport:
@@ -107,7 +107,7 @@ async def test_operator_lists_and_clears_a_cooldown(
 ) -> None:
     import json
 
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     await server.router.ReportUsage(
         router_pb2.ReportUsageRequest(reports=[quota_report("q4", seconds=300)])

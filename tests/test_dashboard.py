@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -17,16 +16,18 @@ from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2
 
-from tests.conftest import Running, eventually
-from tests.test_admin_http import seed_experiment_traffic, usage
+from tests.helpers import (
+    CHROMIUM,
+    NEEDS_CHROMIUM,
+    Running,
+    eventually,
+    seed_experiment_traffic,
+    usage,
+)
 
-CHROMIUM = os.environ.get("MODELROUTE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)),
-    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set MODELROUTE_CHROMIUM)",
-)
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture

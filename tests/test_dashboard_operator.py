@@ -13,8 +13,9 @@ from modelroute.admin.v1 import admin_pb2
 from modelroute.storage.etcd import read_prefix, write_changes
 from modelroute.v1 import router_pb2, types_pb2
 
-from tests.conftest import Running, eventually
-from tests.test_dashboard import CHROMIUM, pytestmark  # noqa: F401 - skip without Chromium
+from tests.helpers import CHROMIUM, NEEDS_CHROMIUM, Running, eventually
+
+pytestmark = NEEDS_CHROMIUM
 
 TOKENS = ["dana:dana-secret"]
 

@@ -16,7 +16,7 @@ from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -20,8 +20,7 @@ from opentelemetry.proto.collector.metrics.v1 import (
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, ServerProcess, eventually
-from tests.test_tracing import attributes
+from tests.helpers import Running, ServerProcess, attributes, eventually
 
 
 def report(report_id: str, model: str, outcome: int, tokens: tuple[int, int], latency: int):  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.storage.etcd import read_prefix
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 TOKEN = "alice-secret"
 AUTH = [("authorization", f"Bearer {TOKEN}")]

@@ -21,7 +21,7 @@ from modelroute.storage.preference_store import PreferenceStore, StoredPreferenc
 from modelroute.storage.tables import LlmUsageLog
 from sqlalchemy import insert, select
 
-from tests.conftest import Running
+from tests.helpers import Running
 
 CONTEXTS = ["rag.answer", "premium.answer", "reranker", "template_gates", "unknown.ctx"]
 EXPERIMENT = {

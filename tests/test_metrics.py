@@ -10,7 +10,7 @@ import pytest
 from modelroute.v1 import router_pb2, types_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aetcd
@@ -19,19 +18,16 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
-from tests.conftest import Running, eventually
+from tests.helpers import (
+    UNLIMITED,
+    USER_EXPERIMENT,
+    Running,
+    eventually,
+    put,
+    put_applied,
+)
 
 FLAG = "/ofrep/v1/evaluate/flags/"
-UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "cooldown_seconds": 60}
-EXPERIMENT = {
-    "context": "rag.answer",
-    "variants": [
-        {"id": "control", "model": "gemini-3-flash-preview", "weight": 50},
-        {"id": "mini", "model": "gpt-4o-mini", "weight": 50},
-    ],
-    "bucket_by": "USER",
-    "enabled": True,
-}
 
 
 @pytest.fixture
@@ -66,23 +62,6 @@ def openfeature_client(base_url: str) -> Iterator[Callable[[dict[str, str]], Ope
     api.clear_providers()
 
 
-async def put(etcd: aetcd.Client, prefix: str, key: str, value: object) -> None:
-    await etcd.put(f"{prefix}{key}".encode(), json.dumps(value).encode())
-
-
-async def put_applied(
-    running: Running, etcd: aetcd.Client, prefix: str, key: str, value: object
-) -> None:
-    """Write a key and wait until the replica serves a snapshot that includes it."""
-    written = await etcd.put(f"{prefix}{key}".encode(), json.dumps(value).encode())
-
-    async def applied() -> None:
-        current = running.server.config.current
-        assert current is not None and int(current.revision) >= written.header.revision
-
-    await eventually(applied)
-
-
 async def test_string_flags_equal_resolve_model_for_1000_users(
     running: Running,
     etcd: aetcd.Client,
@@ -92,7 +71,7 @@ async def test_string_flags_equal_resolve_model_for_1000_users(
     # No provider limits: 2,000 decisions must not walk into quota fallbacks.
     for provider in ("google", "openai"):
         await put(etcd, prefix, f"providers/{provider}", UNLIMITED)
-    await put_applied(running, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
+    await put_applied(running, etcd, prefix, "experiments/rag-q4", USER_EXPERIMENT)
     client = openfeature_client({})
     variants = set()
     for index in range(1000):
@@ -126,7 +105,7 @@ async def test_decision_id_links_usage_to_the_variant(
     prefix: str,
     openfeature_client: Callable[[dict[str, str]], OpenFeatureClient],
 ) -> None:
-    await put_applied(running, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
+    await put_applied(running, etcd, prefix, "experiments/rag-q4", USER_EXPERIMENT)
     details = await asyncio.to_thread(
         openfeature_client({}).get_string_details,
         "rag.answer",
@@ -158,7 +137,7 @@ async def test_reasons_and_anonymous_users(
     )
     default = (await http.post(FLAG + "reranker", json={"context": {"targetingKey": "u"}})).json()
     assert (default["reason"], default["variant"]) == ("STATIC", "CONTEXT_DEFAULT")
-    await put_applied(running, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
+    await put_applied(running, etcd, prefix, "experiments/rag-q4", USER_EXPERIMENT)
     # No targeting key where the experiment buckets by user: anonymous, a warning, no error.
     anonymous = await http.post(FLAG + "rag.answer", json={"context": {"tier": "free"}})
     assert anonymous.status_code == 200, anonymous.text

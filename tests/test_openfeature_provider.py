@@ -23,9 +23,15 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 from openfeature.track import TrackingEventDetails
 
-from tests.conftest import Running, eventually
-from tests.test_client_sdk import usage_rows
-from tests.test_ofrep import EXPERIMENT, UNLIMITED, put, put_applied
+from tests.helpers import (
+    UNLIMITED,
+    USER_EXPERIMENT,
+    Running,
+    eventually,
+    put,
+    put_applied,
+    usage_rows,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,7 +57,7 @@ async def test_answers_equal_resolve_model(
 ) -> None:
     for name in ("google", "openai"):
         await put(etcd, prefix, f"providers/{name}", UNLIMITED)
-    await put_applied(server, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
+    await put_applied(server, etcd, prefix, "experiments/rag-q4", USER_EXPERIMENT)
     await asyncio.to_thread(api.set_provider_and_wait, provider, "native")
     for index in range(200):
         user_id = f"user-{index}"
@@ -111,7 +117,7 @@ async def test_new_revision_emits_configuration_changed(
 async def test_track_is_a_usage_report(
     server: Running, provider: ModelrouteProvider, etcd: aetcd.Client, prefix: str
 ) -> None:
-    await put_applied(server, etcd, prefix, "experiments/rag-q4", EXPERIMENT)
+    await put_applied(server, etcd, prefix, "experiments/rag-q4", USER_EXPERIMENT)
     await asyncio.to_thread(api.set_provider_and_wait, provider, "track")
     client = api.get_client("track")
     user = EvaluationContext("user-9", {"tier": "free"})

@@ -28,7 +28,7 @@ from modelroute.storage.etcd import connect, parse_endpoints, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import create_engine, text
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 RAG = router_pb2.ResolveModelRequest(context="rag.answer", user=types_pb2.User(id="u1"))
 PREFIX = "/modelroute/"

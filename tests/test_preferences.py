@@ -17,7 +17,7 @@ from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy import create_engine, text
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually
 
 PREMIUM = types_pb2.User(id="user-42", tier="premium")
 

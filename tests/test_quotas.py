@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import aetcd
@@ -20,41 +18,12 @@ from modelroute.server.api.errors import decode_details, locale_from
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import Running, ServerProcess, eventually
-from tests.test_cli import run_cli
+from tests.helpers import Running, ServerProcess, WebhookReceiver, eventually, run_cli
 
 RAG = router_pb2.ResolveModelRequest(context="rag.answer")
 PREMIUM = router_pb2.ResolveModelRequest(
     context="premium.answer", user=types_pb2.User(id="u1", tier="premium")
 )
-
-
-class WebhookReceiver:
-    """A local HTTP server that records every alert POSTed to it."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, object]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["content-length"])
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def kinds(self) -> Counter[str]:
-        return Counter(str(alert["kind"]) for alert in self.received)
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture

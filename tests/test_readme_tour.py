@@ -17,7 +17,7 @@ import httpx
 import pytest
 from modelroute.storage.instance_file import read_instance
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 README = REPOSITORY / "README.md"

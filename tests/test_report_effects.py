@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 from modelroute.v1 import router_pb2, types_pb2
 from sqlalchemy import Engine, text
 
-from tests.conftest import Running, eventually
+from tests.helpers import Running, eventually
 
 RAG = router_pb2.ResolveModelRequest(context="rag.answer")
 

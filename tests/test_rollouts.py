@@ -22,9 +22,7 @@ from modelroute.server.usage.rollout_controller import LEADER_KEY
 from modelroute.storage.etcd import read_prefix, write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import Running, ServerProcess, eventually
-from tests.test_cli import run_cli
-from tests.test_quotas import WebhookReceiver
+from tests.helpers import Running, ServerProcess, WebhookReceiver, eventually, run_cli
 
 SETTINGS: dict[str, object] = {"default_model": "base", "rollout_check_seconds": 1}
 CONFIG: dict[str, object] = {

@@ -22,7 +22,7 @@ from modelroute.storage.embedded_etcd import etcd_binary, free_port
 from modelroute.storage.etcd import EtcdTls, connect, parse_endpoints, read_prefix
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.conftest import Pki, Running, eventually
+from tests.helpers import Pki, Running, eventually
 
 StartServer = Callable[..., Awaitable[Running]]
 TOKEN = "s3cret-admin-token-0123456789"

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from modelroute.v1 import router_pb2, router_pb2_grpc
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
 # A second instance must answer at once; before the fix it waited ~60 s for its etcd.

@@ -23,8 +23,7 @@ from modelroute.v1 import router_pb2, router_pb2_grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from tests.conftest import ServerProcess, eventually
-from tests.test_tracing import Receiver
+from tests.helpers import Receiver, ServerProcess, eventually
 
 pytestmark = pytest.mark.slow
 

@@ -11,31 +11,9 @@ import grpc
 import pytest
 from modelroute.server.api.router_spans import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from tests.conftest import ServerProcess, eventually
-
-
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-
-    async def Export(self, request: Any, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list[Any]:
-        return [s for s in self.spans if s.name == name]
-
-
-def attributes(span: Any) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in span.attributes:
-        value = kv.value
-        out[kv.key] = getattr(value, value.WhichOneof("value"))
-    return out
+from tests.helpers import Receiver, ServerProcess, attributes, eventually
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import text
 
-from tests.conftest import Running, ServerProcess
+from tests.helpers import Running, ServerProcess
 
 
 def report(report_id: str, **fields: object) -> router_pb2.UsageReport:
@@ -73,7 +73,7 @@ async def test_cost_uses_prices_in_force_at_report_time(
         0,
         [],
     )
-    from tests.conftest import eventually
+    from tests.helpers import eventually
 
     async def repriced() -> None:
         snapshot = server.server.config.current
@@ -148,7 +148,7 @@ async def test_decision_id_links_usage_to_the_experiment_variant(
         0,
         [],
     )
-    from tests.conftest import eventually
+    from tests.helpers import eventually
 
     async def decided() -> router_pb2.ResolveModelResponse:
         decision = await server.router.ResolveModel(

@@ -39,7 +39,7 @@ from modelroute.storage.usage_store import UsageRecord, UsageStore
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlmodel import SQLModel
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 POSTGRES_SERVER = os.environ.get("MODELROUTE_TEST_DATABASE_URL")
 TABLES = {"llm_usage_logs", "llm_feedback", "user_model_preferences", "alerts"}

@@ -18,7 +18,7 @@ from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import text
 
-from tests.conftest import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually
 
 pytestmark = pytest.mark.slow
 

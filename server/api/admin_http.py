@@ -43,10 +43,11 @@ from modelroute.server.api.admin_http_models import (
     error_response,
 )
 from modelroute.server.api.admin_service import AdminService
-from modelroute.server.api.errors import ServiceError
+from modelroute.server.api.errors import ServiceError, store_unavailable
 from modelroute.server.api.http_guard import GuardMiddleware, TokenBucket
 from modelroute.server.api.rollout_http import RolloutList
 from modelroute.server.core.snapshot import Snapshot
+from modelroute.storage.errors import StoreUnavailableError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -76,6 +77,7 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
 # --- helpers -----------------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
+Route = TypeVar("Route", bound=Callable[..., Any])
 GROUP_BY = {
     "model": admin_pb2.USAGE_GROUP_BY_MODEL,
     "context": admin_pb2.USAGE_GROUP_BY_CONTEXT,
@@ -207,7 +209,9 @@ def create_admin_app(
         503: {"model": ErrorResponse, "description": "Dependency unavailable, retry"},
     }
 
-    def admin_get(path: str, response_model: type[BaseModel], tag: str, **kwargs: Any) -> Any:
+    def admin_get(
+        path: str, response_model: type[BaseModel], tag: str, **kwargs: Any
+    ) -> Callable[[Route], Route]:
         """Every /api/admin route is declared here, so none can miss the token guard.
         (Flat routes, not an included router: tests enumerate them from `app.routes`.)"""
         return app.get(
@@ -301,6 +305,10 @@ def create_admin_app(
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, error: ServiceError) -> JSONResponse:
         return service_error_response(error)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def on_store_unavailable(request: Request, error: StoreUnavailableError) -> JSONResponse:
+        return service_error_response(store_unavailable(error))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

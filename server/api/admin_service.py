@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -15,12 +16,12 @@ from modelroute.server.api.errors import (
     ServicerContext,
     invalid_argument,
     rpc,
-    store_unavailable,
     unimplemented,
 )
 from modelroute.server.api.impact_preview import ImpactPreview
 from modelroute.server.api.mapping import model_list, timestamp
 from modelroute.server.api.rollout_status import rollout_status
+from modelroute.server.api.validation import timestamp_value
 from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
 from modelroute.server.runtime.config_manager import ConfigManager
 from modelroute.server.runtime.quotas import QuotaTracker
@@ -31,7 +32,6 @@ from modelroute.server.usage.analysis import experiment_results as compare_varia
 from modelroute.server.usage.analysis import usage_row
 from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
 from modelroute.storage.analysis_store import AnalysisStore
-from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
 from modelroute.v1 import router_pb2
 
@@ -47,8 +47,10 @@ GROUP_BY = {
 def _time_range(
     request: admin_pb2.GetUsageSummaryRequest | admin_pb2.GetExperimentResultsRequest,
 ) -> tuple[datetime | None, datetime | None]:
-    since = request.from_time.ToDatetime(UTC) if request.HasField("from_time") else None
-    until = request.to_time.ToDatetime(UTC) if request.HasField("to_time") else None
+    since = (
+        timestamp_value("from_time", request.from_time) if request.HasField("from_time") else None
+    )
+    until = timestamp_value("to_time", request.to_time) if request.HasField("to_time") else None
     if since is not None and until is not None and until <= since:
         raise invalid_argument([("to_time", "must be after from_time (the range is empty)")])
     return since, until
@@ -63,6 +65,12 @@ MAX_ALERTS = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    """Operator API: config status and apply, usage and experiment analysis, alerts.
+
+    The gRPC methods are thin wrappers over transport-free operations that the admin
+    HTTP API calls too.
+    """
+
     def __init__(
         self,
         config: ConfigManager,
@@ -76,7 +84,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         history: ConfigHistory | None = None,
         impact: ImpactPreview | None = None,
         rollout_metrics: RolloutMetricsReader | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock
         self.history = history
         self.impact = impact
         self._rollout_metrics = rollout_metrics
@@ -95,6 +105,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetConfigStatusRequest,
         context: ServicerContext,
     ) -> admin_pb2.GetConfigStatusResponse:
+        """What this replica serves: revision, rejections, etcd state, quotas, budgets."""
         return self.config_status()
 
     @rpc
@@ -103,6 +114,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.ApplyConfigRequest,
         context: ServicerContext,
     ) -> admin_pb2.ApplyConfigResponse:
+        """Validate config changes as every replica would and write them atomically."""
         return await self.apply_config(request)
 
     @rpc
@@ -111,6 +123,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetUsageSummaryRequest,
         context: ServicerContext,
     ) -> admin_pb2.GetUsageSummaryResponse:
+        """Usage totals grouped by model, context, provider or day."""
         return await self.usage_summary(request)
 
     @rpc
@@ -119,6 +132,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetExperimentResultsRequest,
         context: ServicerContext,
     ) -> admin_pb2.GetExperimentResultsResponse:
+        """Per-variant results of an experiment, with significance tests."""
         return await self.experiment_results(request)
 
     @rpc
@@ -127,6 +141,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetRolloutStatusRequest,
         context: ServicerContext,
     ) -> admin_pb2.GetRolloutStatusResponse:
+        """Where a rollout stands: its step, guardrail verdicts and history."""
         return await self.rollout_status(request.rollout_id)
 
     @rpc
@@ -135,6 +150,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.ListAlertsRequest,
         context: ServicerContext,
     ) -> admin_pb2.ListAlertsResponse:
+        """The latest alerts, newest first."""
         return await self.list_alerts(request)
 
     @rpc
@@ -143,6 +159,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.ListConfigChangesRequest,
         context: ServicerContext,
     ) -> admin_pb2.ListConfigChangesResponse:
+        """Recorded config changes, newest first."""
         return await self._require_history().list_changes(request)
 
     @rpc
@@ -151,6 +168,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.GetConfigAtRequest,
         context: ServicerContext,
     ) -> admin_pb2.GetConfigAtResponse:
+        """The configuration as it stood at a revision."""
         return await self._require_history().config_at(request)
 
     @rpc
@@ -159,6 +177,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.RollbackConfigRequest,
         context: ServicerContext,
     ) -> admin_pb2.RollbackConfigResponse:
+        """Restore the configuration of an earlier revision (a guarded write)."""
         return await self._require_history().rollback(request)
 
     @rpc
@@ -167,6 +186,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.PreviewConfigChangeRequest,
         context: ServicerContext,
     ) -> admin_pb2.PreviewConfigChangeResponse:
+        """What a change would do to recorded traffic (impact preview)."""
         if self.impact is None:
             raise unimplemented("impact preview", "no database configured")
         return await self.impact.preview(request)
@@ -179,6 +199,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     # --- operations (shared by gRPC and the admin HTTP API; raise ServiceError) ----------
 
     def config_status(self) -> admin_pb2.GetConfigStatusResponse:
+        """GetConfigStatus without the transport (shared with the admin HTTP API)."""
         response = admin_pb2.GetConfigStatusResponse(
             etcd_connected=self._source.connected,
             etcd_endpoints=[str(e) for e in self._source.endpoints],
@@ -190,7 +211,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             response.degraded_since.CopyFrom(timestamp(degraded_since))
         response.serving_last_good_file = self._config.from_file_since is not None
         if self._quotas is not None:
-            now = datetime.now(UTC)
+            now = self._clock()
             response.live_replicas = self._quotas.live_replicas(now)
             for state in self._quotas.provider_states(now):
                 response.quotas.add(
@@ -227,7 +248,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
         response.key_counts.update(counts)
         if self._quotas is not None:
-            for state in self._quotas.budget_states(datetime.now(UTC)):
+            for state in self._quotas.budget_states(self._clock()):
                 budget = snapshot.contexts[state.subject].budget
                 response.budgets.add(
                     context=state.subject,
@@ -242,6 +263,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def apply_config(
         self, request: admin_pb2.ApplyConfigRequest
     ) -> admin_pb2.ApplyConfigResponse:
+        """ApplyConfig without the transport; raises ServiceError or a store error."""
         changes: dict[str, bytes | None] = {}
         for index, change in enumerate(request.changes):
             if not change.key or change.key.startswith(("/", "runtime/")):
@@ -265,8 +287,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         except EtcdConflictError:
             raise conflict(request.expected_revision) from None
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
         if not plan.ok:
             raise invalid_argument([(r.key, r.error) for r in plan.rejections])
         return admin_pb2.ApplyConfigResponse(
@@ -276,20 +296,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def usage_summary(
         self, request: admin_pb2.GetUsageSummaryRequest
     ) -> admin_pb2.GetUsageSummaryResponse:
+        """GetUsageSummary without the transport; raises ServiceError or a store error."""
         group_by = GROUP_BY.get(request.group_by)
         if group_by is None:
             raise invalid_argument([("group_by", "CONTEXT, MODEL, PROVIDER or DAY")])
         since, until = _time_range(request)
         store = self._require_analysis()
-        try:
-            groups = await asyncio.to_thread(store.usage, group_by, since, until)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        groups = await asyncio.to_thread(store.usage, group_by, since, until)
         return admin_pb2.GetUsageSummaryResponse(rows=[usage_row(g) for g in groups])
 
     async def experiment_results(
         self, request: admin_pb2.GetExperimentResultsRequest
     ) -> admin_pb2.GetExperimentResultsResponse:
+        """GetExperimentResults without the transport; raises ServiceError or a store error."""
         if not request.experiment_id:
             raise invalid_argument([("experiment_id", "required")])
         snapshot = self._config.current
@@ -304,23 +323,21 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         since, until = _time_range(request)
         store = self._require_analysis()
-        try:
-            usage = await asyncio.to_thread(
-                store.usage,
-                "variant",
-                since,
-                until,
-                experiment_id=experiment.experiment_id,
-                distinct_users=not experiment.bucket_by_request,
-            )
-            feedback = await asyncio.to_thread(
-                store.feedback_by_variant, experiment.experiment_id, since, until
-            )
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        usage = await asyncio.to_thread(
+            store.usage,
+            "variant",
+            since,
+            until,
+            experiment_id=experiment.experiment_id,
+            distinct_users=not experiment.bucket_by_request,
+        )
+        feedback = await asyncio.to_thread(
+            store.feedback_by_variant, experiment.experiment_id, since, until
+        )
         return compare_variants(experiment, {g.key: g for g in usage}, feedback)
 
     async def rollout_status(self, rollout_id: str) -> admin_pb2.GetRolloutStatusResponse:
+        """GetRolloutStatus without the transport; raises ServiceError or a store error."""
         return await rollout_status(self._config.current, self._rollout_metrics, rollout_id)
 
     def _require_analysis(self) -> AnalysisStore:
@@ -331,16 +348,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def list_alerts(
         self, request: admin_pb2.ListAlertsRequest
     ) -> admin_pb2.ListAlertsResponse:
+        """ListAlerts without the transport; raises ServiceError or a store error."""
         limit = request.limit or 100
         if not 0 < limit <= MAX_ALERTS:
             raise invalid_argument([("limit", f"between 1 and {MAX_ALERTS}")])
-        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        since = timestamp_value("since", request.since) if request.HasField("since") else None
         if self._alerts is None:
             return admin_pb2.ListAlertsResponse()
-        try:
-            records = await asyncio.to_thread(self._alerts.recent, limit, since)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        records = await asyncio.to_thread(self._alerts.recent, limit, since)
         return admin_pb2.ListAlertsResponse(
             alerts=[
                 admin_pb2.Alert(
@@ -359,7 +374,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         """Active cooldowns on this replica's view (shared through etcd), soonest end first."""
         if self._runtime is None:
             return []
-        active = self._runtime.active(datetime.now(UTC))
+        active = self._runtime.active(self._clock())
         return [
             {"subject": subject, "until": until.isoformat()}
             for subject, until in sorted(active.items(), key=lambda item: item[1])

@@ -20,6 +20,7 @@ from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.api.config_apply import plan
 from modelroute.server.api.errors import ServiceError, invalid_argument, store_unavailable
+from modelroute.server.api.validation import timestamp_value
 from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
 from modelroute.server.runtime.change_meta import (
@@ -171,7 +172,7 @@ class ConfigHistory:
             raise invalid_argument([("limit", f"between 1 and {MAX_CHANGES}")])
         if request.up_to_revision < 0:
             raise invalid_argument([("up_to_revision", "must be >= 0")])
-        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        since = timestamp_value("since", request.since) if request.HasField("since") else None
         records = await self._db(
             lambda: self.store.changes(
                 key_prefix=request.key_prefix,

@@ -105,4 +105,4 @@ class RouterConnectApp(ConnectASGIApplication[LocalRouterCalls]):
 
     @property
     def path(self) -> str:
-        return SERVICE_PATH
+        return str(SERVICE_PATH)

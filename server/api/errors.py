@@ -21,6 +21,13 @@ from modelroute.storage.errors import StoreUnavailableError
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 ERROR_DOMAIN: Final = "modelroute.dev"
+# A status travels in the response trailers, which gRPC caps at 8 KiB (soft) / 16 KiB
+# (hard): past that the client gets "Stream removed" instead of the error. Messages and
+# details echo client input (names, keys), so each text is clipped and the lists are
+# cut to a byte budget; the message says how many entries were left out.
+MAX_MESSAGE_BYTES: Final = 400
+MAX_DETAIL_BYTES: Final = 160
+MAX_LIST_BYTES: Final = 2400
 DEFAULT_LOCALE: Final = "en"
 
 # End-user sentences per ErrorInfo reason and language. The server picks the language
@@ -90,17 +97,18 @@ class ServiceError(Exception):
         return self.message
 
     def to_status(self, locale: str = DEFAULT_LOCALE) -> grpc.Status:
+        metadata = {
+            _clip(k, MAX_DETAIL_BYTES): _clip(v, MAX_DETAIL_BYTES) for k, v in self.metadata.items()
+        }
         details: list[object] = [
-            error_details_pb2.ErrorInfo(
-                reason=self.reason, domain=ERROR_DOMAIN, metadata=dict(self.metadata)
-            )
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         ]
         if self.field_violations:
             details.append(
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                        for f, d in self.field_violations
+                        for f, d in _within_budget(self.field_violations)
                     ]
                 )
             )
@@ -111,7 +119,7 @@ class ServiceError(Exception):
                         error_details_pb2.PreconditionFailure.Violation(
                             type=t, subject=subject, description=d
                         )
-                        for t, subject, d in self.precondition_violations
+                        for t, subject, d in _within_budget(self.precondition_violations)
                     ]
                 )
             )
@@ -131,13 +139,37 @@ class ServiceError(Exception):
             any_detail.Pack(detail)  # type: ignore[arg-type]
             packed.append(any_detail)
         status = status_pb2.Status(
-            code=getattr(code_pb2, self.code.name), message=self.message, details=packed
+            code=getattr(code_pb2, self.code.name),
+            message=_clip(self.message, MAX_MESSAGE_BYTES),
+            details=packed,
         )
         return rpc_status.to_status(status)
 
     async def abort(self, context: ServicerContext) -> NoReturn:
         await context.abort_with_status(self.to_status(request_locale(context)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` UTF-8 bytes of `text` (cut on a character boundary, marked …)."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _within_budget(entries: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Clipped entries, as many as fit MAX_LIST_BYTES; the last one kept counts the rest."""
+    kept: list[tuple[str, ...]] = []
+    used = 0
+    for index, entry in enumerate(entries):
+        clipped = tuple(_clip(part, MAX_DETAIL_BYTES) for part in entry)
+        used += sum(len(part.encode()) for part in clipped)
+        if used > MAX_LIST_BYTES:
+            kept.append((*clipped[:-1], f"... and {len(entries) - index} more"))
+            break
+        kept.append(clipped)
+    return kept
 
 
 Servicer = TypeVar("Servicer")
@@ -147,9 +179,10 @@ Handler: TypeAlias = Callable[[Servicer, Request, ServicerContext], Awaitable[Re
 
 
 def rpc(handler: Handler[Servicer, Request, Response]) -> Handler[Servicer, Request, Response]:
-    """Answer a unary gRPC handler's `ServiceError` as the call's status (with details).
+    """Answer a unary gRPC handler's errors as the call's status (with details).
 
-    The one place where domain errors become gRPC statuses; handlers just raise.
+    The one place where errors become gRPC statuses; handlers just raise: a
+    `ServiceError` as it is, a store's `StoreUnavailableError` as UNAVAILABLE.
     """
 
     @functools.wraps(handler)
@@ -158,6 +191,8 @@ def rpc(handler: Handler[Servicer, Request, Response]) -> Handler[Servicer, Requ
             return await handler(servicer, request, context)
         except ServiceError as error:
             await error.abort(context)
+        except StoreUnavailableError as unavailable:
+            await store_unavailable(unavailable).abort(context)
 
     return answering
 
@@ -236,7 +271,7 @@ def no_model_available(exc: NoModelAvailableError, now: datetime) -> ServiceErro
 
 def decode_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, object]:
     """Client-side helper (tests, CLI): the typed details of a failed call, by type name."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     found: dict[str, object] = {}
     if status is None:
         return found

@@ -110,11 +110,12 @@ class ImpactPreview:
         self, request: admin_pb2.PreviewConfigChangeRequest
     ) -> admin_pb2.PreviewConfigChangeResponse:
         changes = key_changes(list(request.changes))
+        # Checked before building a timedelta: a huge int64 would overflow it.
+        if request.window_seconds and not 0 < request.window_seconds <= MAX_WINDOW.total_seconds():
+            raise invalid_argument([("window_seconds", "between 1 second and 90 days")])
         window = (
             timedelta(seconds=request.window_seconds) if request.window_seconds else DEFAULT_WINDOW
         )
-        if not timedelta(0) < window <= MAX_WINDOW:
-            raise invalid_argument([("window_seconds", "between 1 second and 90 days")])
         try:
             base_revision, stored = await read_prefix(self._etcd, self._prefix)
         except StoreUnavailableError as exc:

@@ -52,7 +52,7 @@ class CallFailedError(Exception):
     @property
     def reason(self) -> str:
         info = self.detail(error_details_pb2.ErrorInfo)
-        return info.reason if info is not None else self.code.name
+        return str(info.reason) if info is not None else str(self.code.name)
 
     @property
     def retry_after_seconds(self) -> float | None:

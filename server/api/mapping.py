@@ -17,6 +17,7 @@ from modelroute.server.api.validation import (
     MAX_ERROR_MESSAGE,
     MAX_FUTURE_SKEW,
     REQUIRED,
+    TIMESTAMP_RULE,
     Violation,
     report_violation,
 )
@@ -120,7 +121,12 @@ def usage_record(
     problem = report_violation(report)
     if problem is not None:
         raise ValueError(f"{problem[0]}: {problem[1]}")
-    occurred = report.occurred_at.ToDatetime(tzinfo=UTC) if report.HasField("occurred_at") else now
+    try:
+        occurred = (
+            report.occurred_at.ToDatetime(tzinfo=UTC) if report.HasField("occurred_at") else now
+        )
+    except (ValueError, OverflowError):
+        raise ValueError(f"occurred_at: {TIMESTAMP_RULE}") from None
     if occurred > now + MAX_FUTURE_SKEW:
         raise ValueError("occurred_at: more than 5 minutes in the future")
     token: DecisionToken | None = None

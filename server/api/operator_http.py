@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
@@ -39,6 +39,8 @@ from modelroute.storage.preference_store import StoredPreference
 from modelroute.storage.runtime_store import RuntimeStore
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 class Change(BaseModel):
@@ -124,7 +126,7 @@ def add_operator_routes(
 
     app.state.identify_operator = identify
 
-    def route(method: str, path: str, tag: str) -> Any:
+    def route(method: str, path: str, tag: str) -> Callable[[Handler], Handler]:
         return app.api_route(API_PREFIX + path, methods=[method], tags=[tag])
 
     def history() -> Any:

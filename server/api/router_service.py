@@ -18,12 +18,10 @@ import grpc
 from modelroute.server.api.errors import (
     ServiceError,
     ServicerContext,
-    invalid_argument,
     no_model_available,
     not_found,
     not_ready,
     rpc,
-    store_unavailable,
     unimplemented,
 )
 from modelroute.server.api.mapping import (
@@ -43,6 +41,7 @@ from modelroute.server.api.router_spans import (
 from modelroute.server.api.validation import (
     check_choosable,
     preference_violations,
+    raise_if_invalid,
     set_preference_violations,
     validate_reports,
     validate_resolve,
@@ -127,9 +126,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
-            violations = validate_resolve(request)
-            if violations:
-                raise invalid_argument(violations)
+            raise_if_invalid(validate_resolve(request))
             snapshot = self._snapshot()
             now = self._clock()
             resolve_input = ResolveInput(
@@ -228,9 +225,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         ) as span:
             span.set_attribute("modelroute.reports", len(request.reports))
             try:
-                violations = validate_reports(request)
-                if violations:
-                    raise invalid_argument(violations)
+                raise_if_invalid(validate_reports(request))
                 snapshot = self._snapshot()
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 results, records, positions = usage_records(
@@ -266,7 +261,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         self, records: Sequence[UsageRecord], after_commit: AfterCommit
     ) -> list[bool]:
         """Commit through the group writer, which then runs `after_commit`; which records
-        were new (not duplicates)."""
+        were new (not duplicates).
+        """
         if not records:
             return []
         try:
@@ -310,10 +306,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         if self._feedback is None:
             raise unimplemented("SubmitFeedback", "no feedback store configured")
         record = feedback_record(request, self._tokens, self._clock())
-        try:
-            feedback_id = await asyncio.to_thread(self._feedback.insert, record)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        feedback_id = await asyncio.to_thread(self._feedback.insert, record)
         return router_pb2.SubmitFeedbackResponse(feedback_id=str(feedback_id))
 
     @rpc
@@ -322,13 +315,8 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.GetUserPreferenceResponse:
         """The model a user chose for a context (or for all contexts)."""
         preferences = self._require_preferences()
-        violations = preference_violations("user_id", request.user_id, request.context)
-        if violations:
-            raise invalid_argument(violations)
-        try:
-            stored = (await preferences.for_user(request.user_id)).get(request.context)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        raise_if_invalid(preference_violations("user_id", request.user_id, request.context))
+        stored = (await preferences.for_user(request.user_id)).get(request.context)
         if stored is None:
             scope = f"context {request.context!r}" if request.context else "all contexts"
             raise not_found("PREFERENCE_NOT_FOUND", f"the user has no preference for {scope}")
@@ -340,16 +328,11 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
     ) -> router_pb2.SetUserPreferenceResponse:
         """Record a user's choice of model; every replica applies it within a watch."""
         preferences = self._require_preferences()
-        violations = set_preference_violations(request)
-        if violations:
-            raise invalid_argument(violations)
+        raise_if_invalid(set_preference_violations(request))
         snapshot = self._snapshot()
         check_choosable(snapshot, request.context, request.model_id, request.user.tier)
         stored = StoredPreference(request.user.id, request.context, request.model_id, self._clock())
-        try:
-            await preferences.set(stored, self._runtime_store)
-        except StoreUnavailableError as exc:
-            raise store_unavailable(exc) from None
+        await preferences.set(stored, self._runtime_store)
         return router_pb2.SetUserPreferenceResponse(preference=preference_message(stored))
 
     def _require_preferences(self) -> PreferenceCache:

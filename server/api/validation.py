@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import grpc
-from modelroute.server.api.errors import ServiceError
+from google.protobuf import timestamp_pb2
+from modelroute.server.api.errors import ServiceError, invalid_argument
 from modelroute.server.core.config_values import ID_PATTERN
 from modelroute.server.core.snapshot import Snapshot
 from modelroute.v1 import router_pb2, types_pb2
@@ -37,12 +38,14 @@ MAX_LATENCY_MS: Final = 86_400_000
 MAX_ERROR_MESSAGE: Final = 2000
 MAX_COMMENT: Final = 2000
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+MAX_RETRY_AFTER: Final = timedelta(days=1)
 
 # The messages, one per rule.
 CONTEXT_RULE: Final = "1-128 characters of letters, digits and . _ : / - (e.g. rag.answer)"
 TIER_RULE: Final = "at most 64 characters of letters, digits and . _ -"
 USER_ID_RULE: Final = f"at most {USER_ID_MAX} characters"
 REQUIRED: Final = "required"
+TIMESTAMP_RULE: Final = "a timestamp between years 0001 and 9999"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -66,6 +69,20 @@ def user_id_violation(field: str, user_id: str, *, required: bool = False) -> Vi
     if required and not user_id:
         return (field, REQUIRED)
     return (field, USER_ID_RULE) if len(user_id) > USER_ID_MAX else None
+
+
+def timestamp_value(field: str, stamp: timestamp_pb2.Timestamp) -> datetime:
+    """An aware datetime; INVALID_ARGUMENT for a Timestamp outside years 0001-9999."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise invalid_argument([(field, TIMESTAMP_RULE)]) from None
+
+
+def raise_if_invalid(violations: list[Violation]) -> None:
+    """INVALID_ARGUMENT listing every violation, if there is any."""
+    if violations:
+        raise invalid_argument(violations)
 
 
 def found(*checks: Violation | None) -> list[Violation]:
@@ -129,6 +146,10 @@ def report_violation(report: router_pb2.UsageReport) -> Violation | None:
             return (name, f"{value} is outside 0..{limit:,}")
     if not report.outcome or report.outcome not in _OUTCOMES:
         return ("outcome", "required (OK, RATE_LIMITED, QUOTA_EXCEEDED, ...)")
+    if report.HasField("retry_after") and not (
+        0 <= report.retry_after.ToNanoseconds() <= MAX_RETRY_AFTER.total_seconds() * 1e9
+    ):
+        return ("retry_after", f"between 0 and {MAX_RETRY_AFTER.days * 24} hours")
     # Column limits matter: on PostgreSQL one over-long value fails the whole group commit.
     return user_id_violation("user.id", report.user.id) or tier_violation(
         "user.tier", report.user.tier

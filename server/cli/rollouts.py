@@ -23,8 +23,9 @@ from modelroute.server.cli.etcd_access import (
 )
 from modelroute.server.cli.output import failure, print_diff, to_json
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, parse_progress
-from modelroute.storage.etcd import EtcdClient, StoredValue, read_prefix
+from modelroute.storage.etcd import EtcdClient, read_prefix
 from modelroute.storage.runtime_store import EtcdRuntimeStore
+from modelroute.storage.updates import StoredValue
 
 rollout_app = typer.Typer(help="Guarded progressive rollouts.", no_args_is_help=True)
 

@@ -8,13 +8,12 @@ recorded as a `Rejection` for status, logs, metrics and spans.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Final
 
@@ -35,134 +34,52 @@ from modelroute.server.core.rollout_spec import (
     parse_progress,
     rollout_spec,
 )
+from modelroute.server.core.specs import (
+    DEFAULT_DECISION_CACHE_SECONDS,
+    DEFAULT_HISTORY_DAYS,
+    DEFAULT_ROLLOUT_CHECK_SECONDS,
+    DEFAULT_WARN_RATIO,
+    BudgetSpec,
+    ClientSpec,
+    ContextSpec,
+    ExperimentSpec,
+    ModelSpec,
+    OverrideSpec,
+    ProviderSpec,
+    SettingsSpec,
+    VariantSpec,
+    client_spec,
+    context_spec,
+    experiment_spec,
+    model_spec,
+    provider_spec,
+    ts,
+)
+
+# Re-exported: callers import the specs from here, with the snapshot that holds them.
+__all__ = [
+    "DEFAULT_DECISION_CACHE_SECONDS",
+    "DEFAULT_HISTORY_DAYS",
+    "DEFAULT_ROLLOUT_CHECK_SECONDS",
+    "DEFAULT_WARN_RATIO",
+    "BudgetSpec",
+    "ClientSpec",
+    "ContextSpec",
+    "ExperimentSpec",
+    "ModelSpec",
+    "OverrideSpec",
+    "ProviderSpec",
+    "Rejection",
+    "SettingsSpec",
+    "Snapshot",
+    "SnapshotBuilder",
+    "VariantSpec",
+    "env_overrides_from",
+    "env_variable_for",
+]
 
 log = logging.getLogger("modelroute.config")
-DEFAULT_WARN_RATIO: Final = 0.8
-DEFAULT_DECISION_CACHE_SECONDS: Final = 5
-DEFAULT_ROLLOUT_CHECK_SECONDS: Final = 60
-DEFAULT_HISTORY_DAYS: Final = 90
 _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    model_id: str
-    provider: str
-    tiers: frozenset[str]  # empty: every tier
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
-    enabled: bool
-
-    def allows_tier(self, tier: str) -> bool:
-        return not self.tiers or tier in self.tiers
-
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
-        return (
-            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
-        ) / 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSpec:
-    usd_per_day: float
-    warn_ratio: float
-    deny_when_exceeded: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ContextSpec:
-    name: str
-    model: str
-    fallbacks: tuple[str, ...]
-    user_selectable: bool
-    budget: BudgetSpec | None
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideSpec:
-    context: str
-    model: str
-    note: str
-    expires: datetime | None
-
-    def active(self, now: datetime) -> bool:
-        return self.expires is None or now < self.expires
-
-
-@dataclass(frozen=True, slots=True)
-class VariantSpec:
-    variant_id: str
-    model: str
-    weight: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentSpec:
-    experiment_id: str
-    context: str
-    variants: tuple[VariantSpec, ...]
-    # Cumulative bucket upper bounds (of 10,000), precomputed so assignment is a scan.
-    cumulative_buckets: tuple[int, ...]
-    start: datetime | None
-    end: datetime | None
-    bucket_by_request: bool
-    enabled: bool
-
-    def running(self, now: datetime) -> bool:
-        return (
-            self.enabled
-            and (self.start is None or self.start <= now)
-            and (self.end is None or now < self.end)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSpec:
-    provider: str
-    requests_per_minute: int
-    tokens_per_minute: int
-    requests_per_day: int
-    tokens_per_day: int
-    warn_ratio: float
-    cooldown_seconds: int
-
-
-@dataclass(frozen=True, slots=True)
-class SettingsSpec:
-    default_model: str = ""
-    default_fallbacks: tuple[str, ...] = ()
-    alert_webhook_url: str = ""
-    decision_cache_seconds: int = DEFAULT_DECISION_CACHE_SECONDS
-    rollout_check_seconds: int = DEFAULT_ROLLOUT_CHECK_SECONDS
-    history_days: int = DEFAULT_HISTORY_DAYS
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSpec:
-    """An application allowed to call ModelRouterService (`clients/<name>`)."""
-
-    name: str
-    key_sha256: str  # lowercase hex
-    # None: every context. Otherwise one compiled regex of all the globs (one match call
-    # on the hot path, whatever the number of patterns).
-    allowed: re.Pattern[str] | None
-    enabled: bool
-
-    def allows(self, context: str) -> bool:
-        return self.allowed is None or self.allowed.fullmatch(context) is not None
-
-
-def _client_spec(name: str, m: config_pb2.Client) -> ClientSpec:
-    allowed = None
-    if m.allowed_contexts:
-        # fnmatch.translate anchors with \Z; fullmatch makes the anchoring explicit anyway.
-        allowed = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in m.allowed_contexts))
-    return ClientSpec(
-        name=name,
-        key_sha256=m.key_sha256.lower(),
-        allowed=allowed,
-        enabled=m.enabled if m.HasField("enabled") else True,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,68 +130,6 @@ def env_overrides_from(environ: Mapping[str, str] | None = None) -> Mapping[str,
     env = os.environ if environ is None else environ
     return MappingProxyType(
         {name: value.strip() for name, value in env.items() if name.startswith("MODEL_") and value}
-    )
-
-
-def _ts(message: Message, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    return value
-
-
-def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
-    total, bounds = 0, []
-    for weight in weights:
-        total += weight * 100  # percent → buckets of 10,000
-        bounds.append(total)
-    return tuple(bounds)
-
-
-def _model_spec(model_id: str, m: config_pb2.Model) -> ModelSpec:
-    return ModelSpec(
-        model_id=model_id,
-        provider=m.provider,
-        tiers=frozenset(m.tiers),
-        input_usd_per_mtok=m.input_usd_per_mtok,
-        output_usd_per_mtok=m.output_usd_per_mtok,
-        enabled=m.enabled if m.HasField("enabled") else True,
-    )
-
-
-def _context_spec(name: str, m: config_pb2.Context) -> ContextSpec:
-    budget = None
-    if m.HasField("budget") and m.budget.usd_per_day > 0:
-        budget = BudgetSpec(
-            usd_per_day=m.budget.usd_per_day,
-            warn_ratio=m.budget.warn_ratio or DEFAULT_WARN_RATIO,
-            deny_when_exceeded=m.budget.on_exceeded == config_pb2.BUDGET_ACTION_DENY,
-        )
-    return ContextSpec(name, m.model, tuple(m.fallbacks), m.user_selectable, budget)
-
-
-def _experiment_spec(experiment_id: str, m: config_pb2.Experiment) -> ExperimentSpec:
-    return ExperimentSpec(
-        experiment_id=experiment_id,
-        context=m.context,
-        variants=tuple(VariantSpec(v.id, v.model, v.weight) for v in m.variants),
-        cumulative_buckets=_cumulative(v.weight for v in m.variants),
-        start=_ts(m, "start"),
-        end=_ts(m, "end"),
-        bucket_by_request=m.bucket_by == config_pb2.BUCKET_BY_REQUEST,
-        enabled=m.enabled,
-    )
-
-
-def _provider_spec(name: str, m: config_pb2.Provider) -> ProviderSpec:
-    return ProviderSpec(
-        provider=name,
-        requests_per_minute=m.requests_per_minute,
-        tokens_per_minute=m.tokens_per_minute,
-        requests_per_day=m.requests_per_day,
-        tokens_per_day=m.tokens_per_day,
-        warn_ratio=m.warn_ratio or DEFAULT_WARN_RATIO,
-        cooldown_seconds=m.cooldown_seconds,
     )
 
 
@@ -447,19 +302,19 @@ class SnapshotBuilder:
         rollouts: dict[str, RolloutSpec] = {}
         for config_key, m in self._valid.values():
             if isinstance(m, config_pb2.Model):
-                models[config_key.id] = _model_spec(config_key.id, m)
+                models[config_key.id] = model_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Context):
-                contexts[config_key.id] = _context_spec(config_key.id, m)
+                contexts[config_key.id] = context_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Override):
                 overrides[config_key.id] = OverrideSpec(
-                    config_key.id, m.model, m.note, _ts(m, "expires")
+                    config_key.id, m.model, m.note, ts(m, "expires")
                 )
             elif isinstance(m, config_pb2.Experiment):
-                experiments[config_key.id] = _experiment_spec(config_key.id, m)
+                experiments[config_key.id] = experiment_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Provider):
-                providers[config_key.id] = _provider_spec(config_key.id, m)
+                providers[config_key.id] = provider_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Client):
-                clients[config_key.id] = _client_spec(config_key.id, m)
+                clients[config_key.id] = client_spec(config_key.id, m)
             elif isinstance(m, config_pb2.Rollout):
                 rollouts[config_key.id] = rollout_spec(
                     config_key.id, m, self._progress.get(config_key.id)

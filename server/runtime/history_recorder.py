@@ -23,8 +23,8 @@ from modelroute.server.core.rollout_spec import PROGRESS_DIR
 from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS
 from modelroute.server.runtime.change_meta import ACTOR_ETCD, META_KEY, parse_meta
 from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.etcd import ConfigUpdate
 from modelroute.storage.history_store import START_MARKER, ChangeRecord, HistoryStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.history")
 

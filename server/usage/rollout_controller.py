@@ -45,9 +45,9 @@ from modelroute.server.usage.rollout_metrics import (
     RolloutWindow,
 )
 from modelroute.server.usage.sequential import DEFAULT_ALPHA
-from modelroute.storage.etcd import ConfigUpdate
 from modelroute.storage.leader import DEFAULT_TTL
 from modelroute.storage.rollout_store import EtcdRolloutStore
+from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
+from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 
 log = logging.getLogger("modelroute.usage")
@@ -179,11 +180,13 @@ class UsageWriter:
         try:
             inserted = await asyncio.to_thread(self._store.insert_batch, records)
         except Exception as exc:  # noqa: BLE001 - any database failure: acknowledge nothing
-            cause = getattr(exc, "orig", None) or exc  # the driver's error, without the SQL
+            failure = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
+            cause = getattr(failure, "orig", None) or failure  # the driver's error, not the SQL
             log.error("usage commit of %d reports failed: %s", len(records), cause)
+            # Only the (dialect-neutral) class: the message may quote other callers' rows.
+            kind = exc.detail if isinstance(exc, StoreUnavailableError) else type(exc).__name__
             for unit in group:
-                # Only the (dialect-neutral) class: the message may quote other callers' rows.
-                error = UsageStoreUnavailableError(f"usage database error ({type(exc).__name__})")
+                error = UsageStoreUnavailableError(f"usage database error ({kind})")
                 error.__cause__ = exc
                 _fail(unit, error)
         else:

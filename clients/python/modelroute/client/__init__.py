@@ -1,5 +1,8 @@
-"""modelroute.client: ask modelroute which LLM model to use, fall back down the chain
-when a provider fails, and report usage. See docs/clients/python.md."""
+"""modelroute.client: which LLM model to use, fallback down the chain, usage reports.
+
+Ask modelroute which model serves a context, fall back down the chain when a provider
+fails, and report usage. See docs/clients/python.md.
+"""
 
 from modelroute.client._async import AsyncModelRouter
 from modelroute.client._caches import ModelClientCache

@@ -55,8 +55,11 @@ def target_from_environment() -> str | None:
 
 
 class AsyncModelRouter:
-    """asyncio client for ModelRouterService. Create it once per process and `await
-    close()` on shutdown (or use `async with`) so queued reports are delivered."""
+    """asyncio client for ModelRouterService.
+
+    Create it once per process and `await close()` on shutdown (or use `async with`) so queued
+    reports are delivered.
+    """
 
     def __init__(
         self,
@@ -115,7 +118,8 @@ class AsyncModelRouter:
 
     def _start(self) -> router_pb2_grpc.ModelRouterServiceStub:
         """Create the channel and background tasks on first use, inside the caller's loop
-        (grpc.aio channels belong to the loop that made them)."""
+        (grpc.aio channels belong to the loop that made them).
+        """
         if self._closed:
             raise RuntimeError("AsyncModelRouter is closed")
         if self._stub is None:
@@ -139,9 +143,11 @@ class AsyncModelRouter:
 
     async def close(self) -> CloseResult:
         """Deliver queued reports (retrying while `close_timeout` lasts), then disconnect.
+
         Always returns within `close_timeout`; the result counts what was delivered and
         rejected and lists the report ids that were not delivered (also logged, with a
-        ControlPlaneUnavailableWarning)."""
+        ControlPlaneUnavailableWarning).
+        """
         return await self._close(warn=True)
 
     async def _close(self, *, warn: bool) -> CloseResult:
@@ -174,8 +180,11 @@ class AsyncModelRouter:
         attributes: Mapping[str, str] | None = None,
         request_id: str = "",
     ) -> Decision:
-        """Which model to call for `context`. Never fails because modelroute is down:
-        it answers the last known decision or the configured default, with a warning."""
+        """Which model to call for `context`.
+
+        Never fails because modelroute is down: it answers the last known decision or the
+        configured default, with a warning.
+        """
         decision, warning = await self._resolve(
             context, user, tier, exclude_models, attributes, request_id
         )
@@ -193,7 +202,8 @@ class AsyncModelRouter:
         request_id: str = "",
     ) -> tuple[Decision, str | None]:
         """The decision and, when it was made without the server, the warning to show
-        (the sync wrapper shows it in the caller's thread)."""
+        (the sync wrapper shows it in the caller's thread).
+        """
         pinned = self._environ.get(env_var_for(context), "").strip()
         if pinned and pinned not in exclude_models:
             return Decision(context, pinned, reason=Reason.ENV_OVERRIDE, source=Source.ENV), None
@@ -246,7 +256,8 @@ class AsyncModelRouter:
     @property
     def watching(self) -> bool:
         """True while the WatchConfig stream is live: config changes reach the cache
-        within milliseconds; otherwise only `cache_ttl` bounds staleness."""
+        within milliseconds; otherwise only `cache_ttl` bounds staleness.
+        """
         return self._watching
 
     @property
@@ -292,8 +303,10 @@ class AsyncModelRouter:
         report_id: str | None = None,
     ) -> str:
         """Queue a usage report (sent in the background in batches); returns its id.
+
         Rate-limit and quota outcomes are sent at once: they start a cooldown for every
-        replica of every service."""
+        replica of every service.
+        """
         report = build_report(
             context,
             model_id,
@@ -334,14 +347,16 @@ class AsyncModelRouter:
     @property
     def rejections(self) -> list[RejectedReport]:
         """The most recent refused reports (up to 100), oldest first, each with the
-        server's reason naming the field."""
+        server's reason naming the field.
+        """
         return list(self._reports.rejections)
 
     async def flush(self) -> list[RejectedReport]:
         """Send every queued report now; returns those the server rejected as invalid
         (also warned about with ReportRejectedWarning and passed to `on_rejected`).
         Raises ReportDeliveryError when the server does not take them; they stay queued
-        (report ids make the retry idempotent)."""
+        (report ids make the retry idempotent).
+        """
         self._start()
         return await self._reports.flush()
 

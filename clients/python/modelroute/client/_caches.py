@@ -48,8 +48,10 @@ class DecisionCache:
         self._entries.clear()
 
     def drop_model(self, model_id: str) -> None:
-        """Forget decisions that serve `model_id` (it just failed with a cooldown outcome;
-        cooldowns are runtime state, not a config revision, so no WatchConfig event comes)."""
+        """Forget decisions that serve `model_id` (it just failed with a cooldown outcome).
+
+        Cooldowns are runtime state, not a config revision, so no WatchConfig event comes.
+        """
         for key in [k for k, (_, d) in self._entries.items() if d.model_id == model_id]:
             del self._entries[key]
 
@@ -58,8 +60,10 @@ class DecisionCache:
 
 
 class LastKnown:
-    """Bounded LRU of the latest server answer per request key and per context, kept
-    without expiry: the fail-safe answer while the control plane is unreachable."""
+    """Bounded LRU of the latest server answer per request key and per context.
+
+    Kept without expiry: the fail-safe answer while the control plane is unreachable.
+    """
 
     def __init__(self, maxsize: int = 1024) -> None:
         self.maxsize = maxsize

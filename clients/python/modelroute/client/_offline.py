@@ -1,5 +1,6 @@
 """What the router answers without the server: the last known decision or the static
-default (with the warning to show), and the retry hint of a refused call."""
+default (with the warning to show), and the retry hint of a refused call.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def fail_safe_decision(
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """RetryInfo from the status details trailer, if the server sent one."""
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except ValueError:
         return None
     if status is None:
@@ -63,5 +64,6 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     for detail in status.details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
+            seconds: float = info.retry_delay.ToTimedelta().total_seconds()
+            return seconds
     return None

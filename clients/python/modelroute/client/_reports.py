@@ -29,8 +29,10 @@ def build_report(
     occurred_at: datetime | None = None,
     report_id: str | None = None,
 ) -> router_pb2.UsageReport:
-    """A UsageReport with a fresh idempotency key and the time of the call (so a report
-    delivered late still lands at the right minute)."""
+    """A UsageReport with a fresh idempotency key and the time of the call.
+
+    The time makes a report delivered late still land at the right minute.
+    """
     when = timestamp_pb2.Timestamp()
     when.FromDatetime(occurred_at or datetime.now(UTC))
     report = router_pb2.UsageReport(

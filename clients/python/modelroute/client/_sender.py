@@ -1,5 +1,6 @@
 """Usage report delivery: a bounded queue, batches sent in the background, and a close
-that always returns within its timeout and says what it could not deliver."""
+that always returns within its timeout and says what it could not deliver.
+"""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ class ReportSender:
     ) -> list[RejectedReport]:
         """Send every queued report now; returns the ones the server rejected (warned
         about here unless `warn` is False: the sync API warns in the caller's thread).
-        Raises ReportDeliveryError when the server does not take them (they stay queued)."""
+        Raises ReportDeliveryError when the server does not take them (they stay queued).
+        """
         rejected: list[RejectedReport] = []
         async with self._send_lock:
             while self._pending:
@@ -172,7 +174,8 @@ class ReportSender:
 
     async def _run(self) -> None:
         """Send when a batch is full, a cooldown outcome arrives, or `interval` passes;
-        back off while the server refuses."""
+        back off while the server refuses.
+        """
         backoff = self._settings.interval
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
@@ -190,7 +193,8 @@ class ReportSender:
 
     async def close(self, deadline: float, *, warn: bool = True) -> CloseResult:
         """Stop the background task and deliver what is queued, retrying until
-        `deadline` (event loop time); never takes longer than that."""
+        `deadline` (event loop time); never takes longer than that.
+        """
         loop = asyncio.get_running_loop()
         if self._task is not None:
             await _stop_task(self._task, deadline)

@@ -33,8 +33,11 @@ T = TypeVar("T")
 
 
 class ModelRouter:
-    """Blocking client. Takes the same arguments as AsyncModelRouter. Call `close()` (or
-    use `with`) on shutdown; an interpreter exit closes it too, delivering queued reports."""
+    """Blocking client.
+
+    Takes the same arguments as AsyncModelRouter. Call `close()` (or use `with`) on shutdown; an
+    interpreter exit closes it too, delivering queued reports.
+    """
 
     def __init__(self, target: str | None = None, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -58,8 +61,10 @@ class ModelRouter:
         self.close()
 
     def close(self) -> CloseResult:
-        """Deliver queued reports, disconnect and stop the background thread. Returns
-        within `close_timeout`; see AsyncModelRouter.close for the result."""
+        """Deliver queued reports, disconnect and stop the background thread.
+
+        Returns within `close_timeout`; see AsyncModelRouter.close for the result.
+        """
         if self._closed:
             return self._close_result or CloseResult(0, 0, ())
         self._closed = True

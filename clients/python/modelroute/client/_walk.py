@@ -1,5 +1,8 @@
-"""The fallback walk of `call_with_fallback`, without I/O, so the async and the sync
-routers share one algorithm and differ only in how they await."""
+"""The fallback walk of `call_with_fallback`, without I/O.
+
+The async and the sync routers share this one algorithm and differ only in how they
+await.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ MAX_EXCLUDED = 32  # ResolveModelRequest.exclude_models limit
 
 
 class FallbackWalk:
-    """Models to try: the decision's model, its fallbacks, then whatever a re-resolve
-    that excludes every model already tried offers. Each model is tried once."""
+    """Models to try, each once.
+
+    First the decision's model, then its fallbacks, then whatever a re-resolve that
+    excludes every model already tried offers.
+    """
 
     def __init__(self, context: str, max_attempts: int | None = None) -> None:
         self.context = context
@@ -30,8 +36,7 @@ class FallbackWalk:
         return bool(self._queue)
 
     def next_model(self) -> str | None:
-        """The next model to try, or None when this decision is used up (or the attempt
-        budget is spent)."""
+        """The next model to try; None when the decision or the attempt budget is used up."""
         if self.max_attempts is not None and len(self.attempts) >= self.max_attempts:
             self._queue.clear()
             return None

@@ -20,7 +20,8 @@ async def follow_config(
 ) -> None:
     """Call `on_revision` for each revision the server announces and `on_live` when the
     stream comes up or goes down; reconnect with backoff (cached entries still expire by
-    their TTL meanwhile). Returns only when the server has no WatchConfig."""
+    their TTL meanwhile). Returns only when the server has no WatchConfig.
+    """
     backoff = 0.05
     while True:
         try:

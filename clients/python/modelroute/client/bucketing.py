@@ -1,6 +1,8 @@
-"""Experiment bucketing, pure Python (no C extension), identical to the server's:
+"""Experiment bucketing, pure Python (no C extension), identical to the server's.
+
 murmur3 x86 32-bit, seed 0, of UTF-8 `experiment_id + "/" + unit_id`, modulo 10,000.
-Lets a client predict or log a user's variant without a round trip."""
+Lets a client predict or log a user's variant without a round trip.
+"""
 
 from __future__ import annotations
 

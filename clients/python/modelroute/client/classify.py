@@ -39,8 +39,11 @@ _INVALID_WORDS = re.compile(r"invalid[ _]request|bad request|context length|too 
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The HTTP status an exception carries (`status_code`, `status`, `http_status`,
-    or on `exc.response`), as OpenAI, Anthropic, httpx and requests errors do."""
+    """The HTTP status an exception carries, as OpenAI, Anthropic, httpx and requests do.
+
+    Looks at `status_code`, `status` and `http_status`, on the exception or on
+    `exc.response`.
+    """
     for owner in (exc, getattr(exc, "response", None)):
         for name in ("status_code", "http_status", "status"):
             value = getattr(owner, name, None)
@@ -168,8 +171,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (_by_http_status, _by_grpc_status, _by_type, _
 
 
 class FailureClassifier:
-    """Ordered rules; unknown failures are OTHER and the next model is tried (a broken
-    model must not take the feature down)."""
+    """Ordered rules; unknown failures are OTHER and the next model is tried.
+
+    A broken model must not take the feature down.
+    """
 
     def __init__(self, rules: tuple[Rule, ...] = DEFAULT_RULES) -> None:
         self._rules: list[Rule] = list(rules)
@@ -191,6 +196,7 @@ class FailureClassifier:
         self.add(rule)
 
     def classify(self, exc: BaseException) -> Failure:
+        """What kind of failure `exc` is, by the first rule that matches."""
         for rule in self._rules:
             failure = rule(exc)
             if failure is not None:

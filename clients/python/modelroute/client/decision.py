@@ -97,6 +97,7 @@ class Decision:
 
     @classmethod
     def from_response(cls, context: str, response: router_pb2.ResolveModelResponse) -> Decision:
+        """The Decision a ResolveModel answer describes, for `context`."""
         return cls(
             context=context,
             model_id=response.model_id,

@@ -12,8 +12,10 @@ class ModelRouteError(Exception):
 
 
 class ControlPlaneUnavailableError(ModelRouteError):
-    """modelroute is unreachable and there is neither a last known answer nor a
-    configured `default_model` to fall back to."""
+    """modelroute is unreachable and nothing to fall back to.
+
+    There is neither a last known answer nor a configured `default_model`.
+    """
 
 
 class InvalidResolveRequestError(ModelRouteError):
@@ -37,14 +39,14 @@ class ControlPlaneUnavailableWarning(RuntimeWarning):
 
 
 class ReportRejectedWarning(UserWarning):
-    """The server refused a usage report as invalid; it was dropped (the message names
-    the field)."""
+    """The server refused a usage report as invalid; it was dropped (the message says why)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RejectedReport:
     """A usage report the server refused; `error` names the offending field, e.g.
-    "input_tokens: -1 is outside 0..100,000,000"."""
+    "input_tokens: -1 is outside 0..100,000,000".
+    """
 
     report_id: str
     context: str
@@ -65,8 +67,10 @@ class Attempt:
 
 
 class AllModelsFailedError(ModelRouteError):
-    """Every model `call_with_fallback` could try failed; `attempts` lists them in order
-    and the last provider error is the `__cause__`."""
+    """Every model `call_with_fallback` could try failed.
+
+    `attempts` lists them in order; the last provider error is the `__cause__`.
+    """
 
     def __init__(self, context: str, attempts: list[Attempt]) -> None:
         self.context = context

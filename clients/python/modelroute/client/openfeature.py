@@ -75,6 +75,7 @@ def resolve_arguments(context: EvaluationContext | None) -> dict[str, Any]:
 
 
 def decision_metadata(decision: Decision) -> dict[str, str | bool | int | float]:
+    """The decision as OpenFeature flag metadata (decisionId, provider, fallbacks, ...)."""
     metadata: dict[str, str | bool | int | float] = {
         "decisionId": decision.decision_id,
         "provider": decision.provider,
@@ -105,7 +106,8 @@ def _reason(decision: Decision) -> str:
 
 class ModelrouteProvider(AbstractProvider):
     """OpenFeature provider over a `ModelRouter` (made from `target`/`router_options`, or
-    given as `router`; a router the provider made is closed by `shutdown()`)."""
+    given as `router`; a router the provider made is closed by `shutdown()`).
+    """
 
     def __init__(
         self,
@@ -121,15 +123,18 @@ class ModelrouteProvider(AbstractProvider):
         self.config_revision = 0
 
     def get_metadata(self) -> Metadata:
+        """The provider's name as OpenFeature shows it: `modelroute`."""
         return Metadata(name="modelroute")
 
     # ---- lifecycle: follow WatchConfig on the router's loop ------------------------------
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Start following WatchConfig (PROVIDER_CONFIGURATION_CHANGED on new revisions)."""
         if self._watch is None:
             self._watch = asyncio.run_coroutine_threadsafe(self._follow(), self.router._loop)
 
     def shutdown(self) -> None:
+        """Stop following WatchConfig."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(concurrent.futures.CancelledError, Exception):
@@ -140,7 +145,8 @@ class ModelrouteProvider(AbstractProvider):
 
     async def _follow(self) -> None:
         """Each revision newer than the last seen is announced (the stream's first message
-        is the revision in force when it (re)connects: announced only if it is newer)."""
+        is the revision in force when it (re)connects: announced only if it is newer).
+        """
         aio = self.router.aio
         backoff = 0.05
         while True:
@@ -205,6 +211,7 @@ class ModelrouteProvider(AbstractProvider):
         default_value: str,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[str]:
+        """Resolve `flag_key` (a context) to a model id through the SDK's cached client."""
         return self._details(self._decide(flag_key, evaluation_context))
 
     async def resolve_string_details_async(
@@ -213,6 +220,7 @@ class ModelrouteProvider(AbstractProvider):
         default_value: str,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[str]:
+        """Async form of `resolve_string_details`."""
         try:
             return self._details(await self._decide_async(flag_key, evaluation_context))
         except InvalidResolveRequestError as error:
@@ -248,16 +256,19 @@ class ModelrouteProvider(AbstractProvider):
     def resolve_boolean_details(
         self, flag_key: str, default_value: bool, evaluation_context: Any = None
     ) -> FlagResolutionDetails[bool]:
+        """Not supported: modelroute flags are strings (model ids); TYPE_MISMATCH."""
         return self._not_a_model(flag_key)  # type: ignore[no-any-return]
 
     def resolve_integer_details(
         self, flag_key: str, default_value: int, evaluation_context: Any = None
     ) -> FlagResolutionDetails[int]:
+        """Not supported: modelroute flags are strings (model ids); TYPE_MISMATCH."""
         return self._not_a_model(flag_key)  # type: ignore[no-any-return]
 
     def resolve_float_details(
         self, flag_key: str, default_value: float, evaluation_context: Any = None
     ) -> FlagResolutionDetails[float]:
+        """Not supported: modelroute flags are strings (model ids); TYPE_MISMATCH."""
         return self._not_a_model(flag_key)  # type: ignore[no-any-return]
 
     # ---- usage ------------------------------------------------------------------------
@@ -271,7 +282,8 @@ class ModelrouteProvider(AbstractProvider):
         """A usage report: event name = context; attributes `model_id` (required),
         `decision_id`, `input_tokens`, `output_tokens`, `latency_ms` (or the event's
         `value`), `outcome` (OK, RATE_LIMITED, ...), `error_message`. Queued, batched and
-        retried by the router like `ModelRouter.report`."""
+        retried by the router like `ModelRouter.report`.
+        """
         attributes = dict(tracking_event_details.attributes) if tracking_event_details else {}
         model_id = attributes.pop("model_id", None)
         if not isinstance(model_id, str) or not model_id:
