@@ -213,7 +213,7 @@ class ModelrouteServer:
             alerts=self.alerts,
             runtime=self.runtime,
             analysis=AnalysisStore(self.engine),
-            rollout_metrics=RolloutMetricsReader(self.engine),
+            rollout_metrics=RolloutMetricsReader(AnalysisStore(self.engine)),
             history=ConfigHistory(
                 self.history_recorder.store, self.etcd, options.etcd_prefix, self._current
             ),
@@ -246,7 +246,7 @@ class ModelrouteServer:
         self.rollout_controller = RolloutController(
             EtcdRolloutStore(self.etcd, options.etcd_prefix),
             self._current,
-            RolloutMetricsReader(self.engine),
+            RolloutMetricsReader(AnalysisStore(self.engine)),
             self.alerts,
             self.replica_id,
         )

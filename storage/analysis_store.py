@@ -97,6 +97,7 @@ class UsageAccumulator:
         self.buckets: dict[int, int] = {}
         self.latency_sum = 0
         self.latency_sq_sum = 0.0
+        self.cost_sq_sum = 0.0  # for the cost variance (rollout guardrails)
 
     def add(
         self,
@@ -107,6 +108,7 @@ class UsageAccumulator:
         cost: Any,
         latency_sum: Any,
         latency_sq_sum: Any,
+        cost_sq_sum: Any = 0.0,
     ) -> None:
         """Add one (group, outcome) aggregate row to the group's totals."""
         group, calls = self.group, int(calls)
@@ -119,6 +121,7 @@ class UsageAccumulator:
         group.cost_usd += float(cost or 0.0)
         self.latency_sum += int(latency_sum or 0)
         self.latency_sq_sum += float(latency_sq_sum or 0.0)
+        self.cost_sq_sum += float(cost_sq_sum or 0.0)
 
     def add_bucket(self, bucket: int, calls: Any) -> None:
         """Add the calls of one latency bucket (for percentiles)."""
@@ -217,10 +220,13 @@ class AnalysisStore:
         since: datetime | None,
         until: datetime | None,
         filters: dict[str, str] | None = None,
+        *,
+        latency: bool = True,
     ) -> dict[tuple[str, ...], UsageAccumulator]:
         """Accumulators per key tuple (keys from model, context, provider, variant,
         experiment, day); `filters` are equalities on those columns. Rows of an experiment
-        without a variant are left out when filtering on an experiment.
+        without a variant are left out when filtering on an experiment. `latency=False`
+        skips the histogram rollups (totals only: no percentiles).
         """
         window = plan(since, until, DAY if "day" in keys else WEEK)
         accumulators: dict[tuple[str, ...], UsageAccumulator] = {}
@@ -236,7 +242,7 @@ class AnalysisStore:
         filters = dict(filters or {})
         with self.engine.connect() as connection:
             if window.rollups:
-                self._rollup_usage(connection, keys, window, filters, acc)
+                self._rollup_usage(connection, keys, window, filters, acc, latency)
             for start, end in window.raw:
                 self._raw_usage(connection, keys, start, end, filters, acc)
         return accumulators
@@ -258,6 +264,7 @@ class AnalysisStore:
         window: Window,
         filters: dict[str, str],
         acc: Any,
+        latency: bool = True,
     ) -> None:
         n = len(keys)
         for table, measures, group_extra in (
@@ -270,11 +277,14 @@ class AnalysisStore:
                     "cost_usd",
                     "latency_ms_sum",
                     "latency_ms_sq_sum",
+                    "cost_sq_sum",
                 ),
                 usage_rollups.c.outcome,
             ),
             (latency_rollups, ("calls",), latency_rollups.c.latency_bucket),
         ):
+            if table is latency_rollups and not latency:
+                continue
             columns = _rollup_keys(table, keys)
             query = (
                 select(*columns, group_extra, *(func.sum(table.c[m]) for m in measures))
@@ -301,6 +311,7 @@ class AnalysisStore:
         columns = _raw_keys(_usage, keys, start)
         latency = _usage.c.latency_ms
         as_float = cast(latency, Float)
+        cost = cast(_usage.c.estimated_cost, Float)
         # Bucketed in SQL: a few hundred groups leave the database, not one per latency.
         bucket: ColumnElement[int] = literal_column(bucket_case_sql("latency_ms")).label("bucket")
         query = (
@@ -314,6 +325,7 @@ class AnalysisStore:
                 func.sum(_usage.c.estimated_cost),
                 func.sum(latency),
                 func.sum(as_float * as_float),
+                func.sum(cost * cost),
             )
             .where(
                 _usage.c.created_at >= start,

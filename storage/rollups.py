@@ -1,7 +1,8 @@
 """Rollups of usage and feedback, written in the same transaction as the raw rows.
 
 Per hour, UTC day and week, and per (context, model, provider, experiment, variant):
-- `usage_rollups` (x outcome): calls, token and cost sums, latency sum and sum of squares;
+- `usage_rollups` (x outcome): calls, token and cost sums, latency sum and sum of squares,
+  cost sum of squares (for the cost variance of rollout guardrails);
 - `usage_latency_rollups` (x latency bucket): calls, a histogram for percentiles (kept
   apart from the outcome, because percentiles are over all calls of a group);
 - `feedback_rollups`: feedback count, quality-score count, sum and sum of squares, thumbs;
@@ -146,6 +147,7 @@ class RollupWriter:
             experiment = r.experiment_id or ""
             variant = r.variant_id or ""
             latency = r.latency_ms
+            cost = r.estimated_cost
             dims = (
                 seconds - seconds % HOUR,
                 r.context,
@@ -157,15 +159,16 @@ class RollupWriter:
             key = (*dims, r.outcome)
             sums = hourly.get(key)
             if sums is None:
-                hourly[key] = [1, r.input_tokens, r.output_tokens, r.estimated_cost, latency,
-                               float(latency) * latency]  # fmt: skip
+                hourly[key] = [1, r.input_tokens, r.output_tokens, cost, latency,
+                               float(latency) * latency, cost * cost]  # fmt: skip
             else:
                 sums[0] += 1
                 sums[1] += r.input_tokens
                 sums[2] += r.output_tokens
-                sums[3] += r.estimated_cost
+                sums[3] += cost
                 sums[4] += latency
                 sums[5] += float(latency) * latency
+                sums[6] += cost * cost
             bucket_key = (*dims, latency_bucket(latency))
             hourly_buckets[bucket_key] = hourly_buckets.get(bucket_key, 0) + 1
             if experiment and variant and r.user_id:
@@ -237,6 +240,7 @@ _USAGE_SUMS: Final = (
     "cost_usd",
     "latency_ms_sum",
     "latency_ms_sq_sum",
+    "cost_sq_sum",
 )
 _FEEDBACK_KEY: Final = (
     "period_seconds",

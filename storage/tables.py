@@ -85,6 +85,9 @@ class LlmUsageLog(SQLModel, table=True):
         # Named so later (batch-mode, on SQLite) migrations can refer to them.
         UniqueConstraint("report_id", name="uq_llm_usage_logs_report_id"),
         Index("ix_llm_usage_logs_created_at_context", "created_at", "context"),
+        # An experiment's (a rollout's) rows in a time range: the raw minutes at the ends of
+        # a rollup window (migration 0006; replaced the experiment_id-only index).
+        Index("ix_llm_usage_logs_experiment_id_created_at", "experiment_id", "created_at"),
         # The rollout controller's aggregation walks this index in order (migration 0004).
         Index(
             "ix_llm_usage_logs_rollout_arms",
@@ -114,7 +117,7 @@ class LlmUsageLog(SQLModel, table=True):
     estimated_cost: float  # USD
     error_message: str | None = _text(nullable=True)
     retry_after_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
-    experiment_id: str | None = Field(default=None, max_length=128, index=True)
+    experiment_id: str | None = Field(default=None, max_length=128)
     variant_id: str | None = Field(default=None, max_length=128)
     reason: str | None = Field(default=None, max_length=32)
     config_revision: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -200,7 +203,10 @@ class UsageRollup(SQLModel, table=True):
     """Usage totals per bucket (hour, day or week) and dimensions (`usage_rollups`)."""
 
     __tablename__ = "usage_rollups"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = (
+        Index("ix_usage_rollups_experiment", "experiment_id", "period_seconds", "bucket_start"),
+        {"sqlite_with_rowid": False},
+    )
 
     period_seconds: int = _key_int()  # 3600 or 86400
     bucket_start: int = _key_int()
@@ -216,13 +222,19 @@ class UsageRollup(SQLModel, table=True):
     cost_usd: float = _amount()
     latency_ms_sum: int = _count()
     latency_ms_sq_sum: float = _amount()
+    cost_sq_sum: float = _amount()  # migration 0006: the cost variance of rollout guardrails
 
 
 class UsageLatencyRollup(SQLModel, table=True):
     """Latency histogram per rollup bucket (`usage_latency_rollups`)."""
 
     __tablename__ = "usage_latency_rollups"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = (
+        Index(
+            "ix_usage_latency_rollups_experiment", "experiment_id", "period_seconds", "bucket_start"
+        ),
+        {"sqlite_with_rowid": False},
+    )
 
     period_seconds: int = _key_int()
     bucket_start: int = _key_int()
@@ -239,7 +251,10 @@ class FeedbackRollup(SQLModel, table=True):
     """Feedback totals per rollup bucket (`feedback_rollups`)."""
 
     __tablename__ = "feedback_rollups"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = (
+        Index("ix_feedback_rollups_experiment", "experiment_id", "period_seconds", "bucket_start"),
+        {"sqlite_with_rowid": False},
+    )
 
     period_seconds: int = _key_int()
     bucket_start: int = _key_int()

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from modelroute.server.core.rollout_spec import PROGRESS_DIR, RolloutProgress, RolloutSpec
 from modelroute.server.core.snapshot import SnapshotBuilder
 from modelroute.server.usage.rollout_controller import decide
-from modelroute.server.usage.rollout_metrics import ArmStats, latency_bucket
+from modelroute.server.usage.rollout_metrics import ArmStats
+from modelroute.storage.rollups import bucket_value, latency_bucket
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -61,7 +62,7 @@ def arm(
         cost = 0.001 * (1 + rng.random())
         stats.cost_sum += cost
         stats.cost_sq_sum += cost * cost
-        bucket = latency_bucket(int(rng.lognormvariate(0, 0.3) * latency))
+        bucket = bucket_value(latency_bucket(int(rng.lognormvariate(0, 0.3) * latency)))
         stats.latency_histogram[bucket] = stats.latency_histogram.get(bucket, 0) + 1
         score = min(1.0, max(0.0, rng.gauss(quality, 0.1)))
         stats.quality_n += 1
