@@ -1,6 +1,7 @@
 """Operator actions in the dashboard, in headless Debian Chromium against a real replica:
-pin a model with an expiry, see it served, roll it back from the history view, and a
-stale form refused with the conflict message (nothing overwritten)."""
+pin a model with an expiry, see it served, roll it back from the history view, a stale
+form refused with the conflict message (nothing overwritten), and a guarded rollout created,
+paused, its share changed and stopped from the dashboard."""
 
 from __future__ import annotations
 
@@ -132,6 +133,133 @@ async def test_stale_form_shows_the_conflict_and_overwrites_nothing(
     await eventually(lambda: _revision_above(page, loaded))
     await page.get_by_test_id("override-submit").click()
     await eventually(lambda: _contains(message, "gpt-4o pinned for rag.answer"))
+
+
+ROLLOUT_CONFIG = {
+    "models/base": {"provider": "p1"},
+    "models/cand": {"provider": "p2"},
+    "contexts/chat": {"model": "base"},
+    "settings": {"default_model": "base", "rollout_check_seconds": 1},
+}
+
+
+async def served_in_chat(server: Running, users: range) -> dict[str, set[int]]:
+    """model -> reasons, over one ResolveModel per user."""
+    found: dict[str, set[int]] = {}
+    for n in users:
+        reply = await server.router.ResolveModel(
+            router_pb2.ResolveModelRequest(context="chat", user=types_pb2.User(id=f"user-{n}"))
+        )
+        found.setdefault(reply.model_id, set()).add(reply.reason)
+    return found
+
+
+async def test_rollout_created_paused_ramped_and_stopped_from_the_dashboard(
+    start_server: Callable[..., Awaitable[Running]],
+    page,
+    etcd: aetcd.Client,
+    prefix: str,
+) -> None:
+    config = {key: json.dumps(value).encode() for key, value in ROLLOUT_CONFIG.items()}
+    await write_changes(etcd, prefix, config, 0, [])  # type: ignore[arg-type]
+    server = await start_server(admin_port=0, admin_tokens=TOKENS)
+    await open_dashboard(page, server)
+    message = page.get_by_test_id("action-message")
+
+    await page.get_by_test_id("rollout-id").fill("dash")
+    await page.get_by_test_id("rollout-context").fill("chat")
+    await page.get_by_test_id("rollout-candidate").fill("cand")
+    # One step at 30% that needs more calls than the test makes: the controller holds it.
+    await page.get_by_test_id("rollout-steps").fill("30:0:1000000, 100")
+    await page.get_by_test_id("rollout-guardrails").fill("ERROR_RATE+0.02")
+    await page.get_by_test_id("rollout-note").fill("try cand")
+    await page.get_by_test_id("rollout-create").click()
+    await eventually(lambda: _contains(message, "Rollout dash of cand on chat created"))
+
+    async def candidate_for_some() -> None:
+        served = await served_in_chat(server, range(200))
+        assert served.get("cand") == {types_pb2.REASON_ROLLOUT}
+        assert 20 < len(await _users_on(server, "cand")) < 120
+
+    await eventually(candidate_for_some, timeout=10, interval=0.2)
+    row = page.locator("[data-testid=rollout-action][data-rollout=dash]")
+
+    async def running() -> None:
+        await page.get_by_test_id("form-reload").click()
+        assert await row.get_attribute("data-state") == "RUNNING"  # the controller started it
+
+    await eventually(running, timeout=10, interval=0.3)
+
+    await page.get_by_test_id("rollout-pause-dash").click()
+    await eventually(lambda: _contains(message, "Rollout dash: pause done — PAUSED"))
+    await page.get_by_test_id("rollout-percent-dash").fill("100")
+    await page.get_by_test_id("rollout-percent-set-dash").click()
+    await eventually(lambda: _contains(message, "percent done — PAUSED, candidate at 100%"))
+
+    async def everyone_on_the_candidate() -> None:
+        assert await served_in_chat(server, range(50)) == {"cand": {types_pb2.REASON_ROLLOUT}}
+
+    await eventually(everyone_on_the_candidate)
+    _, stored = await read_prefix(etcd, prefix)
+    progress = json.loads(stored["runtime/rollouts/dash"].value)
+    assert (progress["state"], progress["percent"], progress["actor"]) == ("PAUSED", 100, "dana")
+
+    await page.get_by_test_id("rollout-stop-dash").click()
+    await eventually(lambda: _contains(message, "Rollout dash: stop done — DISABLED"))
+
+    async def never_the_candidate() -> None:
+        assert set(await served_in_chat(server, range(300))) == {"base"}
+
+    await eventually(never_the_candidate)
+
+    async def recorded_with_the_token_name() -> None:
+        actors = set()
+        for key_prefix in ("rollouts/dash", "runtime/rollouts/dash"):
+            reply = await server.admin.ListConfigChanges(
+                admin_pb2.ListConfigChangesRequest(key_prefix=key_prefix), metadata=AUTH
+            )
+            actors |= {(c.key, c.actor) for c in reply.changes}
+        # Created and stopped by dana; paused and ramped by dana; started by the controller.
+        assert {("rollouts/dash", "dana"), ("runtime/rollouts/dash", "dana")} <= actors
+        assert ("runtime/rollouts/dash", "rollout-controller") in actors
+
+    await eventually(recorded_with_the_token_name, timeout=10, interval=0.2)
+
+
+async def test_a_rollout_action_on_a_stale_form_is_refused(
+    start_server: Callable[..., Awaitable[Running]],
+    page,
+    etcd: aetcd.Client,
+    prefix: str,
+) -> None:
+    config = {key: json.dumps(value).encode() for key, value in ROLLOUT_CONFIG.items()}
+    rollout = {"context": "chat", "candidate": "cand", "steps": [{"percent": 20}], "enabled": True}
+    config["rollouts/dash"] = json.dumps(rollout).encode()
+    config["settings"] = json.dumps(
+        {"default_model": "base", "rollout_check_seconds": 3600}
+    ).encode()
+    await write_changes(etcd, prefix, config, 0, [])  # type: ignore[arg-type]
+    server = await start_server(admin_port=0, admin_tokens=TOKENS)
+    await open_dashboard(page, server)
+    # Someone else changes the configuration after the form was loaded.
+    await write_changes(etcd, prefix, {"overrides/other": b'{"model": "base"}'}, 0, [])
+    await page.get_by_test_id("rollout-stop-dash").click()
+    message = page.get_by_test_id("action-message")
+    await eventually(lambda: _contains(message, "the configuration changed since you loaded it"))
+    assert await message.get_attribute("data-kind") == "conflict"
+    _, stored = await read_prefix(etcd, prefix)
+    assert json.loads(stored["rollouts/dash"].value)["enabled"] is True  # nothing written
+
+
+async def _users_on(server: Running, model: str) -> list[int]:
+    users = []
+    for n in range(200):
+        reply = await server.router.ResolveModel(
+            router_pb2.ResolveModelRequest(context="chat", user=types_pb2.User(id=f"user-{n}"))
+        )
+        if reply.model_id == model:
+            users.append(n)
+    return users
 
 
 async def _contains(locator, text: str) -> None:

@@ -23,6 +23,7 @@ from modelroute.admin.v1 import admin_pb2
 from modelroute.server.api.admin_http import API_PREFIX, BEARER
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.errors import invalid_argument, not_found, store_unavailable
+from modelroute.server.api.rollout_actions import RolloutActionBody, rollout_action
 from modelroute.server.api.validation import (
     TIER_PATTERN,
     check_choosable,
@@ -208,6 +209,13 @@ def add_operator_routes(
             changes=_key_changes(body.changes), window_seconds=body.window_seconds
         )
         return _json(await admin.impact.preview(request))
+
+    @route("POST", "/rollouts/{rollout_id}/action", "rollouts")
+    async def rollout_operator_action(
+        actor: Operator, rollout_id: str, body: Annotated[RolloutActionBody, Body()]
+    ) -> dict[str, Any]:
+        """Pause, resume or stop a rollout, or set its step or share (a guarded write)."""
+        return await rollout_action(etcd, prefix, rollout_id, body, actor, clock())
 
     @route("POST", "/cooldowns/clear", "runtime")
     async def cooldown_clear(

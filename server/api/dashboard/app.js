@@ -152,7 +152,7 @@ async function renderExperiments() {
   const box = $("experiments");
   if (!experiments.length) {
     box.replaceChildren(empty("No experiments configured — put one under experiments/<id> in etcd " +
-      "(see DESIGN.md, “Experiments”) to compare models on live traffic.", "experiments-empty"));
+      "(see docs/contract.md, “etcd keys and values”) to compare models on live traffic.", "experiments-empty"));
     return;
   }
   const blocks = await Promise.all(experiments.map(async (exp) => {
@@ -206,7 +206,8 @@ async function renderRollouts() {
   const box = $("rollouts");
   if (!rollouts.length) {
     box.replaceChildren(empty("No rollouts configured — put one under rollouts/<id> in etcd " +
-      "(see DESIGN.md, “Rollouts”) to ramp a model up behind guardrails.", "rollouts-empty"));
+      "(see docs/contract.md, “etcd keys and values”), or create one under “Operator actions”, " +
+      "to ramp a model up behind guardrails.", "rollouts-empty"));
     return;
   }
   box.replaceChildren(...rollouts.map((r) => {

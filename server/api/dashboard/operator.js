@@ -1,4 +1,4 @@
-// Operator actions: guarded config writes (override, experiments), rollback from history,
+// Operator actions: guarded config writes (override, experiments, rollouts), rollback from history,
 // clearing cooldowns, users' preferred models. Loaded after app.js (uses api, el, $, when).
 // Every config write sends the revision the forms were loaded at: if the configuration
 // changed meanwhile, the server refuses (409) and nothing is overwritten.
@@ -41,6 +41,7 @@ async function loadForms() {
   $("ops-contexts").replaceChildren(...contexts.map((c) => el("option", { value: c })));
   $("ops-models").replaceChildren(...models.map((m) => el("option", { value: m })));
   renderExperimentActions();
+  renderRolloutActions();
 }
 
 async function write(changes, note, done) {
@@ -76,6 +77,75 @@ function renderExperimentActions() {
   });
   $("experiment-actions").replaceChildren(rows.length ? table(["experiment", "context", "state", "weights", ""], rows, { class: "compact" })
     : empty("No experiments yet.", "experiment-actions-empty"));
+}
+
+// "1:3600:500, 10, 100" → [{percent: 1, min_seconds: 3600, min_calls: 500}, {percent: 10}, ...]
+function parseSteps(text) {
+  return text.split(",").map((part) => part.trim()).filter(Boolean).map((part) => {
+    const [percent, seconds, calls] = part.split(":").map(Number);
+    const step = { percent };
+    if (seconds) step.min_seconds = seconds;
+    if (calls) step.min_calls = calls;
+    return step;
+  });
+}
+
+// "ERROR_RATE+0.02, P95_LATENCY_MS*0.25, QUALITY-0.05" → guardrails with their bound.
+function parseGuardrails(text) {
+  const bounds = { "+": "max_increase", "*": "max_relative_increase", "-": "max_decrease" };
+  return text.split(",").map((part) => part.trim()).filter(Boolean).map((part) => {
+    const match = /^([A-Z0-9_]+)\s*([+*-])\s*([0-9.]+)$/.exec(part);
+    if (!match) return { metric: part };  // the server names what is wrong with it
+    return { metric: match[1], [bounds[match[2]]]: Number(match[3]) };
+  });
+}
+
+async function rolloutAction(id, action, extra = {}) {
+  const note = $("rollout-note").value;
+  try {
+    const reply = await send("POST", `/api/admin/rollouts/${encodeURIComponent(id)}/action`,
+      { action, note, expected_revision: ops.revision, ...extra });
+    const share = reply.percent === null || reply.percent === undefined ? "" : `, candidate at ${reply.percent}%`;
+    say(`Rollout ${id}: ${action} done — ${reply.state}${share} (revision ${reply.revision}).`);
+    await loadForms();
+    renderHistory();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+function renderRolloutActions() {
+  const rows = Object.entries(ops.values).filter(([k]) => k.startsWith("rollouts/")).map(([key, value]) => {
+    const id = key.slice(9);
+    const progress = ops.values[`runtime/rollouts/${id}`] || {};
+    const enabled = value.enabled !== false;
+    const state = enabled ? (progress.state || "PENDING") : "STOPPED";
+    const steps = value.steps || [];
+    const stepIndex = progress.step || 0;
+    const share = enabled ? (progress.percent ?? (steps[stepIndex] || {}).percent ?? 0) : 0;
+    const button = (action, label) => el("button", { type: "button", "data-testid": `rollout-${action}-${id}` }, label);
+    const pause = button("pause", "pause");
+    pause.onclick = () => rolloutAction(id, "pause");
+    const resume = button("resume", "resume");
+    resume.onclick = () => rolloutAction(id, "resume");
+    const stop = button("stop", "stop");
+    stop.onclick = () => rolloutAction(id, "stop");
+    const stepSelect = el("select", { "data-testid": `rollout-step-select-${id}` },
+      ...steps.map((s, i) => el("option", { value: String(i), ...(i === stepIndex ? { selected: "" } : {}) }, `${i + 1}: ${s.percent}%`)));
+    const goStep = button("step", "go to step");
+    goStep.onclick = () => rolloutAction(id, "step", { step: Number(stepSelect.value) });
+    const percent = el("input", { type: "number", min: "0", max: "100", value: String(share), class: "weight",
+      "data-testid": `rollout-percent-${id}` });
+    const setPercent = button("percent-set", "set share");
+    setPercent.onclick = () => rolloutAction(id, "percent", { percent: Number(percent.value) });
+    const controls = enabled ? [pause, resume, stop, stepSelect, goStep, percent, setPercent] : [];
+    return el("tr", { "data-testid": "rollout-action", "data-rollout": id, "data-state": state },
+      el("td", {}, id), el("td", {}, value.context), el("td", {}, value.candidate), el("td", {}, state),
+      el("td", { class: "num" }, `${share}%`), el("td", {}, ...controls));
+  });
+  $("rollout-actions").replaceChildren(rows.length
+    ? table(["rollout", "context", "candidate", "state", { label: "share", num: 1 }, ""], rows, { class: "compact" })
+    : empty("No rollouts yet.", "rollout-actions-empty"));
 }
 
 function diffLines(before, after) {
@@ -150,6 +220,19 @@ function bindForms() {
     });
     const value = { context: $("experiment-context").value.trim(), variants, enabled: true, bucket_by: "USER" };
     write([{ key: `experiments/${$("experiment-id").value.trim()}`, value }], $("experiment-note").value, "Experiment created");
+  };
+  $("rollout-form").onsubmit = (event) => {
+    event.preventDefault();
+    const value = {
+      context: $("rollout-context").value.trim(),
+      candidate: $("rollout-candidate").value.trim(),
+      steps: parseSteps($("rollout-steps").value),
+      guardrails: parseGuardrails($("rollout-guardrails").value),
+      on_breach: $("rollout-breach").value,
+      enabled: true,
+    };
+    const id = $("rollout-id").value.trim();
+    write([{ key: `rollouts/${id}`, value }], $("rollout-note").value, `Rollout ${id} of ${value.candidate} on ${value.context} created`);
   };
   $("cooldown-form").onsubmit = async (event) => {
     event.preventDefault();
