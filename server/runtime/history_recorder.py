@@ -197,7 +197,9 @@ class HistoryRecorder:
                 actor, note, at = writer(revision, "in force when history recording started")
                 rows.append(ChangeRecord(revision, at, key, None, redact(key, value), actor, note))
             return rows
-        recorded = self.store.latest_per_key()
+        # History as of the read: a newer row another replica recorded since (this update
+        # may be processed late) is not contradicted by the older full state.
+        recorded = self.store.latest_per_key(at_revision=update.revision)
         unseen = "changed while no replica was watching (seen at resync)"
         for key, value in sorted(current.items()):
             revision = revisions.get(key, update.revision)
