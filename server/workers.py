@@ -61,7 +61,7 @@ def run_worker(options: ServeOptions, log_level: str) -> None:
     """A worker's entry point (a fresh interpreter: multiprocessing's spawn)."""
     import asyncio
 
-    from modelroute.server.app import serve_until_signalled
+    from modelroute.server.process import serve_until_signalled
 
     logging.basicConfig(
         level=log_level.upper(),

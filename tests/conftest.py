@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
+import grpc
 import pytest
 from modelroute.server.api.config_apply import load_config_file
 from modelroute.server.app import DEFAULT_BOOTSTRAP, ModelrouteServer, ServeOptions
 from modelroute.storage.embedded_etcd import EmbeddedEtcd, free_port
 from modelroute.storage.etcd import connect, parse_endpoints, write_changes
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from tests.helpers import Pki, Running, make_pki
+from tests.helpers import Pki, Receiver, Running, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +122,16 @@ async def server(seed: int, start_server: Callable[..., Awaitable[Running]]) -> 
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    """An OTLP collector (traces and metrics) on a free port: (collector, port)."""
+    server = grpc.aio.server()
+    collector = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield collector, port
+    await server.stop(None)

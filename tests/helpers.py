@@ -34,6 +34,10 @@ from modelroute.admin.v1 import admin_pb2_grpc
 from modelroute.server.app import ModelrouteServer
 from modelroute.storage.etcd import write_changes
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from sqlalchemy import text
 
@@ -377,11 +381,21 @@ def make_pki(directory: Path) -> Pki:
     return Pki(**files)
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+class Receiver(
+    trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
+):
+    """An OTLP/gRPC collector keeping every span and metric it is sent."""
+
     def __init__(self) -> None:
         self.spans: list[Any] = []
+        self.metrics: list[Any] = []
 
     async def Export(self, request: Any, context: Any) -> Any:
+        if isinstance(request, metrics_service_pb2.ExportMetricsServiceRequest):
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    self.metrics.extend(scope.metrics)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
         for resource_spans in request.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(scope_spans.spans)

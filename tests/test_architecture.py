@@ -45,6 +45,7 @@ TOP = (
     "modelroute.server.app",
     "modelroute.server.options",
     "modelroute.server.workers",
+    "modelroute.server.process",
     "modelroute.server.cli",
 )
 CORE_FORBIDDEN = ("aetcd", "grpc", "sqlalchemy", "sqlmodel", "httpx", "fastapi", "opentelemetry")

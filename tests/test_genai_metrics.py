@@ -4,7 +4,7 @@ receiver), and OpenFeature `feature_flag.*` attributes on decision spans."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,9 @@ import httpx
 import pytest
 from google.protobuf import duration_pb2
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Running, ServerProcess, attributes, eventually
+from tests.helpers import Receiver, Running, ServerProcess, attributes, eventually
 
 
 def report(report_id: str, model: str, outcome: int, tokens: tuple[int, int], latency: int):  # type: ignore[no-untyped-def]
@@ -94,37 +89,6 @@ async def test_token_usage_and_duration_at_metrics_endpoint(
     assert (
         one(durations, "gen_ai_client_operation_duration_seconds_bucket", **google, le="0.32") == 0
     )
-
-
-class Receiver(
-    trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
-):
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.metrics: list[Any] = []
-
-    async def Export(self, request: Any, context: Any) -> Any:
-        if isinstance(request, metrics_service_pb2.ExportMetricsServiceRequest):
-            for resource in request.resource_metrics:
-                for scope in resource.scope_metrics:
-                    self.metrics.extend(scope.metrics)
-            return metrics_service_pb2.ExportMetricsServiceResponse()
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                self.spans.extend(scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server()
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield collector, port
-    await server.stop(None)
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,19 +25,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from tests.helpers import Receiver, ServerProcess, eventually
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-
-    server = grpc.aio.server()
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield collector, port
-    await server.stop(None)
 
 
 def exporter_env(port: int, **extra: str) -> dict[str, str]:

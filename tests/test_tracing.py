@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +10,8 @@ import grpc
 import pytest
 from modelroute.server.api.router_spans import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from tests.helpers import Receiver, ServerProcess, attributes, eventually
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server()
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield collector, port
-    await server.stop(None)
 
 
 @pytest.mark.slow

@@ -89,7 +89,8 @@ def serve(
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
-    from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions, serve_until_signalled
+    from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions
+    from modelroute.server.process import serve_until_signalled
     from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.

@@ -123,6 +123,9 @@ class OffloadingSpanProcessor(SpanProcessor):
         self._flushed = threading.Condition()
         self._flush_acks = 0
         self._write_lock = threading.Lock()
+        # Held from taking spans off the queue until they are written: a flush marker must
+        # not overtake a slice another thread has taken but not yet written.
+        self._drain_lock = threading.RLock()
         self._child: subprocess.Popen[bytes] | None = None
         self._start_child()
         self._thread = threading.Thread(target=self._run, name="span-export", daemon=True)
@@ -157,9 +160,10 @@ class OffloadingSpanProcessor(SpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         with self._flushed:
             target = self._flush_acks + 1
-        self._send_queued()
-        if not self._send((FLUSH,)):
-            return False
+        with self._drain_lock:
+            self._send_queued()
+            if not self._send((FLUSH,)):
+                return False
         with self._flushed:
             while self._flush_acks < target:
                 left = deadline - time.monotonic()
@@ -209,12 +213,13 @@ class OffloadingSpanProcessor(SpanProcessor):
         """Bounded slices: convert a few spans, then a write that releases the GIL."""
         queue = self._queue
         while queue:
-            batch: list[SpanRecord] = []
-            while queue and len(batch) < SLICE_SIZE:
-                item = queue.popleft()
-                batch.append(item if isinstance(item, tuple) else span_record(item))
-            if not self._send((SPANS, batch)):
-                self._count_dropped(len(batch))
+            with self._drain_lock:  # per slice: a flush waits at most for one slice
+                batch: list[SpanRecord] = []
+                while queue and len(batch) < SLICE_SIZE:
+                    item = queue.popleft()
+                    batch.append(item if isinstance(item, tuple) else span_record(item))
+                if batch and not self._send((SPANS, batch)):
+                    self._count_dropped(len(batch))
 
     def _send(self, message: tuple[Any, ...]) -> bool:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,0 +1,50 @@
+"""A replica as an operating-system process: it serves until SIGTERM / SIGINT (or, as a
+worker of `serve --workers N`, until its supervising parent is gone), then drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from modelroute.server.app import ModelrouteServer
+from modelroute.server.options import ServeOptions
+
+log = logging.getLogger("modelroute.server")
+
+
+async def serve_until_signalled(
+    options: ServeOptions, on_serving: Callable[[ModelrouteServer], None] | None = None
+) -> None:
+    server = ModelrouteServer(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if options.parent_pid is not None:
+        watchdog = asyncio.create_task(_stop_when_orphaned(options.parent_pid, stop))
+    try:
+        await server.start()
+        print(f"modelroute: serving gRPC on {options.host}:{server.port}", flush=True)
+        if server.admin_http is not None:
+            print(
+                f"modelroute: dashboard at http://{options.host}:{server.admin_port}/", flush=True
+            )
+        if on_serving is not None:
+            on_serving(server)  # e.g. the CLI publishes <data_dir>/server.json
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await server.stop()
+        if options.parent_pid is not None:
+            watchdog.cancel()
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    # Polled: no event says "my parent died" (prctl PDEATHSIG would, but Linux-only).
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    log.error("supervising process %d is gone: shutting down", parent_pid)
+    stop.set()
