@@ -98,12 +98,16 @@ async def test_pin_with_expiry_then_roll_back_from_history(
         assert (await model_for(server)).model_id == previous
 
     await eventually(restored)
-    changes = await server.admin.ListConfigChanges(
-        admin_pb2.ListConfigChangesRequest(key_prefix="overrides/"), metadata=AUTH
-    )
-    assert [(c.actor, c.HasField("value_after_json")) for c in changes.changes][:1] == [
-        ("dana", False)  # the rollback deleted the override, recorded under the token's name
-    ]
+
+    async def rollback_recorded() -> None:  # the history records after the watch delivers
+        changes = await server.admin.ListConfigChanges(
+            admin_pb2.ListConfigChangesRequest(key_prefix="overrides/"), metadata=AUTH
+        )
+        assert [(c.actor, c.HasField("value_after_json")) for c in changes.changes][:1] == [
+            ("dana", False)  # the rollback deleted the override, recorded under the token's name
+        ]
+
+    await eventually(rollback_recorded)
 
 
 async def test_stale_form_shows_the_conflict_and_overwrites_nothing(
