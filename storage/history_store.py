@@ -64,8 +64,10 @@ class HistoryStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = dialect_insert(engine, _table).on_conflict_do_nothing(
-            index_elements=["revision", "key"]
+        self._insert = (
+            dialect_insert(engine, _table)
+            .on_conflict_do_nothing(index_elements=["revision", "key"])
+            .returning(_table.c.id)
         )
 
     @database_call
@@ -87,8 +89,9 @@ class HistoryStore:
             return 0
         stored = 0
         with self.engine.begin() as connection:
-            for row in rows:  # one statement per row: rowcount tells which ones were new
-                stored += connection.execute(self._insert, row).rowcount or 0
+            for row in rows:  # RETURNING names the rows that were new (psycopg's rowcount
+                # for INSERT ... ON CONFLICT DO NOTHING is -1, not 0 or 1)
+                stored += len(connection.execute(self._insert, row).all())
         return stored
 
     @database_call
