@@ -23,6 +23,11 @@ from tests.helpers import ServerProcess, eventually
 pytestmark = pytest.mark.slow
 
 
+# gRPC shares connections between channels to one target (a global subchannel pool): a
+# "new channel" could ride an old connection, and the kernel spreads connections, not calls.
+FRESH_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
 def worker_pids(parent: int) -> set[int]:
     """The worker processes of `serve --workers` (not multiprocessing's resource tracker)."""
     pids: set[int] = set()
@@ -57,7 +62,7 @@ def serve_workers(tmp_path: Path, etcd_endpoint: str, prefix: str) -> ServerProc
 
 async def answering_worker(address: str, context: str = "rag.answer") -> tuple[str, str]:
     """(worker, model) of a resolve on a new connection (new source port)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=FRESH_CONNECTION) as channel:
         call = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(
             router_pb2.ResolveModelRequest(context=context)
         )
@@ -124,7 +129,7 @@ async def test_killed_worker_is_restarted_and_loses_nothing_it_acknowledged(
         batch = 0
         while not stop.is_set():
             # A new channel per batch: batches land on both workers.
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with grpc.aio.insecure_channel(address, options=FRESH_CONNECTION) as channel:
                 call = router_pb2_grpc.ModelRouterServiceStub(channel).ReportUsage(
                     router_pb2.ReportUsageRequest(
                         reports=[report(f"s{index}-b{batch}-{k}") for k in range(20)]
