@@ -447,3 +447,27 @@ async def put_applied(
         assert current is not None and int(current.revision) >= written.header.revision
 
     await eventually(applied)
+
+
+def otlp_exporting_server(
+    tmp_path: Path, etcd_endpoint: str, prefix: str, otlp_port: int, env: dict[str, str]
+) -> ServerProcess:
+    """`modelroute serve` exporting spans (and metrics) over OTLP to 127.0.0.1:`otlp_port`."""
+    return ServerProcess(
+        [
+            "--etcd-endpoints",
+            etcd_endpoint,
+            "--etcd-prefix",
+            prefix,
+            "--database-url",
+            f"sqlite:///{tmp_path / 'u.db'}",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
+        | env,
+    )

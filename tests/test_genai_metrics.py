@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Receiver, Running, ServerProcess, attributes, eventually
+from tests.helpers import Receiver, Running, attributes, eventually, otlp_exporting_server
 
 
 def report(report_id: str, model: str, outcome: int, tokens: tuple[int, int], latency: int):  # type: ignore[no-untyped-def]
@@ -97,23 +97,12 @@ async def test_metrics_and_flag_attributes_reach_an_otlp_receiver(
 ) -> None:
     collector, port = receiver
     server = await asyncio.to_thread(
-        ServerProcess,
-        [
-            "--etcd-endpoints",
-            etcd_endpoint,
-            "--etcd-prefix",
-            prefix,
-            "--database-url",
-            f"sqlite:///{tmp_path / 'u.db'}",
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-            "OTEL_METRIC_EXPORT_INTERVAL": "200",
-        },
+        otlp_exporting_server,
+        tmp_path,
+        etcd_endpoint,
+        prefix,
+        port,
+        {"OTEL_METRIC_EXPORT_INTERVAL": "200"},
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

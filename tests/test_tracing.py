@@ -11,7 +11,7 @@ import pytest
 from modelroute.server.api.router_spans import hash_user
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
-from tests.helpers import Receiver, ServerProcess, attributes, eventually
+from tests.helpers import Receiver, attributes, eventually, otlp_exporting_server
 
 
 @pytest.mark.slow
@@ -20,23 +20,12 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
 ) -> None:
     collector, port = receiver
     server = await asyncio.to_thread(
-        ServerProcess,
-        [
-            "--etcd-endpoints",
-            etcd_endpoint,
-            "--etcd-prefix",
-            prefix,
-            "--database-url",
-            f"sqlite:///{tmp_path / 'u.db'}",
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-            "OTEL_SERVICE_NAME": "modelroute-test",
-        },
+        otlp_exporting_server,
+        tmp_path,
+        etcd_endpoint,
+        prefix,
+        port,
+        {"OTEL_SERVICE_NAME": "modelroute-test"},
     )
     try:
         trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
