@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -83,6 +84,26 @@ def create_engine_for(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements all read the same committed state (a summary read in
+    several statements, some subtracted from others, must not see a commit in between).
+    PostgreSQL: one REPEATABLE READ transaction. SQLite: one read transaction (the driver
+    would run each SELECT on its own), which in WAL mode blocks no writer.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+            with connection.begin():
+                yield connection
+        return
+    with engine.connect() as connection:
+        connection.exec_driver_sql("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.exec_driver_sql("ROLLBACK")
 
 
 def _enable_wal(cursor: Any) -> None:

@@ -11,6 +11,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.arm_stats import arm_stats
 from modelroute.storage.database import MIGRATIONS_DIR, create_engine_for, upgrade
 from modelroute.storage.preference_store import FeedbackRecord, FeedbackStore
-from modelroute.storage.rollup_window import plan
+from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
     HOUR,
@@ -172,6 +173,13 @@ WINDOWS = [
     # Weeks in the middle, days and hours and minutes at both ends.
     (T0 - timedelta(days=25, hours=3, minutes=7), T0 + timedelta(days=2, minutes=30)),
     (T0 - timedelta(days=19, seconds=1), None),
+    # Served by subtraction (rollup_window): the last 24 hours from late in an hour are
+    # a day's bucket plus raw minutes before it, less the raw minutes after `until`.
+    (T0 + timedelta(hours=23, minutes=42, seconds=57), T0 + timedelta(hours=47, minutes=42)),
+    # Days less hours, a week less days, hours less raw minutes, at both ends.
+    (T0 + timedelta(hours=2, minutes=50), T0 + timedelta(days=2, hours=21, minutes=55)),
+    (T0 - timedelta(days=13, hours=22, minutes=59), T0 + timedelta(hours=23, minutes=58)),
+    (None, T0 + timedelta(days=1, hours=21, minutes=51, microseconds=7)),
 ]
 
 
@@ -338,7 +346,43 @@ def test_backfill_builds_the_same_rollups_as_live_writing(
     assert rollup_contents(engine) == live
 
 
-def test_window_plan_tiles_the_window_with_the_coarsest_rows() -> None:
+def test_a_group_whose_rows_are_all_subtracted_is_not_reported(engine: Engine) -> None:
+    """The last 24 hours until 23:42:57 read that day's bucket less the raw minutes after
+    23:42:57: a model used only in those minutes has no calls in the window and must not
+    appear as a group of zero calls (nor its outcome, nor its feedback)."""
+    day = datetime(2026, 11, 24, tzinfo=UTC)
+    until = day + timedelta(hours=23, minutes=42, seconds=57)
+    first, second = seeded_records(2, seed=9)
+    inside = replace(first, created_at=day + timedelta(hours=12), model_id="inside", outcome="OK")
+    after = replace(second, created_at=until, model_id="after", outcome="TIMEOUT")
+    assert UsageStore(engine).insert_batch([inside, after]) == [True, True]
+    feedback_store = FeedbackStore(engine)
+    for record, feedback in zip((inside, after), seeded_feedback(2, seed=9), strict=True):
+        feedback_store.insert(
+            replace(feedback, model_id=record.model_id, created_at=record.created_at)
+        )
+    window = plan(until - timedelta(hours=24), until)
+    assert window.minus_raw  # the case under test: served by subtraction
+    store = AnalysisStore(engine)
+    groups = store.usage("model", until - timedelta(hours=24), until)
+    assert [(g.key, g.calls, g.by_outcome) for g in groups] == [("inside", 1, {"OK": 1})]
+    feedback = store.feedback_by(("model",), until - timedelta(hours=24), until)
+    assert list(feedback) == [("inside",)] and feedback[("inside",)].feedbacks == 1
+
+
+def signed_pieces(window: Window) -> list[tuple[int, float, float]]:
+    """(sign, start, end) in epoch seconds of every piece of a bounded window's plan."""
+    pieces = [(1, a.timestamp(), b.timestamp()) for a, b in window.raw]
+    pieces += [(-1, a.timestamp(), b.timestamp()) for a, b in window.minus_raw]
+    for sign, ranges in ((1, window.rollups), (-1, window.minus_rollups)):
+        for period, start, end in ranges:
+            assert start is not None and end is not None
+            assert start % period == 0 and end % period == 0 and start < end
+            pieces.append((sign, float(start), float(end)))
+    return pieces
+
+
+def test_window_plan_covers_the_window_exactly_once() -> None:
     rng = random.Random(11)
     base = datetime(2026, 1, 1, tzinfo=UTC)
     for _ in range(500):
@@ -347,20 +391,34 @@ def test_window_plan_tiles_the_window_with_the_coarsest_rows() -> None:
             seconds=rng.choice([30, 4000, 90_000, 40 * 86_400]) * rng.random()
         )
         window = plan(since, until)
-        pieces = [(a.timestamp(), b.timestamp()) for a, b in window.raw]
-        for period, start, end in window.rollups:
-            assert start is not None and end is not None
-            assert start % period == 0 and end % period == 0 and start < end
-            pieces.append((float(start), float(end)))
-        pieces.sort()
-        assert pieces[0][0] == since.timestamp() and pieces[-1][1] == until.timestamp()
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))  # no gap
-        assert sum((b - a).total_seconds() for a, b in window.raw) <= 2 * 3600  # the two ends
+        pieces = signed_pieces(window)
+        # Added minus subtracted pieces cover each instant of the window once, none outside.
+        edges = sorted({since.timestamp(), until.timestamp()} | {e for p in pieces for e in p[1:]})
+        for a, b in itertools.pairwise(edges):
+            middle = (a + b) / 2
+            net = sum(sign for sign, start, end in pieces if start <= middle < end)
+            assert net == (1 if since.timestamp() <= middle < until.timestamp() else 0)
+        # Raw rows only near the ends: at most about half an hour at each (40 minutes:
+        # subtracting costs an hour bucket more), or the whole window if that is shorter.
+        raw = [(b - a).total_seconds() for a, b in [*window.raw, *window.minus_raw]]
+        assert sum(raw) <= min(2 * 2400, (until - since).total_seconds() + 2400), raw
+        assert all(length <= 2400 for length in raw) or raw == [(until - since).total_seconds()]
     long = plan(base + timedelta(hours=5, minutes=1), base + timedelta(days=40, hours=1))
-    assert {period for period, _, _ in long.rollups} == {HOUR, DAY, WEEK}
+    assert {period for period, _, _ in long.rollups + long.minus_rollups} == {HOUR, DAY, WEEK}
     # Results by day never read week rows; an open window reads only the coarsest rows.
-    assert {p for p, _, _ in plan(base, base + timedelta(days=40), coarsest=DAY).rollups} == {DAY}
+    by_day = plan(base, base + timedelta(days=40), coarsest=DAY)
+    assert {p for p, _, _ in by_day.rollups + by_day.minus_rollups} == {DAY}
     assert plan(None, None).rollups == [(WEEK, None, None)] and not plan(None, None).raw
+
+
+def test_the_last_24_hours_read_one_day_and_minutes_not_23_hours() -> None:
+    until = datetime(2026, 11, 24, 23, 42, 57, tzinfo=UTC)
+    window = plan(until - timedelta(hours=24), until)
+    assert window.rollups == [(DAY, 1795478400, 1795564800)]  # 2026-11-24
+    assert not window.minus_rollups
+    # 23:42:57-24:00 of the day before added, of the last day subtracted: 2 x 17 minutes.
+    assert window.raw == [(until - timedelta(hours=24), datetime(2026, 11, 24, tzinfo=UTC))]
+    assert window.minus_raw == [(until, datetime(2026, 11, 25, tzinfo=UTC))]
 
 
 def test_latency_buckets_in_sql_match_python(engine: Engine) -> None:

@@ -20,7 +20,7 @@ from modelroute.server.usage.experiment_sequential import (
     add_sequential_results,
     control_sequential_results,
 )
-from modelroute.storage.analysis_store import FeedbackGroup, UsageGroup
+from modelroute.storage.usage_groups import FeedbackGroup, UsageGroup
 from scipy import stats
 
 ALPHA = 0.05

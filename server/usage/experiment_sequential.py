@@ -14,7 +14,7 @@ from typing import Final
 
 from modelroute.admin.v1 import admin_pb2
 from modelroute.server.usage.sequential import Moments, SequentialResult, compare
-from modelroute.storage.analysis_store import FeedbackGroup, UsageGroup
+from modelroute.storage.usage_groups import FeedbackGroup, UsageGroup
 
 ALPHA: Final = 0.05
 UNBOUNDED: Final = 1e308  # ±infinity as a JSON-safe number

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from modelroute.server.core.rollout_spec import CANDIDATE_ARM
-from modelroute.storage.analysis_store import AnalysisStore, FeedbackGroup, UsageAccumulator
+from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.rollups import bucket_value
+from modelroute.storage.usage_groups import FeedbackGroup, UsageAccumulator
 
 
 @dataclass
