@@ -2,12 +2,12 @@
 
 A summary costs what its window has in rollup buckets (days, hours, keys, latency buckets),
 not what it has in rows: totals, outcome counts and latency sums come from `usage_rollups`,
-percentiles from the latency histogram (`usage_latency_rollups`, each within
-`LATENCY_RELATIVE_ERROR` of the nearest-rank latency), and only the minutes at the ends of a
-window that are not whole hours come from the raw rows, folded the same way (through the
-covering index `ix_llm_usage_logs_created_at_covering`, migration 0007). All of a summary's
-statements read one snapshot (`read_snapshot`): a window end served by subtraction must
-subtract exactly the rows the coarser bucket added.
+percentiles from the latency histogram (`usage_latency_rollups`, or `usage_latency_totals`
+when no key or filter needs the dimensions; each within `LATENCY_RELATIVE_ERROR` of the
+nearest-rank latency), and only the minutes at the ends of a window that are not whole
+hours come from the raw rows, folded the same way. All of a summary's statements read one
+snapshot (`read_snapshot`): a window end served by subtraction must subtract exactly the
+rows that the coarser bucket added.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from modelroute.storage.rollups import (
     experiment_users,
     feedback_rollups,
     latency_rollups,
+    latency_totals,
     usage_rollups,
 )
 from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
@@ -139,11 +140,14 @@ class AnalysisStore:
         latency: bool = True,
     ) -> None:
         n = len(keys)
+        # Without a filter or a key other than the day, the histogram summed over every
+        # key gives the same percentiles from a few hundred rows a day.
+        histogram = latency_totals if not filters and set(keys) <= {"day"} else latency_rollups
         for table, measures, group_extra in (
             (usage_rollups, _USAGE_SUMS, usage_rollups.c.outcome),
-            (latency_rollups, ("calls",), latency_rollups.c.latency_bucket),
+            (histogram, ("calls",), histogram.c.latency_bucket),
         ):
-            if table is latency_rollups and not latency:
+            if table is histogram and not latency:
                 continue
             columns = rollup_keys(table, keys)
             sign = rollup_sign(table, window)

@@ -247,6 +247,21 @@ class UsageLatencyRollup(SQLModel, table=True):
     calls: int = _count()
 
 
+class UsageLatencyTotal(SQLModel, table=True):
+    """Latency histogram per rollup bucket over all dimensions (`usage_latency_totals`,
+    migration 0007): what a summary by day with no filter reads, a few hundred rows per day
+    instead of every key's (keys x latency buckets, ~50,000 rows for 30 days).
+    """
+
+    __tablename__ = "usage_latency_totals"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    period_seconds: int = _key_int()
+    bucket_start: int = _key_int()
+    latency_bucket: int = _key_int()
+    calls: int = _count()
+
+
 class FeedbackRollup(SQLModel, table=True):
     """Feedback totals per rollup bucket (`feedback_rollups`)."""
 

@@ -32,6 +32,7 @@ from modelroute.storage.rollups import (
     bucket_value,
     latency_bucket,
 )
+from modelroute.storage.usage_groups import PERCENTILES
 from modelroute.storage.usage_store import UsageRecord, UsageStore
 from sqlalchemy import Engine, text
 
@@ -39,7 +40,13 @@ T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 MODELS = [("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("claude-3-sonnet", "anthropic")]
 CONTEXTS = ["rag.answer", "reranker", "premium.answer"]
 OUTCOMES = ["OK"] * 8 + ["TIMEOUT", "RATE_LIMITED"]
-ROLLUP_TABLES = ("usage_rollups", "usage_latency_rollups", "feedback_rollups", "experiment_users")
+ROLLUP_TABLES = (
+    "usage_rollups",
+    "usage_latency_rollups",
+    "usage_latency_totals",
+    "feedback_rollups",
+    "experiment_users",
+)
 
 
 def moment(rng: random.Random) -> datetime:
@@ -218,6 +225,7 @@ def check_usage_summaries(engine: Engine, since: datetime | None, until: datetim
             assert group.latency_mean_ms == pytest.approx(
                 sum(latencies) / len(latencies), rel=1e-12
             )
+            assert set(group.percentiles) == set(PERCENTILES), (group_by, group.key)
             for q, value in group.percentiles.items():
                 exact = nearest_rank(latencies, q)
                 assert abs(value - exact) <= LATENCY_RELATIVE_ERROR * exact, (group.key, q)
