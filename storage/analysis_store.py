@@ -30,6 +30,7 @@ from modelroute.storage.rollups import (
     DAY,
     WEEK,
     bucket_case_sql,
+    experiment_user_counts,
     experiment_users,
     feedback_rollups,
     latency_rollups,
@@ -213,11 +214,17 @@ class AnalysisStore:
     def _experiment_users(
         self, experiment_id: str, since: datetime | None, until: datetime | None
     ) -> dict[str, int]:
-        """Distinct users per variant: from `experiment_users` when the window is open on at
-        least one side (first/last call decide), from the raw rows otherwise.
+        """Distinct users per variant: kept counts over all time, from `experiment_users`
+        when the window is open on one side (first/last call decide), from the raw rows
+        otherwise.
         """
-        if since is not None and until is not None:
-            query: Any = (
+        if since is None and until is None:
+            counts = experiment_user_counts.c
+            query: Any = select(counts.variant_id, counts.users).where(
+                counts.experiment_id == experiment_id
+            )
+        elif since is not None and until is not None:
+            query = (
                 select(_usage.c.variant_id, func.count(distinct(_usage.c.user_id)))
                 .where(
                     _usage.c.experiment_id == experiment_id,

@@ -12,7 +12,7 @@ PostgreSQL (ON CONFLICT ... DO UPDATE / DO NOTHING, RETURNING); the way rows tra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,11 +64,17 @@ class _Bulk:
 
 
 class BulkInsertNew(_Bulk):
-    """INSERT rows, skipping those whose `unique` value exists; returns the stored values."""
+    """INSERT rows, skipping those whose `unique` value exists; returns the stored values
+    (tuples when `unique` names several columns).
+    """
 
-    def __init__(self, engine: Engine, table: Table, columns: Sequence[str], unique: str) -> None:
+    def __init__(
+        self, engine: Engine, table: Table, columns: Sequence[str], unique: str | Sequence[str]
+    ) -> None:
         super().__init__(engine, table, columns)
-        self._tail = f" ON CONFLICT ({unique}) DO NOTHING RETURNING {unique}"
+        self._single = isinstance(unique, str)
+        key = unique if isinstance(unique, str) else ", ".join(unique)
+        self._tail = f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
         self._by_rows: dict[int, str] = {}
         if self._postgres:
             self._statement = self._insert(self._source) + self._tail
@@ -79,13 +85,20 @@ class BulkInsertNew(_Bulk):
         if not rows:
             return stored
         if self._postgres:
-            stored.update(connection.exec_driver_sql(self._statement, self._arrays(rows)).scalars())
+            stored.update(
+                self._values_of(connection.exec_driver_sql(self._statement, self._arrays(rows)))
+            )
             return stored
         for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
             chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
             flat = tuple(value for row in chunk for value in row)
-            stored.update(connection.exec_driver_sql(self._values(len(chunk)), flat).scalars())
+            stored.update(
+                self._values_of(connection.exec_driver_sql(self._values(len(chunk)), flat))
+            )
         return stored
+
+    def _values_of(self, result: Any) -> Iterable[Any]:
+        return result.scalars() if self._single else (tuple(row) for row in result)
 
     def _values(self, count: int) -> str:
         statement = self._by_rows.get(count)

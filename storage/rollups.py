@@ -10,7 +10,8 @@ Per hour, UTC day and week, and per (context, model, provider, experiment, varia
   to read instead of tens of thousands); ~60 rows per period per commit to write;
 - `feedback_rollups`: feedback count, quality-score count, sum and sum of squares, thumbs;
 - `experiment_users` (experiment, variant, user): first and last call, for assignments
-  counted in users.
+  counted in users; `experiment_user_counts` (experiment, variant): how many such users,
+  so an experiment's results over all time count users without reading one row per user.
 
 Every write is an additive upsert (`SET n = n + excluded.n`) of deltas computed from the
 rows that were actually inserted, so a duplicate report (same report_id) adds nothing, two
@@ -26,13 +27,15 @@ first (after the last) whole hour from the raw rows (see `rollup_window`).
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from modelroute.storage.bulk_sql import BulkAddUpsert, time_binder
+from modelroute.storage.bulk_sql import BulkAddUpsert, BulkInsertNew, time_binder
 from modelroute.storage.tables import (
     ExperimentUser,
+    ExperimentUserCount,
     FeedbackRollup,
     UsageLatencyRollup,
     UsageLatencyTotal,
@@ -52,6 +55,7 @@ latency_rollups: Table = table_of(UsageLatencyRollup)
 latency_totals: Table = table_of(UsageLatencyTotal)
 feedback_rollups: Table = table_of(FeedbackRollup)
 experiment_users: Table = table_of(ExperimentUser)
+experiment_user_counts: Table = table_of(ExperimentUserCount)
 
 DIMENSIONS: Final = ("context", "model_id", "provider", "experiment_id", "variant_id")
 
@@ -80,6 +84,7 @@ def latency_bucket(latency_ms: int) -> int:
     return min(bisect.bisect_left(BUCKET_UPPERS, latency_ms), len(BUCKET_UPPERS) - 1)
 
 
+@functools.lru_cache(maxsize=8)
 def bucket_case_sql(column: str) -> str:
     """latency_bucket() as SQL (both dialects): a balanced tree of CASEs, a few comparisons
     per row. Migration 0003 carries its own copy (migrations import no application code).
@@ -129,6 +134,11 @@ class RollupWriter:
         )
         self._feedback = BulkAddUpsert(engine, feedback_rollups, _FEEDBACK_KEY, _FEEDBACK_SUMS)
         # First and last call per (experiment, variant, user): keep the earlier / later.
+        user_columns = ("experiment_id", "variant_id", "user_id", "first_seen", "last_seen")
+        self._new_users = BulkInsertNew(engine, experiment_users, user_columns, user_columns[:3])
+        self._user_counts = BulkAddUpsert(
+            engine, experiment_user_counts, ("experiment_id", "variant_id"), ("users",)
+        )
         self._users = BulkAddUpsert(
             engine,
             experiment_users,
@@ -211,11 +221,23 @@ class RollupWriter:
         self._latency.run(connection, [(*key, n) for key, n in sorted(histogram.items())])
         self._totals.run(connection, [(*key, n) for key, n in sorted(totals.items())])
         if users:
-            bind = self._time
-            self._users.run(
-                connection,
-                [(*key, bind(first), bind(last)) for key, (first, last) in sorted(users.items())],
-            )
+            self._add_users(connection, users)
+
+    def _add_users(
+        self, connection: Connection, users: dict[tuple[str, str, str], list[datetime]]
+    ) -> None:
+        """Insert the users not seen before in their variant and count them; move the first
+        and last call of the others. A user inserted concurrently by another transaction
+        counts once: ON CONFLICT DO NOTHING waits for it and then skips the row.
+        """
+        bind = self._time
+        rows = [(*key, bind(first), bind(last)) for key, (first, last) in sorted(users.items())]
+        new = self._new_users.run(connection, rows)
+        self._users.run(connection, [row for row in rows if row[:3] not in new])
+        counts: dict[tuple[str, str], int] = {}
+        for experiment, variant, _ in new:
+            counts[(experiment, variant)] = counts.get((experiment, variant), 0) + 1
+        self._user_counts.run(connection, [(*key, n) for key, n in sorted(counts.items())])
 
     def add_feedback(self, connection: Connection, records: Iterable[Any]) -> None:
         """`records`: FeedbackRecord-like objects inserted just now."""

@@ -298,6 +298,19 @@ class ExperimentUser(SQLModel, table=True):
     last_seen: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
 
 
+class ExperimentUserCount(SQLModel, table=True):
+    """Users seen per experiment variant (`experiment_user_counts`, migration 0007): the
+    number of `experiment_users` rows of the variant, kept by the usage writer.
+    """
+
+    __tablename__ = "experiment_user_counts"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    experiment_id: str = _key_text(128)
+    variant_id: str = _key_text(128)
+    users: int = _count()
+
+
 class ConfigChange(SQLModel, table=True):
     """One decision-shaping key changed at one etcd revision (`config_changes`).
 

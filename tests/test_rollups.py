@@ -46,6 +46,7 @@ ROLLUP_TABLES = (
     "usage_latency_totals",
     "feedback_rollups",
     "experiment_users",
+    "experiment_user_counts",
 )
 
 
