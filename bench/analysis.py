@@ -124,7 +124,7 @@ def build(url: str, rows: int) -> float:
     started = time.perf_counter()
     upgrade(url)
     backfill = time.perf_counter() - started
-    print(f"  migration 0005_rollups (create + backfill) took {backfill:.0f} s")
+    print(f"  migrations 0005-0007 (rollups created + backfilled) took {backfill:.0f} s")
     return backfill
 
 
