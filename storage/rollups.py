@@ -21,7 +21,8 @@ PostgreSQL lock rollup rows in one order (no deadlocks).
 
 Three periods keep every summary cheap: whole weeks come from the week rows, whole days at
 either end from the day rows, whole hours from the hour rows, and the minutes before the
-first (after the last) whole hour from the raw rows (see `rollup_window`).
+first (after the last) whole hour from the raw rows; an end may instead be a coarser bucket
+less the finer rows outside the window, whichever reads fewer rows (see `rollup_window`).
 """
 
 from __future__ import annotations
