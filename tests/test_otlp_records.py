@@ -137,7 +137,17 @@ def test_cached_attributes_stay_exact_across_batches_and_cache_resets() -> None:
 
 
 def test_values_the_sdk_encoder_drops_are_dropped_alike(caplog: pytest.LogCaptureFixture) -> None:
-    records = [record(attributes={"ok": "kept", "too.big": 2**64, "after": 1})]
+    records = [
+        record(
+            attributes={
+                "ok": "kept",
+                "too.big": 2**64,
+                "lone.surrogate": "\ud800",
+                "bad.key.\udc00": "x",
+                "after": 1,
+            }
+        )
+    ]
     assert_same_request(records, RecordEncoder(RESOURCE))
     assert "too.big" in caplog.text
 

@@ -62,7 +62,6 @@ _SPANS: Final = b"\x12"  # ScopeSpans.spans = 2
 _SCOPE_SPANS: Final = b"\x12"  # ResourceSpans.scope_spans = 2
 _RESOURCE_SPANS: Final = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
 _DOUBLE: Final = struct.Struct("<d")
-# As the SDK encoder sets them: the parent's is-remote bit is always known here.
 _HAS_IS_REMOTE: Final = 0x100
 _IS_REMOTE: Final = 0x200
 _INT64_MIN: Final = -(1 << 63)
@@ -102,7 +101,9 @@ class RecordEncoder:
             resource=_encode_resource(resource), schema_url=resource.schema_url
         ).SerializeToString()
         self._cache_limit = cache_limit
-        self._attributes: dict[tuple[str, type, object], bytes] = {}
+        self._strings: dict[str, dict[str, bytes]] = {}  # key -> str value -> fragment
+        self._others: dict[tuple[str, type, object], bytes] = {}  # int and bool values
+        self._cached = 0
         self._keys: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
         self._trace_states: dict[str, bytes] = {}
@@ -115,15 +116,21 @@ class RecordEncoder:
             if scope_spans is None:
                 scope_spans = by_scope[record[14]] = []
             span = self._span(record)
-            scope_spans.append(_SPANS + _varint(len(span)) + span)
+            size = len(span)
+            if 0x80 <= size < 0x4000:  # the usual span: a two-byte length
+                scope_spans.append(b"".join((_SPANS, bytes((size & 0x7F | 0x80, size >> 7)), span)))
+            else:
+                scope_spans.append(_SPANS + _varint(size) + span)
         if not by_scope:
             return ExportTraceServiceRequest()
         parts = [self._resource_header]
         for scope_key, spans in by_scope.items():
             parts.append(_delimited(_SCOPE_SPANS, self._scope_header(scope_key) + b"".join(spans)))
         request = _delimited(_RESOURCE_SPANS, b"".join(parts))
-        if len(self._attributes) >= self._cache_limit:
-            self._attributes.clear()
+        if self._cached >= self._cache_limit:
+            self._strings.clear()
+            self._others.clear()
+            self._cached = 0
         return ExportTraceServiceRequest.FromString(request)
 
     def _span(self, record: SpanRecord) -> bytes:
@@ -153,31 +160,49 @@ class RecordEncoder:
             _SPAN_ID,
             span_id.to_bytes(8, "big"),
             name_field,
-            _KIND,
-            _varint(kind + 1),  # SDK SpanKind INTERNAL=0.. -> OTLP SPAN_KIND_INTERNAL=1..
+            _KINDS[kind] if 0 <= kind < len(_KINDS) else _KIND + _varint(kind + 1),
             _TIMES.pack(_START_TAG, start, _END_TAG, end),
         ]
         if state:
             parts.append(self._trace_state(state))
         if parent_id:
             parts += (_PARENT_SPAN_ID, parent_id.to_bytes(8, "big"))
-        cache = self._attributes
+        strings, others = self._strings, self._others
         for key, value in attributes.items():
             kind_of_value = value.__class__
-            if kind_of_value is str or kind_of_value is int or kind_of_value is bool:
-                fragment = cache.get((key, kind_of_value, value))
+            if kind_of_value is str:  # most values: one dict per key, no tuple to build
+                values = strings.get(key)
+                if values is None:
+                    values = strings[key] = {}
+                fragment = values.get(value)
                 if fragment is None:
-                    fragment = cache[(key, kind_of_value, value)] = self._attribute(key, value)
-                parts.append(fragment)
+                    fragment = values[value] = self._attribute(key, value)
+                    self._cached += 1
+            elif kind_of_value is int or kind_of_value is bool:  # True == 1: type in the key
+                fragment = others.get((key, kind_of_value, value))
+                if fragment is None:
+                    fragment = others[(key, kind_of_value, value)] = self._attribute(key, value)
+                    self._cached += 1
             else:
-                parts.append(self._attribute(key, value))
+                fragment = self._attribute(key, value)
+            parts.append(fragment)
         if events:
             parts.append(_events(events))
-        parts += (_status(status_code, status_description), _flags(parent_id, parent_remote))
+        if status_code or status_description:
+            parts.append(_status(status_code, status_description))
+        else:
+            parts.append(_UNSET_STATUS)
+        parts.append(_REMOTE_PARENT if parent_id and parent_remote else _LOCAL_OR_NO_PARENT)
         return b"".join(parts)
 
     def _attribute(self, key: str, value: Any) -> bytes:
         """The span's `attributes` entry for one key, as the SDK encoder would write it."""
+        try:
+            return self._scalar_attribute(key, value)
+        except UnicodeEncodeError:  # lone surrogates: what protobuf refuses, logged and left out
+            return _library_attribute(key, value)
+
+    def _scalar_attribute(self, key: str, value: Any) -> bytes:
         kind_of_value = value.__class__
         if kind_of_value is str:
             any_value = _delimited(b"\x0a", value.encode())  # string_value = 1 (a oneof:
@@ -241,9 +266,12 @@ def _status(code: int, description: str | None) -> bytes:
     return _STATUS + _varint(len(payload)) + payload
 
 
-def _flags(parent_id: int, parent_remote: bool) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_id and parent_remote else 0)
-    return _FLAGS.pack(_FLAGS_TAG, flags)
+# SDK SpanKind INTERNAL=0..CONSUMER=4 -> OTLP SPAN_KIND_INTERNAL=1..SPAN_KIND_CONSUMER=5.
+_KINDS: Final = tuple(_KIND + _varint(kind + 1) for kind in range(5))
+_UNSET_STATUS: Final = _status(0, None)
+# The span's `flags` as the SDK encoder sets them: whether the parent is remote is known.
+_LOCAL_OR_NO_PARENT: Final = _FLAGS.pack(_FLAGS_TAG, _HAS_IS_REMOTE)
+_REMOTE_PARENT: Final = _FLAGS.pack(_FLAGS_TAG, _HAS_IS_REMOTE | _IS_REMOTE)
 
 
 class RecordSpanExporter(OTLPSpanExporter):
