@@ -4,14 +4,18 @@ status, attributes of every type, events, scopes, resource)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from modelroute.server.telemetry.export import SpanRecord, records_to_spans
-from modelroute.server.telemetry.otlp_records import RecordEncoder
+from modelroute.server.telemetry.otlp_records import RecordEncoder, RecordSpanExporter
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from tests.helpers import Receiver
 
 RESOURCE = Resource.create({"service.name": "modelroute-test", "deployment.environment": "ci"})
 ROUTER = ("modelroute.router", None)
@@ -154,3 +158,21 @@ def test_values_the_sdk_encoder_drops_are_dropped_alike(caplog: pytest.LogCaptur
 
 def test_no_records_make_an_empty_request() -> None:
     assert RecordEncoder(RESOURCE).encode([]) == sdk_request([])
+
+
+async def test_the_exporter_sends_records_and_sdk_spans_alike_to_a_collector(
+    receiver: tuple[Receiver, int],
+) -> None:
+    collector, port = receiver
+    exporter = RecordSpanExporter(RESOURCE, endpoint=f"127.0.0.1:{port}", insecure=True)
+    try:
+        sent = await asyncio.to_thread(exporter.export_records, VARIED)
+        assert sent is SpanExportResult.SUCCESS
+        spans = records_to_spans(VARIED, RESOURCE, {})
+        assert await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    expected = [
+        s for r in sdk_request(VARIED).resource_spans for ss in r.scope_spans for s in ss.spans
+    ]
+    assert collector.spans == expected + expected
