@@ -58,6 +58,7 @@ from modelroute.server.runtime.quota_counts import (
     LimitState,
     QuotaAlert,
     day_window,
+    limits_set,
     minute_window,
     provider_limit,
     window_end,
@@ -138,10 +139,7 @@ class QuotaTracker:
         spec = snapshot.providers.get(model.provider) if snapshot is not None else None
         if spec is None:
             return None
-        for metric in PROVIDER_LIMITS:
-            limit = provider_limit(spec, metric)
-            if not limit:
-                continue
+        for metric, limit in limits_set(spec, PROVIDER_LIMITS):
             if metric in REQUEST_LIMITS and self._reserved_by_others(
                 metric, model.provider, limit, now
             ):
@@ -204,11 +202,10 @@ class QuotaTracker:
         if spec is None:
             return False
         ratio = spec.warn_ratio or DEFAULT_WARN_RATIO
-        for metric in REQUEST_LIMITS:
-            limit = provider_limit(spec, metric)
-            if limit and self.total(metric, provider, now) >= limit * ratio:
-                return True
-        return False
+        return any(
+            self.total(metric, provider, now) >= limit * ratio
+            for metric, limit in limits_set(spec, REQUEST_LIMITS)
+        )
 
     def admit(self, provider: str, now: datetime, *, force: bool = False) -> Admission:
         """Count one admission for `provider` if its request limits allow it. `force`
@@ -217,11 +214,10 @@ class QuotaTracker:
         spec = snapshot.providers.get(provider) if snapshot is not None else None
         if spec is None:
             return Admission.ADMITTED
-        minute, day = self._roll(now)
-        limited = [(m, provider_limit(spec, m)) for m in REQUEST_LIMITS]
-        limited = [(m, limit) for m, limit in limited if limit]
+        limited = limits_set(spec, REQUEST_LIMITS)
         if not limited:
             return Admission.ADMITTED
+        minute, day = self._roll(now)
         for metric, limit in limited:
             mine = self.mine.get(metric, provider, minute, day)
             if mine + self._peers_total(metric, provider, minute, day) >= limit:
