@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import pickle
 import random
 import statistics
@@ -87,7 +88,7 @@ def decision_records(count: int, seed: int = 14) -> list[SpanRecord]:
                 trace, parent = rng.getrandbits(128), rng.getrandbits(64) or 1
                 metadata = [("traceparent", f"00-{trace:032x}-{parent:016x}-01")]
             decision_spans.record_decision(
-                metadata,
+                functools.partial(tuple, metadata or ()),  # read lazily, as the server does
                 time.time_ns(),
                 rng.choice(contexts),
                 rng.choice(users),
