@@ -66,7 +66,7 @@ _HAS_IS_REMOTE: Final = 0x100
 _IS_REMOTE: Final = 0x200
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
-DEFAULT_CACHE_LIMIT: Final = 50_000
+DEFAULT_CACHE_LIMIT: Final = 16_384  # fragments of ~100 bytes: a few MiB at most
 
 
 def _varint(value: int) -> bytes:
