@@ -9,6 +9,7 @@ Runs until stdin closes, then exports what it still holds and exits.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import queue
 import sys
@@ -18,6 +19,7 @@ from typing import IO, Any
 from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, records_to_spans
 
 MAX_EXPORT_BATCH = 512
+EXPORTER_NICENESS = 10
 log = logging.getLogger("modelroute.telemetry.export_worker")
 
 
@@ -38,6 +40,8 @@ def reply(line: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Export is background work: when the cores are busy, answering calls comes first.
+    os.nice(EXPORTER_NICENESS)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExportResult
