@@ -1,10 +1,11 @@
 """ResolveModel hot path against a bare grpc.aio server, loaded by h2load (a C client, so the
 load generator does not eat the Python servers' CPU budget).
 
-Three servers, one process each, all on 127.0.0.1: the echo server (grpc.aio answering the
-same response bytes, zero work), modelroute with spans exported over OTLP to a sink process,
-and modelroute with export off. Rounds are interleaved (echo, export on, export off, echo,
-...) so drift hits every side alike. Printed:
+Four servers, one process each, all on 127.0.0.1: the echo server (grpc.aio answering the
+same response bytes, zero work; the baseline, on asyncio's loop), the same echo on uvloop
+(modelroute's default loop: the second set of ratios), modelroute with spans exported over
+OTLP to a sink process, and modelroute with export off. Rounds are interleaved (echo, echo
+uvloop, export on, export off, echo, ...) so drift hits every side alike. Printed:
 
 - throughput (h2load -c 4 -m 16, a fixed number of requests per round), ratio to echo
   (goal >= 0.85 with export on);
@@ -186,7 +187,13 @@ def scrape_decisions(admin_port: int) -> tuple[int, int]:
 
 
 def start_modelroute(
-    name: str, tmp: Path, etcd: str, prefix: str, workers: int, env: dict[str, str]
+    name: str,
+    tmp: Path,
+    etcd: str,
+    prefix: str,
+    workers: int,
+    env: dict[str, str],
+    event_loop: str = "uvloop",
 ) -> Process:
     args = [
         sys.executable,
@@ -205,6 +212,8 @@ def start_modelroute(
         f"sqlite:///{tmp / name}.db",
         "--data-dir",
         str(tmp / name),
+        "--event-loop",
+        event_loop,
     ]
     if workers != 1:
         # A fixed port: workers share it through SO_REUSEPORT.
@@ -242,6 +251,7 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=float, default=5.0, help="per latency round")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--compare-workers", action="store_true")
+    parser.add_argument("--event-loop", default="uvloop", help="modelroute's (serve --event-loop)")
     args = parser.parse_args()
     if not subprocess.run(["which", "h2load"], capture_output=True).stdout:
         sys.exit("h2load not found: apt-get install nghttp2-client")
@@ -285,7 +295,9 @@ def main() -> None:
                     "2 workers": start_modelroute("w2", tmp, etcd.endpoint, prefix, 2, export_env),
                 }
             else:
-                on = start_modelroute("on", tmp, etcd.endpoint, prefix, args.workers, export_env)
+                on = start_modelroute(
+                    "on", tmp, etcd.endpoint, prefix, args.workers, export_env, args.event_loop
+                )
                 off = start_modelroute(
                     "off",
                     tmp,
@@ -293,6 +305,7 @@ def main() -> None:
                     prefix,
                     args.workers,
                     {"OTEL_TRACES_EXPORTER": "none"},
+                    args.event_loop,
                 )
                 sides = {"export on": on, "export off": off}
             processes += sides.values()
@@ -305,13 +318,16 @@ def main() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
                 sample = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(request)
             if not args.compare_workers:
-                echo = start(
-                    "echo",
-                    [sys.executable, str(ROOT / "bench" / "echo_server.py")],
-                    {"ECHO_RESPONSE_HEX": sample.SerializeToString().hex()},
-                )
-                processes.append(echo)
-                sides = {"echo": echo, **sides}
+                echoes = {
+                    name: start(
+                        name,
+                        [sys.executable, str(ROOT / "bench" / "echo_server.py")],
+                        {"ECHO_RESPONSE_HEX": sample.SerializeToString().hex(), **loop},
+                    )
+                    for name, loop in (("echo", {}), ("echo uvloop", {"ECHO_EVENT_LOOP": "uvloop"}))
+                }
+                processes += echoes.values()
+                sides = {**echoes, **sides}
             body = tmp / "request.bin"
             body.write_bytes(grpc_frame(request.SerializeToString()))
             common = {"clients": args.clients, "streams": args.streams}
@@ -383,6 +399,13 @@ def main() -> None:
                     f" {'met' if on_ratio >= 0.85 else 'NOT met'}), p99 ratio"
                     f" {p99(latencies['export on']) / base_p99:.2f} (<= 1.2:"
                     f" {'met' if p99(latencies['export on']) <= 1.2 * base_p99 else 'NOT met'})"
+                )
+                # modelroute serves on uvloop: the same ratios against an echo on uvloop.
+                same_loop = statistics.median(rates["echo uvloop"])
+                print(
+                    f"  against the echo on uvloop (same loop as modelroute): throughput ratio"
+                    f" {statistics.median(rates['export on']) / same_loop:.2f}, p99 ratio"
+                    f" {p99(latencies['export on']) / p99(latencies['echo uvloop']):.2f}"
                 )
         finally:
             outputs = {p.name: p.stop() for p in reversed(processes) if p is not sink}

@@ -10,6 +10,7 @@ Runs until stdin closes, then exports what it still holds and exits.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import queue
 import sys
@@ -19,6 +20,7 @@ from typing import IO, Any
 from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, SpanRecord
 
 MAX_EXPORT_BATCH = 512
+EXPORTER_NICENESS = 10
 log = logging.getLogger("modelroute.telemetry.export_worker")
 
 
@@ -39,6 +41,8 @@ def reply(line: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Export is background work: when the cores are busy, answering calls comes first.
+    os.nice(EXPORTER_NICENESS)
     from modelroute.server.telemetry.otlp_records import RecordSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExportResult
