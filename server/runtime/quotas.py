@@ -89,6 +89,8 @@ class QuotaTracker:
         self._monotonic = monotonic
         now = clock()
         self.mine = Counts(minute_window(now), day_window(now))
+        # (start of the minute in epoch seconds, (minute, day) windows): `_roll`'s shortcut.
+        self._current_minute = (self.mine.minute * 60, (self.mine.minute, self.mine.day))
         # What the others have seen, with the reservations in force (published, so the
         # others already leave room for them).
         self.published = self.mine.copy()
@@ -112,14 +114,21 @@ class QuotaTracker:
     # --- totals -------------------------------------------------------------------------
 
     def _roll(self, now: datetime) -> tuple[int, int]:
+        stamp = now.timestamp()
+        start, windows = self._current_minute
+        if start <= stamp < start + 60 and self.mine.minute == windows[0]:
+            return windows  # most calls: the same minute as the last one (no date math)
         minute, day = minute_window(now), day_window(now)
         if minute != self.mine.minute or day != self.mine.day:
             self.mine.roll(minute, day)
             self.published.roll(minute, day)
             self._raised = {key for key in self._raised if key.endswith(f"@{day}")}
+        self._current_minute = (minute * 60, (minute, day))
         return minute, day
 
     def _peers_total(self, metric: str, subject: str, minute: int, day: int) -> float:
+        if not self.peers:
+            return 0.0
         return sum(peer.get(metric, subject, minute, day) for peer in self.peers.values())
 
     def total(self, metric: str, subject: str, now: datetime) -> float:
