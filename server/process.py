@@ -4,6 +4,7 @@ worker of `serve --workers N`, until its supervising parent is gone), then drain
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,11 @@ async def serve_until_signalled(
         watchdog = asyncio.create_task(_stop_when_orphaned(options.parent_pid, stop))
     try:
         await server.start()
+        # Everything built at startup lives as long as the process: out of the collector's
+        # sight, a full collection later scans only what came after (it scanned all of it:
+        # ~90 ms pauses on this codebase, the worst latency outliers a replica had).
+        gc.collect()
+        gc.freeze()
         print(f"modelroute: serving gRPC on {options.host}:{server.port}", flush=True)
         if server.admin_http is not None:
             print(
