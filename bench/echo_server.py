@@ -1,5 +1,7 @@
 """Baseline for the ResolveModel benchmark: a grpc.aio server answering ResolveModel with a
-fixed, pre-serialised response of the real size. Same stack, zero work."""
+fixed, pre-serialised response of the real size. Same stack, zero work.
+
+`ECHO_EVENT_LOOP=uvloop` runs it on uvloop (modelroute's default loop), else on asyncio's."""
 
 from __future__ import annotations
 
@@ -29,4 +31,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if os.environ.get("ECHO_EVENT_LOOP") == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -1,10 +1,11 @@
 """ResolveModel hot path against a bare grpc.aio server, loaded by h2load (a C client, so the
 load generator does not eat the Python servers' CPU budget).
 
-Three servers, one process each, all on 127.0.0.1: the echo server (grpc.aio answering the
-same response bytes, zero work), modelroute with spans exported over OTLP to a sink process,
-and modelroute with export off. Rounds are interleaved (echo, export on, export off, echo,
-...) so drift hits every side alike. Printed:
+Four servers, one process each, all on 127.0.0.1: the echo server (grpc.aio answering the
+same response bytes, zero work; the baseline, on asyncio's loop), the same echo on uvloop
+(modelroute's default loop: the second set of ratios), modelroute with spans exported over
+OTLP to a sink process, and modelroute with export off. Rounds are interleaved (echo, echo
+uvloop, export on, export off, echo, ...) so drift hits every side alike. Printed:
 
 - throughput (h2load -c 4 -m 16, a fixed number of requests per round), ratio to echo
   (goal >= 0.85 with export on);
@@ -38,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_PATH = "/modelroute.v1.ModelRouterService/ResolveModel"
+EXPORT_WORKER = "modelroute.server.telemetry.export_worker"
 
 
 @dataclass
@@ -145,15 +147,17 @@ def h2load(
     return float(rate.group(1)), int(succeeded.group(1)), latencies
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its descendants (workers), from /proc."""
+def cpu_seconds(pid: int, *, only: str = "") -> float:
+    """User + system CPU of `pid` and its descendants (workers, exporter children), from
+    /proc; `only`: just the processes whose command line contains it."""
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if not only or only.encode() in Path(f"/proc/{current}/cmdline").read_bytes():
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
@@ -183,7 +187,13 @@ def scrape_decisions(admin_port: int) -> tuple[int, int]:
 
 
 def start_modelroute(
-    name: str, tmp: Path, etcd: str, prefix: str, workers: int, env: dict[str, str]
+    name: str,
+    tmp: Path,
+    etcd: str,
+    prefix: str,
+    workers: int,
+    env: dict[str, str],
+    event_loop: str = "uvloop",
 ) -> Process:
     args = [
         sys.executable,
@@ -202,6 +212,8 @@ def start_modelroute(
         f"sqlite:///{tmp / name}.db",
         "--data-dir",
         str(tmp / name),
+        "--event-loop",
+        event_loop,
     ]
     if workers != 1:
         # A fixed port: workers share it through SO_REUSEPORT.
@@ -239,6 +251,7 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=float, default=5.0, help="per latency round")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--compare-workers", action="store_true")
+    parser.add_argument("--event-loop", default="uvloop", help="modelroute's (serve --event-loop)")
     args = parser.parse_args()
     if not subprocess.run(["which", "h2load"], capture_output=True).stdout:
         sys.exit("h2load not found: apt-get install nghttp2-client")
@@ -282,7 +295,9 @@ def main() -> None:
                     "2 workers": start_modelroute("w2", tmp, etcd.endpoint, prefix, 2, export_env),
                 }
             else:
-                on = start_modelroute("on", tmp, etcd.endpoint, prefix, args.workers, export_env)
+                on = start_modelroute(
+                    "on", tmp, etcd.endpoint, prefix, args.workers, export_env, args.event_loop
+                )
                 off = start_modelroute(
                     "off",
                     tmp,
@@ -290,6 +305,7 @@ def main() -> None:
                     prefix,
                     args.workers,
                     {"OTEL_TRACES_EXPORTER": "none"},
+                    args.event_loop,
                 )
                 sides = {"export on": on, "export off": off}
             processes += sides.values()
@@ -302,13 +318,16 @@ def main() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
                 sample = router_pb2_grpc.ModelRouterServiceStub(channel).ResolveModel(request)
             if not args.compare_workers:
-                echo = start(
-                    "echo",
-                    [sys.executable, str(ROOT / "bench" / "echo_server.py")],
-                    {"ECHO_RESPONSE_HEX": sample.SerializeToString().hex()},
-                )
-                processes.append(echo)
-                sides = {"echo": echo, **sides}
+                echoes = {
+                    name: start(
+                        name,
+                        [sys.executable, str(ROOT / "bench" / "echo_server.py")],
+                        {"ECHO_RESPONSE_HEX": sample.SerializeToString().hex(), **loop},
+                    )
+                    for name, loop in (("echo", {}), ("echo uvloop", {"ECHO_EVENT_LOOP": "uvloop"}))
+                }
+                processes += echoes.values()
+                sides = {**echoes, **sides}
             body = tmp / "request.bin"
             body.write_bytes(grpc_frame(request.SerializeToString()))
             common = {"clients": args.clients, "streams": args.streams}
@@ -317,12 +336,17 @@ def main() -> None:
 
             rates: dict[str, list[float]] = {name: [] for name in sides}
             cpu: dict[str, float] = {name: 0.0 for name in sides}
+            child_cpu = 0.0  # the span exporter children of "export on" (in its server CPU)
             latencies: dict[str, list[float]] = {name: [] for name in sides}
             for _ in range(args.rounds):
                 for name, process in sides.items():
                     cpu_before = cpu_seconds(process.popen.pid)
+                    child_before = cpu_seconds(process.popen.pid, only=EXPORT_WORKER)
                     rate, ok, _ = h2load(process.port, body, requests=args.requests, **common)
                     cpu[name] += cpu_seconds(process.popen.pid) - cpu_before
+                    if name == "export on":
+                        child_cpu += cpu_seconds(process.popen.pid, only=EXPORT_WORKER)
+                        child_cpu -= child_before
                     assert ok == args.requests, f"{name}: {ok} of {args.requests} succeeded"
                     rates[name].append(rate)
             fixed = int(args.rate * args.rate_seconds)
@@ -365,12 +389,23 @@ def main() -> None:
                 ratio = statistics.median(rates["2 workers"]) / base_rate
                 print(f"  throughput 2 workers / 1 worker: {ratio:.2f}")
             else:
+                print(
+                    "  exporter child CPU (within export on's server CPU)"
+                    f" {1e6 * child_cpu / (args.requests * args.rounds):.0f} us/span"
+                )
                 on_ratio = statistics.median(rates["export on"]) / base_rate
                 print(
                     f"  goals (export on): throughput ratio {on_ratio:.2f} (>= 0.85:"
                     f" {'met' if on_ratio >= 0.85 else 'NOT met'}), p99 ratio"
                     f" {p99(latencies['export on']) / base_p99:.2f} (<= 1.2:"
                     f" {'met' if p99(latencies['export on']) <= 1.2 * base_p99 else 'NOT met'})"
+                )
+                # modelroute serves on uvloop: the same ratios against an echo on uvloop.
+                same_loop = statistics.median(rates["echo uvloop"])
+                print(
+                    f"  against the echo on uvloop (same loop as modelroute): throughput ratio"
+                    f" {statistics.median(rates['export on']) / same_loop:.2f}, p99 ratio"
+                    f" {p99(latencies['export on']) / p99(latencies['echo uvloop']):.2f}"
                 )
         finally:
             outputs = {p.name: p.stop() for p in reversed(processes) if p is not sink}

@@ -62,6 +62,8 @@ class ServeOptions:
 
     # Admin HTTP API + dashboard + /metrics on this port (0: any free port); None: off.
     admin_port: int | None = None
+    # The asyncio event loop implementation: "uvloop" (default) or "asyncio".
+    event_loop: str = "uvloop"
     # Checks the admin HTTP bearer token (None: no token required).
     admin_verify_token: Callable[[str | None], bool] | None = None
     # --- set by `serve --workers N` (server/workers.py) for each worker ---

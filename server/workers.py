@@ -59,15 +59,13 @@ def _free_port(host: str) -> int:
 
 def run_worker(options: ServeOptions, log_level: str) -> None:
     """A worker's entry point (a fresh interpreter: multiprocessing's spawn)."""
-    import asyncio
-
-    from modelroute.server.process import serve_until_signalled
+    from modelroute.server.process import run_event_loop, serve_until_signalled
 
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s [worker {options.worker_name}] %(name)s: %(message)s",
     )
-    asyncio.run(serve_until_signalled(options))
+    run_event_loop(serve_until_signalled(options), options.event_loop)
 
 
 @dataclasses.dataclass

@@ -364,6 +364,32 @@ def test_quota_reservation_from_an_ended_minute_admits_nothing_in_the_next() -> 
     assert tracker.total("requests_per_minute", "p0", next_minute) == 1
 
 
+def test_usage_counts_follow_the_clock_across_seconds_minutes_and_midnight() -> None:
+    """Minute counts reset when the minute turns, day counts at UTC midnight, and nothing
+    resets within a minute (the window check is cached per minute)."""
+    from datetime import timedelta
+
+    from modelroute.server.runtime.quotas import QuotaTracker
+
+    values = dict(BASE)
+    values["providers/p0"] = {"tokens_per_minute": 10**6, "tokens_per_day": 10**7}
+    snapshot = build(values)
+    before_midnight = datetime(2026, 11, 24, 23, 59, 0, tzinfo=UTC)
+    tracker = QuotaTracker("r1", lambda: snapshot, clock=lambda: before_midnight)
+    for second in (0, 30, 59):
+        tracker.record_usage("p0", "chat", 100, 0.0, before_midnight + timedelta(seconds=second))
+    late = before_midnight + timedelta(seconds=59.9)
+    assert tracker.total("tokens_per_minute", "p0", late) == 300
+    assert tracker.total("tokens_per_day", "p0", late) == 300
+    after_midnight = before_midnight + timedelta(minutes=1)
+    assert tracker.total("tokens_per_minute", "p0", after_midnight) == 0
+    assert tracker.total("tokens_per_day", "p0", after_midnight) == 0
+    tracker.record_usage("p0", "chat", 7, 0.0, after_midnight + timedelta(seconds=1))
+    next_minute = after_midnight + timedelta(minutes=1, seconds=5)
+    assert tracker.total("tokens_per_minute", "p0", next_minute) == 0
+    assert tracker.total("tokens_per_day", "p0", next_minute) == 7
+
+
 def test_decision_cache_seconds_absent_is_5_and_zero_turns_caching_off() -> None:
     assert resolve(build(BASE), ResolveInput("chat"), NOW).cache_ttl_seconds == 5
     values = dict(BASE)

@@ -70,8 +70,11 @@ def test_a_second_serve_in_the_same_data_dir_refuses_at_once_and_touches_nothing
         assert first.stop() == 0
 
 
-def test_ctrl_c_stops_the_server_before_its_embedded_etcd(tmp_path: Path) -> None:
-    server = ServerProcess(["--data-dir", str(tmp_path / "data")], own_group=True)
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_ctrl_c_stops_the_server_before_its_embedded_etcd(tmp_path: Path, event_loop: str) -> None:
+    server = ServerProcess(
+        ["--data-dir", str(tmp_path / "data"), "--event-loop", event_loop], own_group=True
+    )
     assert resolves(server.port) == "gemini-3-flash-preview"
     os.killpg(server.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert server.wait() == 0, "".join(server.output)
@@ -96,3 +99,16 @@ def test_a_crashed_servers_embedded_etcd_is_replaced_on_the_next_start(tmp_path:
         assert not running(etcd_pid)  # the orphan was stopped, not left beside ours
     finally:
         assert restarted.stop() == 0
+
+
+def test_an_unknown_event_loop_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [*SERVE, "--port", "0", "--data-dir", str(data_dir), "--event-loop", "trio"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--event-loop must be one of uvloop, asyncio" in result.stdout + result.stderr
+    assert not data_dir.exists()  # no embedded etcd was started

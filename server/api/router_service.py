@@ -177,7 +177,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
         response = decision_response(decision, token)
         # The span is built once, now that everything about the decision is known.
         decision_spans.record_decision(
-            context.invocation_metadata(),
+            context.invocation_metadata,
             started_ns,
             request.context,
             request.user.id,

@@ -90,12 +90,27 @@ def found(*checks: Violation | None) -> list[Violation]:
     return [check for check in checks if check is not None]
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_tier(tier: str) -> bool:
+    return TIER_PATTERN.match(tier) is not None
+
+
 def validate_resolve(request: router_pb2.ResolveModelRequest) -> list[Violation]:
     """Everything wrong with a ResolveModel request (empty: valid)."""
+    user = request.user
+    if (
+        _is_context(request.context)
+        and len(user.id) <= USER_ID_MAX
+        and _is_tier(user.tier)
+        and not request.attributes
+        and not request.exclude_models
+        and len(request.request_id) <= REQUEST_ID_MAX
+    ):
+        return []  # the common request, checked without building anything
     violations = found(
         context_violation("context", request.context),
-        user_id_violation("user.id", request.user.id),
-        tier_violation("user.tier", request.user.tier),
+        user_id_violation("user.id", user.id),
+        tier_violation("user.tier", user.tier),
     )
     if len(request.attributes) > MAX_ATTRIBUTES:
         violations.append(("attributes", f"at most {MAX_ATTRIBUTES} entries"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
 import logging
 import os
@@ -85,12 +84,19 @@ def serve(
             help="Worker processes sharing the gRPC port (auto: one per core).",
         ),
     ] = "1",
+    event_loop: Annotated[
+        str,
+        typer.Option(
+            envvar="MODELROUTE_EVENT_LOOP",
+            help="Event loop: uvloop (faster per call) or asyncio (the standard library's).",
+        ),
+    ] = "uvloop",
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions
-    from modelroute.server.process import serve_until_signalled
+    from modelroute.server.process import EVENT_LOOPS, run_event_loop, serve_until_signalled
     from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
@@ -117,18 +123,23 @@ def serve(
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
         admin_port=None if admin_port < 0 else admin_port,
+        event_loop=event_loop,
     )
     try:
         options.etcd_tls()  # validates the etcd TLS combination before anything starts
         from modelroute.server.workers import Supervisor, worker_count
 
         count = worker_count(workers)
+        if event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
     except ValueError as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
     if count > 1:
         raise typer.Exit(Supervisor(options, count, log_level).run())
     try:
-        asyncio.run(serve_until_signalled(options, on_serving=publish_instance))
+        run_event_loop(
+            serve_until_signalled(options, on_serving=publish_instance), options.event_loop
+        )
     except AlreadyRunningError as exc:
         raise failure(str(exc), code=3) from None
     except (TlsConfigError, AdminTokenFileError) as exc:

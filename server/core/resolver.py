@@ -8,6 +8,7 @@ context default → global default; then the availability walk over the fallback
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -216,12 +217,18 @@ def _choose(
     return snapshot.settings.default_model, Reason.GLOBAL_DEFAULT, "", ""
 
 
-def _chain(first: str, context: ContextSpec | None, snapshot: Snapshot) -> list[str]:
-    chain = [first] if first else []
-    if context is not None:
-        chain.extend(context.fallbacks)
-    chain.extend(snapshot.settings.default_fallbacks)
-    return list(dict.fromkeys(chain))  # de-duplicated, first occurrence wins
+def _chain(first: str, context: ContextSpec | None, snapshot: Snapshot) -> tuple[str, ...]:
+    fallbacks = context.fallbacks if context is not None else ()
+    return _deduplicated_chain(first, fallbacks, snapshot.settings.default_fallbacks)
+
+
+@functools.lru_cache(maxsize=1024)
+def _deduplicated_chain(
+    first: str, fallbacks: tuple[str, ...], default_fallbacks: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The chosen model, the context's fallbacks, the global ones; each once, first
+    occurrence wins. Cached: a handful of distinct chains per config."""
+    return tuple(dict.fromkeys(((first,) if first else ()) + fallbacks + default_fallbacks))
 
 
 def _availability(

@@ -48,6 +48,25 @@ def provider_limit(spec: ProviderSpec, metric: str) -> int:
     return int(getattr(spec, metric))
 
 
+# id(spec) → (spec, metrics, limits): specs are immutable and a config holds a handful,
+# so each is computed once; the identity check makes a reused id a miss, not a wrong hit.
+_LIMITS: dict[int, tuple[ProviderSpec, tuple[str, ...], tuple[tuple[str, int], ...]]] = {}
+
+
+def limits_set(spec: ProviderSpec, metrics: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """(metric, limit) for the `metrics` this provider limits (non-zero), in order. Every
+    decision asks, so this is one dict lookup (hashing the spec's fields would cost more)."""
+    key = id(spec) ^ id(metrics)
+    hit = _LIMITS.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is metrics:
+        return hit[2]
+    limits = tuple((m, limit) for m in metrics if (limit := provider_limit(spec, m)))
+    if len(_LIMITS) >= 1024:
+        _LIMITS.clear()
+    _LIMITS[key] = (spec, metrics, limits)
+    return limits
+
+
 @dataclass
 class Counts:
     """One replica's counts for one pair of windows: metric → subject → amount."""

@@ -58,6 +58,7 @@ from modelroute.server.runtime.quota_counts import (
     LimitState,
     QuotaAlert,
     day_window,
+    limits_set,
     minute_window,
     provider_limit,
     window_end,
@@ -88,6 +89,8 @@ class QuotaTracker:
         self._monotonic = monotonic
         now = clock()
         self.mine = Counts(minute_window(now), day_window(now))
+        # (start of the minute in epoch seconds, (minute, day) windows): `_roll`'s shortcut.
+        self._current_minute = (self.mine.minute * 60, (self.mine.minute, self.mine.day))
         # What the others have seen, with the reservations in force (published, so the
         # others already leave room for them).
         self.published = self.mine.copy()
@@ -111,14 +114,21 @@ class QuotaTracker:
     # --- totals -------------------------------------------------------------------------
 
     def _roll(self, now: datetime) -> tuple[int, int]:
+        stamp = now.timestamp()
+        start, windows = self._current_minute
+        if start <= stamp < start + 60 and self.mine.minute == windows[0]:
+            return windows  # most calls: the same minute as the last one (no date math)
         minute, day = minute_window(now), day_window(now)
         if minute != self.mine.minute or day != self.mine.day:
             self.mine.roll(minute, day)
             self.published.roll(minute, day)
             self._raised = {key for key in self._raised if key.endswith(f"@{day}")}
+        self._current_minute = (minute * 60, (minute, day))
         return minute, day
 
     def _peers_total(self, metric: str, subject: str, minute: int, day: int) -> float:
+        if not self.peers:
+            return 0.0
         return sum(peer.get(metric, subject, minute, day) for peer in self.peers.values())
 
     def total(self, metric: str, subject: str, now: datetime) -> float:
@@ -138,10 +148,7 @@ class QuotaTracker:
         spec = snapshot.providers.get(model.provider) if snapshot is not None else None
         if spec is None:
             return None
-        for metric in PROVIDER_LIMITS:
-            limit = provider_limit(spec, metric)
-            if not limit:
-                continue
+        for metric, limit in limits_set(spec, PROVIDER_LIMITS):
             if metric in REQUEST_LIMITS and self._reserved_by_others(
                 metric, model.provider, limit, now
             ):
@@ -204,11 +211,10 @@ class QuotaTracker:
         if spec is None:
             return False
         ratio = spec.warn_ratio or DEFAULT_WARN_RATIO
-        for metric in REQUEST_LIMITS:
-            limit = provider_limit(spec, metric)
-            if limit and self.total(metric, provider, now) >= limit * ratio:
-                return True
-        return False
+        return any(
+            self.total(metric, provider, now) >= limit * ratio
+            for metric, limit in limits_set(spec, REQUEST_LIMITS)
+        )
 
     def admit(self, provider: str, now: datetime, *, force: bool = False) -> Admission:
         """Count one admission for `provider` if its request limits allow it. `force`
@@ -217,11 +223,10 @@ class QuotaTracker:
         spec = snapshot.providers.get(provider) if snapshot is not None else None
         if spec is None:
             return Admission.ADMITTED
-        minute, day = self._roll(now)
-        limited = [(m, provider_limit(spec, m)) for m in REQUEST_LIMITS]
-        limited = [(m, limit) for m, limit in limited if limit]
+        limited = limits_set(spec, REQUEST_LIMITS)
         if not limited:
             return Admission.ADMITTED
+        minute, day = self._roll(now)
         for metric, limit in limited:
             mine = self.mine.get(metric, provider, minute, day)
             if mine + self._peers_total(metric, provider, minute, day) >= limit:

@@ -58,6 +58,8 @@ class RuntimeState:
     def check(
         self, model: ModelSpec, context: ContextSpec | None, now: datetime
     ) -> Unavailable | None:
+        if not self.cooldowns:  # the common case: nothing cooling down anywhere
+            return self.quotas.provider_unavailable(model, now) if self.quotas else None
         ends = [
             (until, subject)
             for subject in (f"models/{model.model_id}", f"providers/{model.provider}")

@@ -81,7 +81,7 @@ class DecisionFields(Protocol):
 
 
 def record_decision(
-    metadata: Sequence[tuple[str, str | bytes]] | None,
+    metadata: Callable[[], Sequence[tuple[str, str | bytes]] | None],
     started_ns: int,
     context: str,
     user_id: str,
@@ -89,45 +89,72 @@ def record_decision(
     request_id: str,
     decision: DecisionFields,
 ) -> None:
-    """One finished SERVER span for a decision, with the documented attributes."""
-    attributes: dict[str, str | int] = {
-        "modelroute.context": context,
-        "modelroute.model_id": decision.model_id,
-        "modelroute.provider": decision.provider,
-        "modelroute.reason": decision.reason.name,
-        "modelroute.experiment_id": decision.experiment_id,
-        "modelroute.variant_id": decision.variant_id,
-        "modelroute.config_revision": decision.config_revision,
+    """One finished SERVER span for a decision, with the documented attributes.
+
+    `metadata` returns the call's metadata (`ServicerContext.invocation_metadata`): it is
+    read only when a span is built (export off: never)."""
+    if _skip:
+        return
+    attributes = {
+        **_decision_attributes(
+            context,
+            decision.model_id,
+            decision.provider,
+            decision.reason.name,
+            decision.experiment_id,
+            decision.variant_id,
+            decision.config_revision,
+            None if decision.fallback_cause is None else decision.fallback_cause.name,
+            decision.fallback_from,
+        ),
         "modelroute.user_hash": hash_user(user_id),
         "modelroute.tier": tier,
     }
-    # The decision as an OpenFeature evaluation (flag key = context).
-    attributes.update(
-        feature_flag_attributes(
-            context,
-            decision.model_id,
-            decision.reason.name,
-            decision.variant_id,
-            decision.config_revision,
-        )
-    )
-    if decision.fallback_cause is not None:
-        attributes["modelroute.fallback_cause"] = decision.fallback_cause.name
-        attributes["modelroute.fallback_from"] = decision.fallback_from
     if request_id:
         attributes["modelroute.request_id"] = request_id
     if _direct is not None:
-        _direct_record(_direct, metadata, started_ns, attributes)
-        return
-    if _skip:
+        _direct_record(_direct, metadata(), started_ns, attributes)
         return
     tracer.start_span(
         SPAN_NAME,
-        context=parent_context(metadata),
+        context=parent_context(metadata()),
         kind=trace.SpanKind.SERVER,
         attributes=attributes,
         start_time=started_ns,
     ).end()
+
+
+@functools.lru_cache(maxsize=4096)
+def _decision_attributes(
+    context: str,
+    model_id: str,
+    provider: str,
+    reason: str,
+    experiment_id: str,
+    variant_id: str,
+    config_revision: int,
+    fallback_cause: str | None,
+    fallback_from: str,
+) -> dict[str, str | int]:
+    """The attributes every decision with this outcome shares (a few per context and
+    config revision): built once, copied into each span. Callers must not mutate it."""
+    attributes: dict[str, str | int] = {
+        "modelroute.context": context,
+        "modelroute.model_id": model_id,
+        "modelroute.provider": provider,
+        "modelroute.reason": reason,
+        "modelroute.experiment_id": experiment_id,
+        "modelroute.variant_id": variant_id,
+        "modelroute.config_revision": config_revision,
+    }
+    # The decision as an OpenFeature evaluation (flag key = context).
+    attributes.update(
+        feature_flag_attributes(context, model_id, reason, variant_id, config_revision)
+    )
+    if fallback_cause is not None:
+        attributes["modelroute.fallback_cause"] = fallback_cause
+        attributes["modelroute.fallback_from"] = fallback_from
+    return attributes
 
 
 def _direct_record(

@@ -288,7 +288,8 @@ def _grow_pipe(stream: IO[bytes]) -> None:
 def records_to_spans(
     records: Sequence[SpanRecord], resource: Any, scopes: dict[tuple[str, str | None], Any]
 ) -> list[ReadableSpan]:
-    """Rebuild SDK spans (in the child) for the standard OTLP exporter."""
+    """SDK spans rebuilt from records: what the child exported before it encoded records
+    directly (`otlp_records`); the reference that encoding is tested and measured against."""
     from opentelemetry.sdk.trace import Event
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags

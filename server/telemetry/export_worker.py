@@ -1,7 +1,8 @@
 """The span exporter child process (see `export.py`): reads pickled span batches from stdin,
 exports them with the standard OTLP/gRPC exporter (configured by the usual `OTEL_*`
-variables), and reports on stdout: `failed N` for spans that could not be exported,
-`flushed` once everything received before a flush request is exported.
+variables; `otlp_records` encodes the records straight to OTLP), and reports on stdout:
+`failed N` for spans that could not be exported, `flushed` once everything received before
+a flush request is exported.
 
 Runs until stdin closes, then exports what it still holds and exits.
 """
@@ -9,15 +10,17 @@ Runs until stdin closes, then exports what it still holds and exits.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import queue
 import sys
 import threading
 from typing import IO, Any
 
-from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, records_to_spans
+from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, SpanRecord
 
 MAX_EXPORT_BATCH = 512
+EXPORTER_NICENESS = 10
 log = logging.getLogger("modelroute.telemetry.export_worker")
 
 
@@ -38,7 +41,9 @@ def reply(line: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    # Export is background work: when the cores are busy, answering calls comes first.
+    os.nice(EXPORTER_NICENESS)
+    from modelroute.server.telemetry.otlp_records import RecordSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -47,17 +52,15 @@ def main() -> None:
     first = frames.get()
     if first is None:
         return
-    resource = Resource.create(first[1])
-    exporter = OTLPSpanExporter()
-    scopes: dict[tuple[str, str | None], Any] = {}
-    pending: list[Any] = []
+    exporter = RecordSpanExporter(Resource.create(first[1]))
+    pending: list[SpanRecord] = []
     done = False
 
     def export() -> None:
         while pending:
             batch = pending[:MAX_EXPORT_BATCH]
             del pending[:MAX_EXPORT_BATCH]
-            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+            if exporter.export_records(batch) is not SpanExportResult.SUCCESS:
                 reply(f"failed {len(batch)}")
 
     while not done:
@@ -67,7 +70,7 @@ def main() -> None:
             if message is None:
                 done = True
             elif message[0] == SPANS:
-                pending.extend(records_to_spans(message[1], resource, scopes))
+                pending.extend(message[1])
             elif message[0] == FLUSH:
                 export()
                 reply("flushed")
