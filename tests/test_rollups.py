@@ -375,8 +375,8 @@ def test_a_group_whose_rows_are_all_subtracted_is_not_reported(engine: Engine) -
     store = AnalysisStore(engine)
     groups = store.usage("model", until - timedelta(hours=24), until)
     assert [(g.key, g.calls, g.by_outcome) for g in groups] == [("inside", 1, {"OK": 1})]
-    feedback = store.feedback_by(("model",), until - timedelta(hours=24), until)
-    assert list(feedback) == [("inside",)] and feedback[("inside",)].feedbacks == 1
+    found = store.feedback_by(("model",), until - timedelta(hours=24), until)
+    assert list(found) == [("inside",)] and found[("inside",)].feedbacks == 1
 
 
 def signed_pieces(window: Window) -> list[tuple[int, float, float]]:
