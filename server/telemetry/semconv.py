@@ -11,6 +11,7 @@ names, in one place so spans, metrics and OFREP agree:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
 
@@ -87,14 +88,32 @@ class GenAiMetrics:
         )
 
     def record(self, reports: Iterable[UsageFacts]) -> None:
+        duration, tokens = self._duration.record, self._tokens.record
         for report in reports:
-            attributes = {
-                "gen_ai.operation.name": OPERATION_NAME,
-                "gen_ai.provider.name": report.provider,
-                "gen_ai.request.model": report.model_id,
-            }
-            if report.outcome != "OK":
-                attributes["error.type"] = report.outcome.lower()
-            self._duration.record(report.latency_ms / 1000.0, attributes)
-            self._tokens.record(report.input_tokens, attributes | {"gen_ai.token.type": "input"})
-            self._tokens.record(report.output_tokens, attributes | {"gen_ai.token.type": "output"})
+            per_call, inputs, outputs = _genai_attributes(
+                report.provider, report.model_id, report.outcome
+            )
+            duration(report.latency_ms / 1000.0, per_call)
+            tokens(report.input_tokens, inputs)
+            tokens(report.output_tokens, outputs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _genai_attributes(
+    provider: str, model_id: str, outcome: str
+) -> tuple[Mapping[str, str], Mapping[str, str], Mapping[str, str]]:
+    """The attribute sets of one report's three measurements (duration; input and output
+    tokens), built once per (provider, model, outcome): ingestion records three per report.
+    Shared between calls: never modified."""
+    attributes = {
+        "gen_ai.operation.name": OPERATION_NAME,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model_id,
+    }
+    if outcome != "OK":
+        attributes["error.type"] = outcome.lower()
+    return (
+        attributes,
+        attributes | {"gen_ai.token.type": "input"},
+        attributes | {"gen_ai.token.type": "output"},
+    )
