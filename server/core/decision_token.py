@@ -63,8 +63,35 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _sign(key: bytes, body: str) -> str:
-    return _b64(hmac.digest(key, body.encode(), hashlib.sha256)[:SIGNATURE_BYTES])
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states computed once.
+
+    Equal to `hmac.digest(key, message, "sha256")`; per message it copies two prepared
+    states instead of setting the key up again (OpenSSL 3 also looks the algorithm up on
+    every one-shot call): the signature was a fifth of ResolveModel's Python time."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_SHA256_BLOCK: Final = 64
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+
+
+def _sign(signer: HmacSha256, body: str) -> str:
+    return _b64(signer.digest(body.encode())[:SIGNATURE_BYTES])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -87,7 +114,8 @@ class DecisionTokens:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._accepted = [key]
+        self._signer = HmacSha256(key)
+        self._accepted = [(key, self._signer)]
 
     @property
     def key(self) -> bytes:
@@ -98,7 +126,9 @@ class DecisionTokens:
         if hmac.compare_digest(key, self._key):
             return False
         self._key = key
-        self._accepted = [key, *[k for k in self._accepted if k != key]][:4]
+        self._signer = HmacSha256(key)
+        kept = [(k, signer) for k, signer in self._accepted if k != key]
+        self._accepted = [(key, self._signer), *kept][:4]
         return True
 
     def encode(
@@ -121,7 +151,7 @@ class DecisionTokens:
         # fast non-cryptographic draw does: no system call per decision.
         payload = f'["{getrandbits(48):012x}",{middle},{int(issued_at_ms)}]'
         body = _b64(payload.encode())
-        return f"{PREFIX}{body}.{_sign(self._key, body)}"
+        return f"{PREFIX}{body}.{_sign(self._signer, body)}"
 
     def decode(self, token: str) -> DecisionToken:
         """Raises MalformedTokenError or UnknownTokenError with a readable reason."""
@@ -147,6 +177,6 @@ class DecisionTokens:
             raise MalformedTokenError(f"malformed decision id: {exc}") from None
         if not signature:
             raise MalformedTokenError("malformed decision id: no signature")
-        if not any(hmac.compare_digest(signature, _sign(k, body)) for k in self._accepted):
+        if not any(hmac.compare_digest(signature, _sign(s, body)) for _, s in self._accepted):
             raise UnknownTokenError("unknown decision id: not issued by this deployment")
         return fields
