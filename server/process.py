@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from modelroute.server.app import ModelrouteServer
 from modelroute.server.options import ServeOptions
+from modelroute.storage.instance_file import InstanceInfo, dial_address, write_instance
 
 log = logging.getLogger("modelroute.server")
 EVENT_LOOPS: Final = ("uvloop", "asyncio")
@@ -71,3 +72,23 @@ async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
     log.error("supervising process %d is gone: shutting down", parent_pid)
     stop.set()
+
+
+def publish_instance(server: ModelrouteServer, pid: int | None = None) -> None:
+    """Write `<data_dir>/server.json` once `server` serves: the other commands find it there
+    (cli/discovery.py). `pid`: the process that owns the file and removes it when it stops
+    (this one; for `serve --workers`, the supervising parent: worker 0 publishes for it)."""
+    options = server.options
+    admin = server.admin_port if server.admin_http is not None else 0
+    embedded = server.embedded_etcd
+    write_instance(
+        options.data_dir,
+        InstanceInfo(
+            pid=os.getpid() if pid is None else pid,
+            grpc_address=dial_address(options.host, server.port),
+            tls=options.tls_cert is not None,
+            etcd_endpoints=options.etcd_endpoints or (embedded.endpoint if embedded else ""),
+            etcd_prefix=options.etcd_prefix,
+            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
+        ),
+    )

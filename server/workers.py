@@ -31,6 +31,7 @@ from typing import Final
 
 from modelroute.server.app import ServeOptions
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
+from modelroute.storage.instance_file import remove_instance
 
 log = logging.getLogger("modelroute.workers")
 RESTART_BACKOFF_MAX: Final = 5.0  # seconds; a worker that keeps dying is restarted slower
@@ -59,13 +60,20 @@ def _free_port(host: str) -> int:
 
 def run_worker(options: ServeOptions, log_level: str) -> None:
     """A worker's entry point (a fresh interpreter: multiprocessing's spawn)."""
-    from modelroute.server.process import run_event_loop, serve_until_signalled
+    from functools import partial
+
+    from modelroute.server.process import publish_instance, run_event_loop, serve_until_signalled
 
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s [worker {options.worker_name}] %(name)s: %(message)s",
     )
-    run_event_loop(serve_until_signalled(options), options.event_loop)
+    # Worker 0 (the one with the admin listener) describes the whole server for the CLI, in
+    # the parent's name: the file outlives a worker restart and goes when the parent stops.
+    publish = (
+        partial(publish_instance, pid=options.parent_pid) if options.worker_name == "0" else None
+    )
+    run_event_loop(serve_until_signalled(options, on_serving=publish), options.event_loop)
 
 
 @dataclasses.dataclass
@@ -104,6 +112,7 @@ class Supervisor:
             self._supervise()
         finally:
             self._stop_all()
+            remove_instance(self.options.data_dir, os.getpid())
             if embedded is not None:
                 embedded.stop()
         return 0

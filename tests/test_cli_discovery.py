@@ -16,7 +16,7 @@ from modelroute.server.cli.discovery import (
     find_etcd,
     find_server,
 )
-from modelroute.server.cli.serve import publish_instance
+from modelroute.server.process import publish_instance
 from modelroute.storage.instance_file import InstanceInfo, read_instance, write_instance
 from modelroute.v1 import router_pb2, types_pb2
 

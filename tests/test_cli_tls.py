@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from modelroute.server.cli import app
-from modelroute.server.cli.serve import publish_instance
+from modelroute.server.process import publish_instance
 
 from tests.helpers import Pki, Running, run_cli
 

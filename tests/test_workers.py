@@ -15,10 +15,11 @@ import pytest
 from modelroute.server.api.router_service import WORKER_METADATA
 from modelroute.storage.database import create_engine_for
 from modelroute.storage.etcd import write_changes
+from modelroute.storage.instance_file import read_instance
 from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 from sqlalchemy import text
 
-from tests.helpers import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +99,21 @@ async def test_requests_spread_over_every_worker_config_reaches_all_sigterm_stop
 
         await eventually(every_worker_serves_the_change, timeout=30)
         workers = worker_pids(server.process.pid)
+
+        # The CLI finds the server through <data_dir>/server.json, written for the parent.
+        data_dir = tmp_path / "d"
+        info = read_instance(data_dir)
+        assert info is not None and info.pid == server.process.pid
+        assert info.grpc_address == address and info.admin_url
+        found = await run_cli(
+            "resolve", "workers.test", "--data-dir", str(data_dir), etcd="", prefix=""
+        )
+        assert found.returncode == 0, found.stderr
+        assert "claude-3-sonnet" in found.stdout
     finally:
         assert await asyncio.to_thread(server.stop) == 0
     assert not running(workers)
+    assert read_instance(tmp_path / "d") is None  # gone with the parent
 
 
 def report(report_id: str) -> router_pb2.UsageReport:

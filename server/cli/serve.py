@@ -7,21 +7,13 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from modelroute.server.cli.discovery import DATA_DIR_ENV, DEFAULT_DATA_DIR, ETCD_PREFIX_ENV
 from modelroute.server.cli.output import failure
 from modelroute.storage.etcd import DEFAULT_PREFIX
-from modelroute.storage.instance_file import (
-    InstanceInfo,
-    dial_address,
-    remove_instance,
-    write_instance,
-)
-
-if TYPE_CHECKING:  # the server's modules load only when `serve` runs (fast CLI start)
-    from modelroute.server.app import ModelrouteServer
+from modelroute.storage.instance_file import remove_instance
 
 PrefixOpt = Annotated[str, typer.Option(envvar=ETCD_PREFIX_ENV, help="Key prefix.")]
 
@@ -96,7 +88,12 @@ def serve(
     from modelroute.server.api.auth import AdminTokenFileError
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions
-    from modelroute.server.process import EVENT_LOOPS, run_event_loop, serve_until_signalled
+    from modelroute.server.process import (
+        EVENT_LOOPS,
+        publish_instance,
+        run_event_loop,
+        serve_until_signalled,
+    )
     from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
@@ -146,22 +143,3 @@ def serve(
         raise failure(f"cannot start: {exc}", code=2) from None
     finally:
         remove_instance(data_dir, os.getpid())
-
-
-def publish_instance(server: ModelrouteServer) -> None:
-    """Write `<data_dir>/server.json` once `server` serves: the other commands find it there
-    (discovery.py). Only this process's file is removed when it stops."""
-    options = server.options
-    admin = server.admin_port if server.admin_http is not None else 0
-    embedded = server.embedded_etcd
-    write_instance(
-        options.data_dir,
-        InstanceInfo(
-            pid=os.getpid(),
-            grpc_address=dial_address(options.host, server.port),
-            tls=options.tls_cert is not None,
-            etcd_endpoints=options.etcd_endpoints or (embedded.endpoint if embedded else ""),
-            etcd_prefix=options.etcd_prefix,
-            admin_url=f"http://{dial_address(options.host, admin)}/" if admin else "",
-        ),
-    )
