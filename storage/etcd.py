@@ -371,10 +371,12 @@ async def write_changes(
     Fails with EtcdConflictError if any key under `guarded_dirs` (relative) was modified
     after `expected_revision` (0: unconditional).
 
-    The guard compares mod_revision over each directory range, so it catches concurrent
-    puts anywhere in those sections; a concurrent *delete* of a key this change does not
-    touch leaves no key behind to compare and is not detected. `runtime/` is deliberately
-    not guarded: servers write there continuously.
+    The guard compares mod_revision over each directory range (or single key), so it
+    catches concurrent puts anywhere in those sections; a concurrent *delete* leaves no key
+    behind to compare. Callers that must see deletions also guard a key every such change
+    writes (the server guards its change companion key: `change_meta.CHANGE_GUARD`); a raw
+    `etcdctl del` stays undetected. `runtime/` is otherwise not guarded: servers write
+    there continuously.
     """
     tx = client.transactions
     compare = []

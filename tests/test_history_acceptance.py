@@ -283,6 +283,44 @@ async def test_concurrent_rollback_and_apply_one_wins_nothing_half_written(
         assert keys == set()
 
 
+async def test_an_apply_pinned_before_a_rollback_that_only_deleted_keys_is_refused(
+    replicas: tuple[Replica, Replica], etcd: aetcd.Client, prefix: str
+) -> None:
+    """The rollback above deletes keys and leaves none behind in the directory: a guard
+    on the directory's keys alone let the apply through (both "won"; the flaky ordering
+    of the concurrent test). The same two calls, rollback first, every time."""
+    first, second = replicas
+    good, _ = await read_prefix(etcd, prefix)
+    await first.admin.ApplyConfig(
+        admin_pb2.ApplyConfigRequest(
+            changes=[
+                admin_pb2.KeyChange(key="overrides/rag.answer", value_json='{"model": "gpt-4o"}')
+            ]
+        ),
+        metadata=AUTH,
+    )
+    base, _ = await read_prefix(etcd, prefix)
+    await first.admin.RollbackConfig(
+        admin_pb2.RollbackConfigRequest(revision=good, expected_revision=base), metadata=AUTH
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await second.admin.ApplyConfig(
+            admin_pb2.ApplyConfigRequest(
+                changes=[
+                    admin_pb2.KeyChange(
+                        key="overrides/rag.answer", value_json='{"model": "gpt-4o-mini"}'
+                    )
+                ],
+                expected_revision=base,
+            ),
+            metadata=AUTH,
+        )
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert "changed since you loaded it" in (refused.value.details() or "")
+    _, stored = await read_prefix(etcd, prefix)
+    assert "overrides/rag.answer" not in stored  # the rollback stands
+
+
 async def _both(first: Replica, second: Replica, model: str) -> None:
     assert await first.model() == model
     assert await second.model() == model

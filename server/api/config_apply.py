@@ -22,11 +22,15 @@ from modelroute.server.core.config_values import (
     SINGLETON_KINDS,
 )
 from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
-from modelroute.server.runtime.change_meta import with_change_meta
+from modelroute.server.runtime.change_meta import CHANGE_GUARD, with_change_meta
 from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
 
-# Directories whose concurrent modification makes a planned change stale.
-GUARDED_DIRS = tuple(k if k in SINGLETON_KINDS else f"{k}/" for k in KIND_MESSAGES)
+# Directories whose concurrent modification makes a planned change stale (and the change
+# companion key: concurrent deletions, see change_meta.CHANGE_GUARD).
+GUARDED_DIRS = (
+    *(k if k in SINGLETON_KINDS else f"{k}/" for k in KIND_MESSAGES),
+    *CHANGE_GUARD,
+)
 
 
 class ConfigFileError(ValueError):

@@ -24,6 +24,7 @@ from modelroute.server.api.validation import timestamp_value
 from modelroute.server.core.config_values import RUNTIME_KIND
 from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
 from modelroute.server.runtime.change_meta import (
+    CHANGE_GUARD,
     CURRENT_ACTOR,
     MAX_NOTE_CHARS,
     META_KEY,
@@ -266,7 +267,7 @@ class ConfigHistory:
         writes = with_change_meta(result.changes, CURRENT_ACTOR.get(), note)
         try:
             response.revision = await write_changes(
-                self._etcd, self._prefix, writes, guard, DECISION_DIRS
+                self._etcd, self._prefix, writes, guard, (*DECISION_DIRS, *CHANGE_GUARD)
             )
         except EtcdConflictError:
             raise conflict(guard) from None

@@ -19,6 +19,10 @@ from typing import Final
 from modelroute.server.runtime.keys import CHANGE_META_KEY
 
 META_KEY: Final = CHANGE_META_KEY
+# Every change made through modelroute writes the companion key in its own transaction, so a
+# write guarded on it too (beside its directories) sees any such change made meanwhile, even
+# one that only deleted keys: a deleted key leaves nothing in its directory to compare.
+CHANGE_GUARD: Final = (META_KEY,)
 ACTOR_ETCD: Final = "etcd"
 ACTOR_OPERATOR: Final = "operator"  # a bare admin token (no `name:`), or admin left open
 ACTOR_ROLLOUT_CONTROLLER: Final = "rollout-controller"
