@@ -28,6 +28,8 @@ from modelroute.storage.rollup_sql import (
 from modelroute.storage.rollup_window import Window, plan
 from modelroute.storage.rollups import (
     DAY,
+    FEEDBACK_SUMS,
+    USAGE_SUMS,
     WEEK,
     bucket_case_sql,
     experiment_user_counts,
@@ -46,16 +48,6 @@ from sqlalchemy.sql.elements import ColumnElement
 _usage: Table = table_of(LlmUsageLog)
 _feedback: Table = table_of(LlmFeedback)
 GROUPS: Final = ("model", "context", "provider", "day")
-_USAGE_SUMS: Final = (
-    "calls",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "latency_ms_sum",
-    "latency_ms_sq_sum",
-    "cost_sq_sum",
-)
-_FEEDBACK_SUMS: Final = ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up")
 
 
 class AnalysisStore:
@@ -145,7 +137,7 @@ class AnalysisStore:
         # key gives the same percentiles from a few hundred rows a day.
         histogram = latency_totals if not filters and set(keys) <= {"day"} else latency_rollups
         for table, measures, group_extra in (
-            (usage_rollups, _USAGE_SUMS, usage_rollups.c.outcome),
+            (usage_rollups, USAGE_SUMS, usage_rollups.c.outcome),
             (histogram, ("calls",), histogram.c.latency_bucket),
         ):
             if table is histogram and not latency:
@@ -268,7 +260,7 @@ class AnalysisStore:
                 sign = rollup_sign(table, window)
                 conditions = [table.c[c] == v for c, v in filters.items()]
                 query = (
-                    select(*columns, *(func.sum(signed(table.c[m], sign)) for m in _FEEDBACK_SUMS))
+                    select(*columns, *(func.sum(signed(table.c[m], sign)) for m in FEEDBACK_SUMS))
                     .where(rollup_range(table, window), *conditions)
                     .group_by(*columns)
                 )

@@ -126,14 +126,14 @@ class RollupWriter:
     """
 
     def __init__(self, engine: Engine) -> None:
-        self._usage = BulkAddUpsert(engine, usage_rollups, (*_KEY, "outcome"), _USAGE_SUMS)
+        self._usage = BulkAddUpsert(engine, usage_rollups, (*_KEY, "outcome"), USAGE_SUMS)
         self._latency = BulkAddUpsert(
             engine, latency_rollups, (*_KEY, "latency_bucket"), ("calls",)
         )
         self._totals = BulkAddUpsert(
             engine, latency_totals, ("period_seconds", "bucket_start", "latency_bucket"), ("calls",)
         )
-        self._feedback = BulkAddUpsert(engine, feedback_rollups, _FEEDBACK_KEY, _FEEDBACK_SUMS)
+        self._feedback = BulkAddUpsert(engine, feedback_rollups, _FEEDBACK_KEY, FEEDBACK_SUMS)
         # First and last call per (experiment, variant, user): keep the earlier / later.
         user_columns = ("experiment_id", "variant_id", "user_id", "first_seen", "last_seen")
         self._new_users = BulkInsertNew(engine, experiment_users, user_columns, user_columns[:3])
@@ -269,7 +269,8 @@ class RollupWriter:
 
 
 _KEY: Final = ("period_seconds", "bucket_start", *DIMENSIONS)
-_USAGE_SUMS: Final = (
+# The additive columns of each rollup table (written here, summed by analysis_store).
+USAGE_SUMS: Final = (
     "calls",
     "input_tokens",
     "output_tokens",
@@ -286,4 +287,4 @@ _FEEDBACK_KEY: Final = (
     "experiment_id",
     "variant_id",
 )
-_FEEDBACK_SUMS: Final = ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up")
+FEEDBACK_SUMS: Final = ("feedbacks", "scores", "score_sum", "score_sq_sum", "thumbs", "thumbs_up")
