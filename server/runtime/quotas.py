@@ -308,21 +308,14 @@ class QuotaTracker:
 
     def provider_states(self, now: datetime) -> list[LimitState]:
         snapshot = self._snapshot()
-        if snapshot is None:
-            return []
-        states = []
-        for name, spec in sorted(snapshot.providers.items()):
-            for metric in PROVIDER_LIMITS:
-                limit = provider_limit(spec, metric)
-                if limit:
-                    used = self.total(metric, name, now)
-                    states.append(LimitState(name, metric, limit, used, window_end(metric, now)))
-        return states
+        return [
+            LimitState(name, metric, limit, self.total(metric, name, now), window_end(metric, now))
+            for name, spec in sorted(snapshot.providers.items() if snapshot else ())
+            for metric, limit in limits_set(spec, PROVIDER_LIMITS)
+        ]
 
     def budget_states(self, now: datetime) -> list[LimitState]:
         snapshot = self._snapshot()
-        if snapshot is None:
-            return []
         return [
             LimitState(
                 name,
@@ -331,7 +324,7 @@ class QuotaTracker:
                 self.total(SPEND_PER_DAY, name, now),
                 window_end(SPEND_PER_DAY, now),
             )
-            for name, context in sorted(snapshot.contexts.items())
+            for name, context in sorted(snapshot.contexts.items() if snapshot else ())
             if context.budget is not None and context.budget.usd_per_day > 0
         ]
 
@@ -357,10 +350,8 @@ class QuotaTracker:
             return
         minute, day = self._roll(now)
         for name, spec in snapshot.providers.items():
-            for metric in PROVIDER_LIMITS:
-                limit = provider_limit(spec, metric)
-                if limit:
-                    self._check_thresholds(metric, name, limit, spec.warn_ratio, now, minute, day)
+            for metric, limit in limits_set(spec, PROVIDER_LIMITS):
+                self._check_thresholds(metric, name, limit, spec.warn_ratio, now, minute, day)
         for name, context in snapshot.contexts.items():
             budget = context.budget
             if budget is not None and budget.usd_per_day > 0:
