@@ -19,12 +19,17 @@ log = logging.getLogger("modelroute.server")
 EVENT_LOOPS: Final = ("uvloop", "asyncio")
 
 
+def check_event_loop(event_loop: str) -> None:
+    """ValueError (worded for `serve --event-loop`) unless `event_loop` is one we run."""
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
+
+
 def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str = "uvloop") -> None:
     """Run `main` on the chosen event loop. uvloop (libuv, C) runs grpc.aio's callbacks and
     task steps in C: the asyncio share of every call costs less (bench/hotpath.py shows the
     same ~15-20% on a bare echo server); `asyncio` is the standard library's loop."""
-    if event_loop not in EVENT_LOOPS:
-        raise ValueError(f"unknown event loop {event_loop!r}: use one of {', '.join(EVENT_LOOPS)}")
+    check_event_loop(event_loop)
     factory = None
     if event_loop == "uvloop":
         import uvloop

@@ -89,7 +89,7 @@ def serve(
     from modelroute.server.api.tls import TlsConfigError
     from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions
     from modelroute.server.process import (
-        EVENT_LOOPS,
+        check_event_loop,
         publish_instance,
         run_event_loop,
         serve_until_signalled,
@@ -127,8 +127,7 @@ def serve(
         from modelroute.server.workers import Supervisor, worker_count
 
         count = worker_count(workers)
-        if event_loop not in EVENT_LOOPS:
-            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
+        check_event_loop(event_loop)  # before an etcd or a worker starts
     except ValueError as exc:
         raise failure(f"cannot start: {exc}", code=2) from None
     if count > 1:
