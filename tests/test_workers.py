@@ -34,7 +34,10 @@ def worker_pids(parent: int) -> set[int]:
     pids: set[int] = set()
     for task in Path(f"/proc/{parent}/task").iterdir():
         for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue  # gone since it was listed (a killed worker being reaped)
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                 pids.add(int(child))
     return pids
