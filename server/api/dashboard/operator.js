@@ -47,9 +47,11 @@ async function loadForms() {
 async function write(changes, note, done) {
   try {
     const reply = await send("POST", "/api/admin/config/apply", { changes, note, expected_revision: ops.revision });
-    say(`${done} (revision ${reply.revision}).`);
+    // The forms are re-read first: the message appears once what it describes is on screen
+    // (an operator acting on it at once must not have the re-render replace their input).
     await loadForms();
     renderHistory();
+    say(`${done} (revision ${reply.revision}).`);
   } catch (error) {
     failed(error);
   }
@@ -106,9 +108,9 @@ async function rolloutAction(id, action, extra = {}) {
     const reply = await send("POST", `/api/admin/rollouts/${encodeURIComponent(id)}/action`,
       { action, note, expected_revision: ops.revision, ...extra });
     const share = reply.percent === null || reply.percent === undefined ? "" : `, candidate at ${reply.percent}%`;
-    say(`Rollout ${id}: ${action} done — ${reply.state}${share} (revision ${reply.revision}).`);
-    await loadForms();
+    await loadForms();  // as in write(): the message last
     renderHistory();
+    say(`Rollout ${id}: ${action} done — ${reply.state}${share} (revision ${reply.revision}).`);
   } catch (error) {
     failed(error);
   }
@@ -172,10 +174,10 @@ async function showDiff(from, to) {
 async function rollback(revision, note) {
   try {
     const reply = await send("POST", "/api/admin/config/rollback", { revision, note, expected_revision: ops.revision });
+    await loadForms();  // as in write(): the message last
+    renderHistory();
     say(reply.changed_keys ? `Rolled back ${reply.changed_keys} key(s) to revision ${revision} (revision ${reply.revision}).`
       : `Nothing to do: the configuration already equals revision ${revision}.`);
-    await loadForms();
-    renderHistory();
   } catch (error) {
     failed(error);
   }
