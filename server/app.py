@@ -19,7 +19,7 @@ from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
 from modelroute.server.api.admin_http import create_admin_app
 from modelroute.server.api.admin_service import AdminService
 from modelroute.server.api.application_http import application_routes
-from modelroute.server.api.auth import AdminTokens, AuthInterceptor
+from modelroute.server.api.auth import AdminTokens, Authorizer, GuardedServer
 from modelroute.server.api.config_apply import seed_if_empty
 from modelroute.server.api.config_history import ConfigHistory
 from modelroute.server.api.http_listener import HttpListener
@@ -177,11 +177,8 @@ class ModelrouteServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-        auth = AuthInterceptor(
-            self.admin_tokens, self._current, decision_context=self._decision_context
-        )
+        auth = Authorizer(self.admin_tokens, self._current, decision_context=self._decision_context)
         self.grpc_server = grpc.aio.server(
-            interceptors=[auth],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 1 if options.reuse_port else 0),
@@ -200,8 +197,10 @@ class ModelrouteServer:
             metrics=self.metrics,
             worker_name=options.worker_name,
         )
-        router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, self.grpc_server)
-        # The HTTP listener's application API calls the servicer through the same interceptor.
+        # Every service is registered through the authorizer (health and reflection pass open).
+        guarded = GuardedServer(self.grpc_server, auth)
+        router_pb2_grpc.add_ModelRouterServiceServicer_to_server(router_service, guarded)
+        # The HTTP listener's application API calls the servicer through the same authorizer.
         self.local_calls = LocalRouterCalls(router_service, auth)
         admin_service = AdminService(
             self.config,
@@ -218,7 +217,7 @@ class ModelrouteServer:
             impact=ImpactPreview(self.engine, self.etcd, options.etcd_prefix),
         )
         self.admin_service = admin_service  # shared with the admin HTTP API
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, self.grpc_server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_service, guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server

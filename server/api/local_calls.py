@@ -1,8 +1,8 @@
 """ModelRouterService calls made inside the process, for the HTTP transports (Connect,
 OFREP).
 
-Each call runs through the very same `AuthInterceptor` and servicer method as a call on
-the gRPC port: the interceptor wraps a real `grpc.RpcMethodHandler`, and the handler runs
+Each call runs through the very same `Authorizer` and servicer method as a call on
+the gRPC port: the authorizer wraps a real `grpc.RpcMethodHandler`, and the handler runs
 with a small stand-in for `grpc.aio.ServicerContext` that turns `abort_with_status` into a
 `CallFailedError` carrying the gRPC code, message and `google.rpc` details. So auth, input
 validation, the decision path (span, quota admission, decision id) and the error details
@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import any_pb2, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
-from modelroute.server.api.auth import API_KEY_HEADER, ROUTER_PREFIX, AuthInterceptor, parse_bearer
+from modelroute.server.api.auth import API_KEY_HEADER, ROUTER_PREFIX, Authorizer, parse_bearer
 from modelroute.v1 import router_pb2
 
 SERVICE: Any = router_pb2.DESCRIPTOR.services_by_name["ModelRouterService"]
@@ -69,7 +69,7 @@ def _failure_from_status(status: grpc.Status) -> CallFailedError:
 
 
 class LocalServicerContext:
-    """What the servicers and the auth interceptor use of `grpc.aio.ServicerContext`."""
+    """What the servicers and the authorizer use of `grpc.aio.ServicerContext`."""
 
     def __init__(self, metadata: Sequence[tuple[str, str]], peer: str, deadline: float | None):
         self._metadata = tuple(metadata)
@@ -119,12 +119,6 @@ class LocalServicerContext:
             raise CallFailedError(self._code, self._details)
 
 
-@dataclass(frozen=True)
-class _CallDetails:
-    method: str
-    invocation_metadata: tuple[tuple[str, str], ...]
-
-
 def metadata_from_headers(
     headers: Mapping[str, str], *, bearer_is_api_key: bool
 ) -> list[tuple[str, str]]:
@@ -144,9 +138,9 @@ def message_class(descriptor: Any) -> type[Message]:
 
 
 class LocalRouterCalls:
-    """ModelRouterService methods by name, called in process through the auth interceptor."""
+    """ModelRouterService methods by name, called in process through the authorizer."""
 
-    def __init__(self, servicer: Any, auth: AuthInterceptor | None) -> None:
+    def __init__(self, servicer: Any, auth: Authorizer | None) -> None:
         self._auth = auth
         self.methods: dict[str, Any] = {m.name: m for m in SERVICE.methods}
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -164,16 +158,11 @@ class LocalRouterCalls:
                 response_serializer=lambda m: m.SerializeToString(),
             )
 
-    async def _handler(self, method: str, metadata: tuple[tuple[str, str], ...]) -> Any:
+    def _handler(self, method: str, metadata: tuple[tuple[str, str], ...]) -> Any:
         handler = self._handlers[method]
         if self._auth is None:
             return handler
-
-        async def continuation(_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            return handler
-
-        details: Any = _CallDetails(ROUTER_PREFIX + method, metadata)
-        return await self._auth.intercept_service(continuation, details)
+        return self._auth.authorize(ROUTER_PREFIX + method, metadata, handler)
 
     async def unary(
         self,
@@ -186,7 +175,7 @@ class LocalRouterCalls:
     ) -> Any:
         """The response message, or CallFailedError with what the gRPC port would answer."""
         context = _context(metadata, peer, timeout)
-        handler = await self._handler(method, context.invocation_metadata())
+        handler = self._handler(method, context.invocation_metadata())
         response = await handler.unary_unary(request, context)
         context.raise_if_set()
         return response
@@ -200,7 +189,7 @@ class LocalRouterCalls:
         peer: str = "",
     ) -> AsyncIterator[Any]:
         context = _context(metadata, peer, None)
-        handler = await self._handler(method, context.invocation_metadata())
+        handler = self._handler(method, context.invocation_metadata())
         async for item in handler.unary_stream(request, context):
             yield item
         context.raise_if_set()
