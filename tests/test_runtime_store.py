@@ -9,6 +9,7 @@ etcd run proves the port keeps its promises.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import aetcd
 import pytest
+from modelroute.server.core.resolver import ResolveInput, resolve
 from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
+from modelroute.server.runtime.admission import admit as admit_decision
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
 from modelroute.server.runtime.keys import COOLDOWN_DIR, DECISION_KEY, USAGE_DIR
 from modelroute.server.runtime.quota_counts import Admission
@@ -47,7 +50,8 @@ def snapshot_with_limit(limit: int) -> Snapshot:
     values = {
         "providers/p": {"requests_per_minute": limit},
         "models/m": {"provider": "p"},
-        "settings": {"default_model": "m"},
+        "models/n": {"provider": "q"},  # the fallback, on a provider without limits
+        "settings": {"default_model": "m", "default_fallbacks": ["n"]},
     }
     snapshot, rejections = SnapshotBuilder().apply(
         1, {k: json.dumps(v).encode() for k, v in values.items()}, NOW
@@ -102,6 +106,54 @@ async def test_request_limit_holds_for_replicas_sharing_one_store(store: Runtime
         for entry in published.entries.values()
     )
     assert reserved <= LIMIT  # the reservations in the store add up to at most the limit
+
+
+class SlowWrites:
+    """A real store whose guarded writes take `delay` seconds more (etcd on a busy box)."""
+
+    def __init__(self, inner: RuntimeStore, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def put_if_others_unchanged(self, *args: object, **kwargs: object) -> bool:
+        await asyncio.sleep(self._delay)
+        return await self._inner.put_if_others_unchanged(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_slow_publications_do_not_let_admissions_past_the_limit(
+    store: RuntimeStore,
+) -> None:
+    """The bound holds while etcd answers, however slowly: a resolve that needs a new
+    reservation waits for the publication instead of counting on a stale view (it once
+    gave up after 0.25 s and admitted 601 of 600 in tests/test_quotas.py)."""
+    limit = 20
+    snapshot = snapshot_with_limit(limit)
+    slow: RuntimeStore = SlowWrites(store, 0.3)  # type: ignore[assignment]
+    replicas = []
+    for name in ("a", "b"):
+        tracker = QuotaTracker(f"replica-{name}", lambda: snapshot, clock=lambda: NOW)
+        replicas.append((tracker, RuntimeState(tracker)))
+    publishing = [asyncio.create_task(QuotaPublisher(t, slow).run()) for t, _ in replicas]
+    request = ResolveInput("any")
+
+    async def resolve_on(tracker: QuotaTracker, runtime: RuntimeState) -> str:
+        decision = resolve(snapshot, request, NOW, runtime)
+        served, _ = await admit_decision(
+            tracker, snapshot, request, decision, NOW, runtime, lambda: NOW
+        )
+        return served.model_id
+
+    try:
+        served = await asyncio.gather(*(resolve_on(*replicas[i % 2]) for i in range(3 * limit)))
+    finally:
+        for task in publishing:
+            task.cancel()
+        await asyncio.gather(*publishing, return_exceptions=True)
+    assert 0 < served.count("m") <= limit, served.count("m")
+    assert served.count("m") + served.count("n") == 3 * limit  # the rest fell back
 
 
 async def test_a_cooldown_is_written_read_back_and_cleared(store: RuntimeStore) -> None:

@@ -12,14 +12,28 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from modelroute.server.core.resolver import Decision, ResolveInput, RuntimeLimits, resolve
-from modelroute.server.core.snapshot import Snapshot
+from modelroute.server.core.resolver import (
+    BudgetBreach,
+    Cause,
+    Decision,
+    ResolveInput,
+    RuntimeLimits,
+    Unavailable,
+    resolve,
+)
+from modelroute.server.core.snapshot import ContextSpec, ModelSpec, Snapshot
 from modelroute.server.runtime.quota_counts import Admission
+from modelroute.server.runtime.quota_publisher import PUBLISH_TIMEOUT
 from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.usage_store import UsageRecord
 
 MAX_ADMISSION_ROUNDS: Final = 8
-SYNC_TIMEOUT_SECONDS: Final = 0.25
+# How long a resolve waits for the publication of a new reservation. The publisher
+# answers within PUBLISH_TIMEOUT (a failure turns local counting on), and a caller that
+# asked during a publication waits for the next one: two of them, plus its retry pause.
+# Giving up sooner would count against a stale view while etcd still answers (a busy box
+# once took over the old 0.25 s and admitted 601 of 600).
+SYNC_TIMEOUT_SECONDS: Final = 2 * PUBLISH_TIMEOUT + 1.0
 COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 
@@ -39,24 +53,66 @@ async def admit(
     callers) and ask again; past the limit, resolve again (the limit now skips the
     provider). Returns the decision served and the time it was made.
     """
-    for _ in range(MAX_ADMISSION_ROUNDS):
+    admitted = False
+    for attempt in range(1, MAX_ADMISSION_ROUNDS + 1):
         verdict = quotas.admit(decision.provider, now)
-        if verdict is Admission.ADMITTED:
-            break
-        if verdict is Admission.SYNC_NEEDED and (
-            not quotas.publishing_ok or not await quotas.sync(SYNC_TIMEOUT_SECONDS)
-        ):
-            # etcd unreachable: count locally against the last view of the others.
-            quotas.admit(decision.provider, now, force=True)
-            break
+        if verdict is Admission.SYNC_NEEDED:
+            synced = quotas.publishing_ok and await quotas.sync(SYNC_TIMEOUT_SECONDS)
+            if not synced:
+                break  # etcd unreachable, or it granted nothing in time (below)
+        admitted = verdict is Admission.ADMITTED
+        if admitted or attempt == MAX_ADMISSION_ROUNDS:
+            break  # a decision not admitted after the last round is handled below
         now = clock()
         decision = resolve(snapshot, resolve_input, now, runtime)
-    else:
+    if not admitted and not quotas.publishing_ok:
+        # etcd unreachable: count locally against the last view of the others.
         quotas.admit(decision.provider, now, force=True)
+    elif not admitted:
+        # etcd answers, but the shares it granted went to concurrent callers each time
+        # (or the limit was reached on the last round): this call falls back rather than
+        # count past what this replica reserved.
+        starved = _WithoutProvider(
+            runtime,
+            decision.provider,
+            Unavailable(
+                Cause.PROVIDER_QUOTA,
+                None,
+                f"{decision.provider}: no share of its request limit came free for this call",
+            ),
+        )
+        return await admit(
+            quotas,
+            snapshot,
+            resolve_input,
+            resolve(snapshot, resolve_input, now, starved),
+            now,
+            starved,
+            clock,
+        )
     if decision.cache_ttl_seconds and quotas.near_request_limit(decision.provider, now):
         # Cached decisions are not admissions: near a limit every call must come here.
         decision = dataclasses.replace(decision, cache_ttl_seconds=0.0)
     return decision, now
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithoutProvider:
+    """`runtime`, with every model of `provider` unavailable (for one call)."""
+
+    runtime: RuntimeLimits
+    provider: str
+    unavailable: Unavailable
+
+    def check(
+        self, model: ModelSpec, context: ContextSpec | None, now: datetime
+    ) -> Unavailable | None:
+        if model.provider == self.provider:
+            return self.unavailable
+        return self.runtime.check(model, context, now)
+
+    def budget_breach(self, context: ContextSpec, now: datetime) -> BudgetBreach | None:
+        return self.runtime.budget_breach(context, now)
 
 
 def count_usage(quotas: QuotaTracker, stored: Sequence[UsageRecord], now: datetime) -> None:

@@ -31,6 +31,10 @@ PUBLISH_TIMEOUT: Final = 2.0  # seconds before a publication counts as failed
 MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
 
 
+class PublicationContendedError(RuntimeError):
+    """Every guarded write lost to another replica's publication (etcd is reachable)."""
+
+
 class QuotaPublisher:
     """Publishes this replica's counts to `runtime/usage/<replica>` once a second, and at
     once when an admission needs a new share. The key is bound to a lease that outlives
@@ -57,6 +61,11 @@ class QuotaPublisher:
                 await asyncio.wait_for(self.publish_once(), PUBLISH_TIMEOUT)
             except asyncio.CancelledError:
                 raise
+            except PublicationContendedError as exc:
+                # etcd answers; the others just kept writing first. Not an outage: local
+                # counting could pass the limit, so the waiting callers fall back instead.
+                log.info("%s", exc)
+                _answer(waiters, False)
             except Exception as exc:  # noqa: BLE001 - etcd down: count locally, retry
                 if tracker.publishing_ok:
                     log.warning("usage counts not published (admitting locally): %s", exc)
@@ -99,7 +108,10 @@ class QuotaPublisher:
                 name: (entry.value, entry.mod_revision) for name, entry in read.entries.items()
             }
             tracker.refresh_peers(stored, read.revision)
-        raise RuntimeError("usage counts not published: other replicas kept publishing")
+        raise PublicationContendedError(
+            f"usage counts not published: other replicas published first {MAX_PUBLISH_ATTEMPTS}"
+            " times in a row"
+        )
 
     async def withdraw(self) -> None:
         """On shutdown: publish the final counts (they keep counting for the window)."""

@@ -20,7 +20,10 @@ add up to at most L, and admitted <= L. tests/test_quotas.py checks it with two 
 processes under load, tests/test_runtime_store.py with three trackers on one store.
 The price: a replica whose reservation is used while the others' reservations cover
 the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the others
-hold unused is at most about two publication intervals of their demand.
+hold unused is at most about two publication intervals of their demand. A slow etcd
+does not loosen the bound: a resolve waits for the publication it asked for (only a
+publication that fails or times out means "unreachable"), and one that finds no share
+free after a few publications (concurrent callers took them) falls back likewise.
 A replica that stops publishing for 5 s (crash) is counted with its use only, not its
 reservation. Token limits are checked, not reserved: a call admitted under the limit
 reports its tokens afterwards, so tokens can overshoot by the calls in flight when the
@@ -425,7 +428,9 @@ class QuotaTracker:
 
     async def sync(self, timeout: float) -> bool:
         """Ask the publisher for a publication computed after this call and wait for it
-        (False: it failed or took longer than `timeout`, e.g. etcd is down)."""
+        (False: it failed, or took longer than `timeout`). Only the publisher turns
+        `publishing_ok` off (a publication that failed or timed out): a slow one is
+        still one, and counting locally meanwhile could pass the limit."""
         if self._sync_waiters is None:
             self._sync_waiters = asyncio.get_running_loop().create_future()
         waiters = self._sync_waiters
@@ -433,10 +438,6 @@ class QuotaTracker:
         try:
             return await asyncio.wait_for(asyncio.shield(waiters), timeout)
         except TimeoutError:
-            # etcd too slow to publish (down, electing a leader): the next callers count
-            # locally at once instead of each waiting; the next publication that succeeds
-            # turns this back on.
-            self.publishing_ok = False
             return False
 
     def take_sync_waiters(self) -> asyncio.Future[bool] | None:
