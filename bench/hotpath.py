@@ -14,8 +14,17 @@ uvloop, export on, export off, echo, ...) so drift hits every side alike. Printe
 - spans: the sink's count of `modelroute.resolve` spans against the decisions the exporting
   server counted (its /metrics), and the spans it reports dropped (goal: equal, 0 dropped).
 
-`--workers N` runs both modelroute servers with `serve --workers N`; `--compare-workers`
-instead compares export-on modelroute with 1 worker against 2 workers (throughput ratio).
+Each side's server CPU per request comes with its loop thread's share: with one process,
+the loop thread is the budget that runs out first. h2load's `--rps` starts requests in
+bursts (about 8 every 10 ms at 1,000 req/s; printed), so p99 is about the time to serve a
+burst, and follows the per-call cost.
+
+`--floor` adds two cut-down modelroute servers (export on; `bench/serve_variant.py`):
+"answer only" returns a prepared answer (what the server costs around the handler), "no
+resolve" runs only the per-call parts no cache could skip (validation, decision id,
+response, decision metrics, span). `--workers N` runs both modelroute servers with `serve
+--workers N`; `--compare-workers` instead compares export-on modelroute with 1 worker
+against 2 workers (throughput ratio).
 
 Run: `.venv/bin/python bench/hotpath.py` (needs `h2load`: Debian's nghttp2-client).
 """
@@ -23,6 +32,7 @@ Run: `.venv/bin/python bench/hotpath.py` (needs `h2load`: Debian's nghttp2-clien
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import signal
@@ -110,6 +120,7 @@ def h2load(
     streams: int,
     rps: int | None = None,
     log_file: Path | None = None,
+    starts: list[int] | None = None,
 ) -> tuple[float, int, list[float]]:
     """(requests/s, succeeded, latencies in ms from the log file if one is asked for)."""
     args = [
@@ -140,9 +151,11 @@ def h2load(
     latencies: list[float] = []
     if log_file is not None:
         for line in log_file.read_text().splitlines():
-            _, status, micros = line.split("\t")
+            started, status, micros = line.split("\t")
             if status == "200":
                 latencies.append(int(micros) / 1000)
+            if starts is not None:
+                starts.append(int(started))
         log_file.unlink()
     return float(rate.group(1)), int(succeeded.group(1)), latencies
 
@@ -163,6 +176,26 @@ def cpu_seconds(pid: int, *, only: str = "") -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def loop_thread_seconds(pid: int) -> float:
+    """CPU of the process's first thread: the event loop that runs every handler (with
+    one process, the budget that runs out first)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst_sizes(starts: list[int]) -> list[int]:
+    """Requests h2load started within 200 us of the previous one, per burst."""
+    sizes, current = [], 1
+    ordered = sorted(starts)
+    for before, after in itertools.pairwise(ordered):
+        if after - before < 200:
+            current += 1
+        else:
+            sizes.append(current)
+            current = 1
+    return [*sizes, current]
 
 
 def p99(values: list[float]) -> float:
@@ -194,11 +227,11 @@ def start_modelroute(
     workers: int,
     env: dict[str, str],
     event_loop: str = "uvloop",
+    entry: tuple[str, ...] = ("-m", "modelroute.server.cli"),
 ) -> Process:
     args = [
         sys.executable,
-        "-m",
-        "modelroute.server.cli",
+        *entry,
         "serve",
         "--port",
         "0",
@@ -252,6 +285,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--compare-workers", action="store_true")
     parser.add_argument("--event-loop", default="uvloop", help="modelroute's (serve --event-loop)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run modelroute (export on) with ResolveModel cut down (bench/serve_variant.py):"
+        " 'answer only' and 'no resolve'",
+    )
     args = parser.parse_args()
     if not subprocess.run(["which", "h2load"], capture_output=True).stdout:
         sys.exit("h2load not found: apt-get install nghttp2-client")
@@ -308,6 +347,19 @@ def main() -> None:
                     args.event_loop,
                 )
                 sides = {"export on": on, "export off": off}
+                if args.floor:
+                    variant = (str(ROOT / "bench" / "serve_variant.py"),)
+                    for name in ("answer only", "no resolve"):
+                        sides[name] = start_modelroute(
+                            name.replace(" ", "-"),
+                            tmp,
+                            etcd.endpoint,
+                            prefix,
+                            1,
+                            {**export_env, "MODELROUTE_BENCH_VARIANT": name.replace(" ", "-")},
+                            args.event_loop,
+                            variant,
+                        )
             processes += sides.values()
             for process in sides.values():
                 wait_serving(process.port)
@@ -336,20 +388,24 @@ def main() -> None:
 
             rates: dict[str, list[float]] = {name: [] for name in sides}
             cpu: dict[str, float] = {name: 0.0 for name in sides}
+            loop_cpu: dict[str, float] = {name: 0.0 for name in sides}
             child_cpu = 0.0  # the span exporter children of "export on" (in its server CPU)
             latencies: dict[str, list[float]] = {name: [] for name in sides}
             for _ in range(args.rounds):
                 for name, process in sides.items():
                     cpu_before = cpu_seconds(process.popen.pid)
+                    loop_before = loop_thread_seconds(process.popen.pid)
                     child_before = cpu_seconds(process.popen.pid, only=EXPORT_WORKER)
                     rate, ok, _ = h2load(process.port, body, requests=args.requests, **common)
                     cpu[name] += cpu_seconds(process.popen.pid) - cpu_before
+                    loop_cpu[name] += loop_thread_seconds(process.popen.pid) - loop_before
                     if name == "export on":
                         child_cpu += cpu_seconds(process.popen.pid, only=EXPORT_WORKER)
                         child_cpu -= child_before
                     assert ok == args.requests, f"{name}: {ok} of {args.requests} succeeded"
                     rates[name].append(rate)
             fixed = int(args.rate * args.rate_seconds)
+            starts: list[int] = []
             for _ in range(args.rounds):
                 for name, process in sides.items():
                     _, ok, lat = h2load(
@@ -358,6 +414,7 @@ def main() -> None:
                         requests=fixed,
                         rps=max(1, args.rate // args.clients),
                         log_file=tmp / "h2load.log",
+                        starts=starts if name == "echo" else None,
                         **common,
                     )
                     latencies[name].extend(lat)
@@ -382,9 +439,27 @@ def main() -> None:
                     f"  ratio {rate / base_rate:.2f}   p50 {p50:.2f} ms"
                     f"  p99 {tail:.2f} ms  ratio {tail / base_p99:.2f}"
                     f"  server CPU {1e6 * cpu[name] / (args.requests * args.rounds):.0f} us/request"
+                    + (
+                        ""
+                        if args.workers != 1 and name not in ("echo", "echo uvloop")
+                        else f" (loop thread"
+                        f" {1e6 * loop_cpu[name] / (args.requests * args.rounds):.0f})"
+                    )
                 )
-            exporter = sides.get("export on") or sides["1 worker"]
-            decisions, dropped = scrape_decisions(exporter.admin_port)
+            if starts:
+                bursts = burst_sizes(starts)
+                print(
+                    f"  h2load --rps starts requests in bursts (echo rounds): median"
+                    f" {statistics.median(bursts):.0f} requests within 200 us of each other,"
+                    f" {len(bursts) / args.rounds / args.rate_seconds:.0f} bursts/s; so p99 is"
+                    " about the time to serve a burst"
+                )
+            # Every side that exports to the sink: its spans are the sum of their decisions.
+            exporting = [sides[n] for n in ("export on", "answer only", "no resolve") if n in sides]
+            decisions = dropped = 0
+            for exporter in exporting or [sides["1 worker"]]:
+                counted, lost = scrape_decisions(exporter.admin_port)
+                decisions, dropped = decisions + counted, dropped + lost
             if args.compare_workers:
                 ratio = statistics.median(rates["2 workers"]) / base_rate
                 print(f"  throughput 2 workers / 1 worker: {ratio:.2f}")
@@ -415,7 +490,7 @@ def main() -> None:
     if not args.compare_workers:  # with workers, /metrics is worker 0's alone
         print(
             f"  spans: sink received {resolve_spans} modelroute.resolve spans for {decisions}"
-            f" decisions counted by the exporting server (missing {decisions - resolve_spans});"
+            f" decisions counted by the exporting servers (missing {decisions - resolve_spans});"
             f" dropped (server metric): {dropped}"
         )
     for name, output in outputs.items():
