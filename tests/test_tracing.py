@@ -57,6 +57,12 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
                 ),
                 metadata=(("traceparent", traceparent),),
             )
+            # No caller trace: the decision span starts its own (ids made by the exporter).
+            await stub.ResolveModel(
+                router_pb2.ResolveModelRequest(
+                    context="reranker", user=types_pb2.User(id="user-7"), request_id="req-9"
+                )
+            )
             # Several reports of one model in a call: one span, sums and counts.
             await stub.ReportUsage(
                 router_pb2.ReportUsageRequest(
@@ -79,10 +85,17 @@ async def test_spans_reach_otlp_receiver_with_attributes_and_parent(
             resolves = collector.named("modelroute.resolve")
             usages = collector.named("usage gpt-4o-mini")
             reloads = collector.named("modelroute.config.reload")
-            assert len(resolves) == 1 and len(usages) == 1 and reloads
-            return resolves[0], usages[0], reloads[0]
+            assert len(resolves) == 2 and len(usages) == 1 and reloads
+            return resolves, usages[0], reloads[0]
 
-        resolve_span, usage_span, reload_span = await eventually(exported, timeout=15)
+        resolves, usage_span, reload_span = await eventually(exported, timeout=15)
+        by_context = {attributes(span)["modelroute.context"]: span for span in resolves}
+        resolve_span, root = by_context["rag.answer"], by_context["reranker"]
+        assert root.trace_id.hex() not in (trace_id, "0" * 32) and not root.parent_span_id
+        assert len(root.span_id) == 8 and root.span_id != resolve_span.span_id
+        assert attributes(root)["modelroute.request_id"] == "req-9"
+        assert attributes(root)["modelroute.user_hash"] == hash_user("user-7")
+        assert "modelroute.request_id" not in attributes(resolve_span)
         assert resolve_span.trace_id.hex() == trace_id
         assert resolve_span.parent_span_id.hex() == parent_id
         attrs = attributes(resolve_span)
