@@ -4,8 +4,8 @@ browsers and edge runtimes can call it without gRPC.
 
 The protocol itself comes from `connectrpc` (the `connect-python` distribution, which
 speaks Connect, gRPC and gRPC-Web over ASGI with google.protobuf messages). Its endpoints
-call the gRPC servicer in process through `LocalRouterCalls`, i.e. through the same auth
-interceptor and handlers as the gRPC port: a bad request gets the same code, message and
+call the gRPC servicer in process through `LocalRouterCalls`, i.e. through the same
+authorizer and handlers as the gRPC port: a bad request gets the same code, message and
 `google.rpc` details (ErrorInfo, BadRequest, RetryInfo, LocalizedMessage) on both.
 """
 
