@@ -23,7 +23,6 @@ from modelroute.client._watch import follow_config
 from modelroute.client.classify import FailureClassifier
 from modelroute.client.decision import Decision, Outcome, Reason, Source, env_var_for
 from modelroute.client.errors import (
-    Attempt,
     ControlPlaneUnavailableError,
     ControlPlaneUnavailableWarning,
     InvalidResolveRequestError,
@@ -381,7 +380,7 @@ class AsyncModelRouter:
         chain is used up the router re-resolves excluding the models tried. `usage`
         extracts (input_tokens, output_tokens) from a result for the report.
         """
-        walk = FallbackWalk(context, max_attempts)
+        walk = FallbackWalk(context, max_attempts, user=user, tier=tier)
         decision, warning = await self._resolve(context, user, tier, (), attributes)
         if warning:
             warnings.warn(warning, ControlPlaneUnavailableWarning, stacklevel=2)
@@ -401,69 +400,13 @@ class AsyncModelRouter:
                 if not walk.offer(decision):
                     raise walk.exhausted()
                 continue
-            assert walk.decision is not None
             started = time.monotonic()
             try:
                 result = await fn(model)
             except Exception as error:
-                retry = self._record_failure(walk, model, error, started, user, tier)
-                if not retry:
+                if not walk.failed(model, error, started, self.classifier, self.report):
                     raise
                 continue
             tokens = usage(result) if usage is not None else (0, 0)
-            self._record_success(walk, model, started, user, tier, tokens)
+            walk.succeeded(model, started, tokens, self.report)
             return result
-
-    def _record_failure(
-        self,
-        walk: FallbackWalk,
-        model: str,
-        error: BaseException,
-        started: float,
-        user: str | None,
-        tier: str | None,
-    ) -> bool:
-        """Report one failed attempt; True when the next model should be tried."""
-        assert walk.decision is not None
-        failure = self.classifier.classify(error)
-        latency_ms = int((time.monotonic() - started) * 1000)
-        report_id = self.report(
-            walk.context,
-            model,
-            outcome=failure.outcome,
-            decision_id=walk.decision.decision_id,
-            user=user,
-            tier=tier,
-            latency_ms=latency_ms,
-            error_message=f"{type(error).__name__}: {error}",
-            retry_after=failure.retry_after,
-            provider_wide=failure.provider_wide,
-        )
-        walk.record(
-            Attempt(model, failure.outcome, latency_ms, walk.decision.decision_id, report_id, error)
-        )
-        logger.info("modelroute: %s failed on %s: %s", walk.context, model, failure.outcome.name)
-        return failure.retry_next_model
-
-    def _record_success(
-        self,
-        walk: FallbackWalk,
-        model: str,
-        started: float,
-        user: str | None,
-        tier: str | None,
-        tokens: tuple[int, int],
-    ) -> None:
-        assert walk.decision is not None
-        latency_ms = int((time.monotonic() - started) * 1000)
-        report_id = self.report(
-            walk.context,
-            model,
-            decision_id=walk.decision.decision_id,
-            user=user,
-            tier=tier,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            latency_ms=latency_ms,
-        )
-        walk.record(Attempt(model, Outcome.OK, latency_ms, walk.decision.decision_id, report_id))

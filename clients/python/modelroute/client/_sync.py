@@ -19,9 +19,8 @@ from modelroute.client._async import AsyncModelRouter
 from modelroute.client._reports import build_report
 from modelroute.client._sender import CloseResult, lost_message, rejection_message
 from modelroute.client._walk import FallbackWalk
-from modelroute.client.decision import Decision, Outcome
+from modelroute.client.decision import Decision
 from modelroute.client.errors import (
-    Attempt,
     ControlPlaneUnavailableError,
     ControlPlaneUnavailableWarning,
     NoModelAvailableError,
@@ -140,7 +139,7 @@ class ModelRouter:
         max_attempts: int | None = None,
     ) -> T:
         """See AsyncModelRouter.call_with_fallback; `fn` runs in the calling thread."""
-        walk = FallbackWalk(context, max_attempts)
+        walk = FallbackWalk(context, max_attempts, user=user, tier=tier)
         decision = self.resolve(context, user=user, tier=tier, attributes=attributes)
         walk.offer(decision)
         while True:
@@ -158,45 +157,15 @@ class ModelRouter:
                 if not walk.offer(decision):
                     raise walk.exhausted()
                 continue
-            assert walk.decision is not None
-            decision_id = walk.decision.decision_id
             started = time.monotonic()
             try:
                 result = fn(model)
             except Exception as error:
-                failure = self.aio.classifier.classify(error)
-                latency_ms = int((time.monotonic() - started) * 1000)
-                report_id = self.report(
-                    context,
-                    model,
-                    outcome=failure.outcome,
-                    decision_id=decision_id,
-                    user=user,
-                    tier=tier,
-                    latency_ms=latency_ms,
-                    error_message=f"{type(error).__name__}: {error}",
-                    retry_after=failure.retry_after,
-                    provider_wide=failure.provider_wide,
-                )
-                walk.record(
-                    Attempt(model, failure.outcome, latency_ms, decision_id, report_id, error)
-                )
-                if not failure.retry_next_model:
+                if not walk.failed(model, error, started, self.aio.classifier, self.report):
                     raise
                 continue
-            latency_ms = int((time.monotonic() - started) * 1000)
             tokens = usage(result) if usage is not None else (0, 0)
-            report_id = self.report(
-                context,
-                model,
-                decision_id=decision_id,
-                user=user,
-                tier=tier,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                latency_ms=latency_ms,
-            )
-            walk.record(Attempt(model, Outcome.OK, latency_ms, decision_id, report_id))
+            walk.succeeded(model, started, tokens, self.report)
             return result
 
 
