@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aetcd
 import pytest
-from modelroute.server.core.resolver import ResolveInput, resolve
+from modelroute.server.core.resolver import Cause, ResolveInput, resolve
 from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
 from modelroute.server.runtime.admission import admit as admit_decision
 from modelroute.server.runtime.decision_keys import DecisionKeyManager
@@ -144,6 +144,8 @@ async def test_slow_publications_do_not_let_admissions_past_the_limit(
         served, _ = await admit_decision(
             tracker, snapshot, request, decision, NOW, runtime, lambda: NOW
         )
+        if served.model_id == "n":  # fell back, and says why
+            assert served.fallback_cause is Cause.PROVIDER_QUOTA
         return served.model_id
 
     try:
