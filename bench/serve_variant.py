@@ -6,8 +6,9 @@
   answer again (same bytes as the echo server's): what the server costs around the handler
   (gRPC, auth, background tasks).
 - `no-resolve`: the per-call parts that cannot be cached are the real code (validation,
-  clock, decision id, response, decision metrics, span); the decision is the resolver's
-  first one for this request: no resolution, quota admission or preference lookup.
+  clock, decision id, and `ModelRouterService._answer`: response, span, decision metrics);
+  the decision is the resolver's first one for this request: no resolution, quota
+  admission or preference lookup.
 
 Every other argument is `modelroute serve`'s.
 """
@@ -21,11 +22,9 @@ from typing import Any
 
 from modelroute.server.api import router_service
 from modelroute.server.api.errors import rpc
-from modelroute.server.api.mapping import decision_response
 from modelroute.server.api.validation import raise_if_invalid, validate_resolve
 from modelroute.server.cli import main
 from modelroute.server.core.resolver import Decision
-from modelroute.server.telemetry import decision_spans
 
 VARIANT = os.environ["MODELROUTE_BENCH_VARIANT"]
 real_handler = router_service.ModelRouterService.ResolveModel
@@ -52,34 +51,8 @@ async def resolve_model(self: Any, request: Any, context: Any) -> Any:
         return answer
     started, started_ns = time.perf_counter(), time.time_ns()
     raise_if_invalid(validate_resolve(request))
-    now = self._clock()
-    token = self._tokens.encode(
-        context=request.context,
-        model_id=decision.model_id,
-        reason=int(decision.reason),
-        experiment_id=decision.experiment_id,
-        variant_id=decision.variant_id,
-        config_revision=decision.config_revision,
-        issued_at_ms=int(now.timestamp() * 1000),
-    )
-    response = decision_response(decision, token)
-    decision_spans.record_decision(
-        context.invocation_metadata,
-        started_ns,
-        request.context,
-        request.user.id,
-        request.user.tier,
-        request.request_id,
-        decision,
-    )
-    self._metrics.record_decision(
-        request.context,
-        decision.model_id,
-        int(decision.reason),
-        None if decision.fallback_cause is None else int(decision.fallback_cause),
-        time.perf_counter() - started,
-    )
-    return response
+    token = self._decision_id(request.context, decision, self._clock())
+    return self._answer(request, context, decision, token, started, started_ns)
 
 
 if VARIANT not in ("answer-only", "no-resolve"):

@@ -48,6 +48,7 @@ from modelroute.server.api.validation import (
 )
 from modelroute.server.core.decision_token import DecisionTokens, new_key
 from modelroute.server.core.resolver import (
+    Decision,
     NoModelAvailableError,
     ResolveInput,
     RuntimeLimits,
@@ -151,15 +152,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                     )
             except NoModelAvailableError as exc:
                 raise no_model_available(exc, now) from None
-            token = self._tokens.encode(
-                context=request.context,
-                model_id=decision.model_id,
-                reason=int(decision.reason),
-                experiment_id=decision.experiment_id,
-                variant_id=decision.variant_id,
-                config_revision=decision.config_revision,
-                issued_at_ms=int(now.timestamp() * 1000),
-            )
+            token = self._decision_id(request.context, decision, now)
         except ServiceError as error:
             decision_spans.record_failure(
                 context.invocation_metadata(),
@@ -174,6 +167,29 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                 context.invocation_metadata(), started_ns, request.context, "INTERNAL", repr(exc)
             )
             raise
+        return self._answer(request, context, decision, token, started, started_ns)
+
+    def _decision_id(self, context: str, decision: Decision, now: datetime) -> str:
+        return self._tokens.encode(
+            context=context,
+            model_id=decision.model_id,
+            reason=int(decision.reason),
+            experiment_id=decision.experiment_id,
+            variant_id=decision.variant_id,
+            config_revision=decision.config_revision,
+            issued_at_ms=int(now.timestamp() * 1000),
+        )
+
+    def _answer(
+        self,
+        request: router_pb2.ResolveModelRequest,
+        context: ServicerContext,
+        decision: Decision,
+        token: str,
+        started: float,
+        started_ns: int,
+    ) -> router_pb2.ResolveModelResponse:
+        """The response to a decided call, with its span and metrics."""
         response = decision_response(decision, token)
         # The span is built once, now that everything about the decision is known.
         decision_spans.record_decision(
