@@ -158,6 +158,33 @@ async def test_slow_publications_do_not_let_admissions_past_the_limit(
     assert served.count("m") + served.count("n") == 3 * limit  # the rest fell back
 
 
+async def test_a_call_waiting_for_a_share_falls_back_before_its_deadline(
+    store: RuntimeStore,
+) -> None:
+    """A resolve with a deadline does not wait past it for a slow publication: it is
+    served a fallback (PROVIDER_QUOTA) in time; without a deadline it waits and is admitted."""
+    snapshot = snapshot_with_limit(20)
+    tracker = QuotaTracker("replica-a", lambda: snapshot, clock=lambda: NOW)
+    runtime = RuntimeState(tracker)
+    publishing = asyncio.create_task(QuotaPublisher(tracker, SlowWrites(store, 0.3)).run())  # type: ignore[arg-type]
+    request = ResolveInput("any")
+
+    async def served(time_left: float | None) -> tuple[str, Cause | None]:
+        decision = resolve(snapshot, request, NOW, runtime)
+        decision, _ = await admit_decision(
+            tracker, snapshot, request, decision, NOW, runtime, lambda: NOW, lambda: time_left
+        )
+        return decision.model_id, decision.fallback_cause
+
+    try:
+        # No reservation is published yet: the first admission needs one (0.3 s away).
+        assert await served(0.1) == ("n", Cause.PROVIDER_QUOTA)
+        assert await served(None) == ("m", None)
+    finally:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+
+
 async def test_a_cooldown_is_written_read_back_and_cleared(store: RuntimeStore) -> None:
     until = await start_cooldown(store, "models/m", timedelta(seconds=30), "RATE_LIMITED", NOW)
     assert until == NOW + timedelta(seconds=30)

@@ -352,8 +352,7 @@ class GuardedServer:
 
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
         """Not passed on: the generated code registers the same methods generically too,
-        and a method served from this table would skip `guard` (grpc.aio ignores the table
-        today; a release that honoured it must not open every method)."""
+        and grpc.aio lets this table take precedence, which would skip `guard`."""
 
 
 def _as_actor(name: str, _request: Any) -> None:

@@ -149,6 +149,7 @@ class ModelRouterService(router_pb2_grpc.ModelRouterServiceServicer):
                         now,
                         self._runtime,
                         self._clock,
+                        context.time_remaining,
                     )
             except NoModelAvailableError as exc:
                 raise no_model_available(exc, now) from None

@@ -34,6 +34,8 @@ MAX_ADMISSION_ROUNDS: Final = 8
 # Giving up sooner would count against a stale view while etcd still answers (a busy box
 # once took over the old 0.25 s and admitted 601 of 600).
 SYNC_TIMEOUT_SECONDS: Final = 2 * PUBLISH_TIMEOUT + 1.0
+# Left of the caller's deadline for answering after a wait for a share that came too late.
+ANSWER_MARGIN_SECONDS: Final = 0.05
 COOLDOWN_OUTCOMES: Final = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)
 
@@ -46,18 +48,21 @@ async def admit(
     now: datetime,
     runtime: RuntimeLimits,
     clock: Callable[[], datetime],
+    time_left: Callable[[], float | None] = lambda: None,
 ) -> tuple[Decision, datetime]:
     """Count the admission against the served provider's request limits.
 
     When this replica's share of what is left is used, publish (shared by concurrent
     callers) and ask again; past the limit, resolve again (the limit now skips the
-    provider). Returns the decision served and the time it was made.
+    provider). A wait for a share ends before the caller's deadline (`time_left`: seconds,
+    None without one); then the call falls back. Returns the decision served and the time
+    it was made.
     """
     admitted = False
     for attempt in range(1, MAX_ADMISSION_ROUNDS + 1):
         verdict = quotas.admit(decision.provider, now)
         if verdict is Admission.SYNC_NEEDED:
-            synced = quotas.publishing_ok and await quotas.sync(SYNC_TIMEOUT_SECONDS)
+            synced = quotas.publishing_ok and await quotas.sync(_wait_limit(time_left()))
             if not synced:
                 break  # etcd unreachable, or it granted nothing in time (below)
         admitted = verdict is Admission.ADMITTED
@@ -89,11 +94,18 @@ async def admit(
             now,
             starved,
             clock,
+            time_left,
         )
     if decision.cache_ttl_seconds and quotas.near_request_limit(decision.provider, now):
         # Cached decisions are not admissions: near a limit every call must come here.
         decision = dataclasses.replace(decision, cache_ttl_seconds=0.0)
     return decision, now
+
+
+def _wait_limit(time_left: float | None) -> float:
+    if time_left is None:
+        return SYNC_TIMEOUT_SECONDS
+    return max(0.0, min(SYNC_TIMEOUT_SECONDS, time_left - ANSWER_MARGIN_SECONDS))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,8 @@ class QuotaPublisher:
                     log.warning("usage counts not published (admitting locally): %s", exc)
                 tracker.publishing_ok = False
                 _answer(waiters, False)
+                # Those who asked meanwhile would wait for the next try: they count locally now.
+                _answer(tracker.take_sync_waiters(), False)
                 await asyncio.sleep(0.2)
             else:
                 if not tracker.publishing_ok:

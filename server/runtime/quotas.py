@@ -23,7 +23,7 @@ the rest falls back (cause PROVIDER_QUOTA) before the total reaches L; what the 
 hold unused is at most about two publication intervals of their demand. A slow etcd
 does not loosen the bound: a resolve waits for the publication it asked for (only a
 publication that fails or times out means "unreachable"), and one that finds no share
-free after a few publications (concurrent callers took them) falls back likewise.
+free in time (concurrent callers took them, or its deadline comes) falls back likewise.
 A replica that stops publishing for 5 s (crash) is counted with its use only, not its
 reservation. Token limits are checked, not reserved: a call admitted under the limit
 reports its tokens afterwards, so tokens can overshoot by the calls in flight when the
