@@ -16,40 +16,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.api.admin_http import create_admin_app
-from modelroute.server.api.admin_service import AdminService
-from modelroute.server.api.application_http import application_routes
-from modelroute.server.api.auth import AdminTokens, Authorizer, GuardedServer
-from modelroute.server.api.config_apply import seed_if_empty
-from modelroute.server.api.config_history import ConfigHistory
-from modelroute.server.api.http_listener import HttpListener
-from modelroute.server.api.impact_preview import ImpactPreview
-from modelroute.server.api.local_calls import LocalRouterCalls
-from modelroute.server.api.operator_http import add_operator_routes
-from modelroute.server.api.router_service import ModelRouterService
-from modelroute.server.api.tls import TlsFiles, server_credentials
-from modelroute.server.core.snapshot import (
-    DEFAULT_HISTORY_DAYS,
-    Rejection,
-    Snapshot,
-    env_overrides_from,
-)
-from modelroute.server.options import DEFAULT_BOOTSTRAP, ServeOptions
-from modelroute.server.runtime.config_manager import ConfigManager
-from modelroute.server.runtime.decision_keys import DecisionKeyManager
-from modelroute.server.runtime.history_recorder import HistoryRecorder
-from modelroute.server.runtime.preferences import PreferenceCache
-from modelroute.server.runtime.quota_counts import QuotaAlert
-from modelroute.server.runtime.quota_publisher import QuotaPublisher
-from modelroute.server.runtime.quotas import QuotaTracker
-from modelroute.server.runtime.runtime_state import RuntimeState, start_cooldown
-from modelroute.server.telemetry.metrics import ServerMetrics, Sources
-from modelroute.server.telemetry.tracing import configure_tracing, shutdown_tracing
-from modelroute.server.usage import alert_rules
-from modelroute.server.usage.alerts import AlertSink
-from modelroute.server.usage.rollout_controller import RolloutController
-from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
-from modelroute.server.usage.usage_writer import UsageWriter
 from modelroute.storage.alert_store import AlertStore
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.data_dir_lock import DataDirLock
@@ -68,6 +34,41 @@ from modelroute.storage.updates import ConfigUpdate
 from modelroute.storage.usage_store import UsageStore
 from modelroute.v1 import router_pb2, router_pb2_grpc
 from sqlalchemy import Engine
+
+from .api.admin_http import create_admin_app
+from .api.admin_service import AdminService
+from .api.application_http import application_routes
+from .api.auth import AdminTokens, Authorizer, GuardedServer
+from .api.config_apply import seed_if_empty
+from .api.config_history import ConfigHistory
+from .api.http_listener import HttpListener
+from .api.impact_preview import ImpactPreview
+from .api.local_calls import LocalRouterCalls
+from .api.operator_http import add_operator_routes
+from .api.router_service import ModelRouterService
+from .api.tls import TlsFiles, server_credentials
+from .core.snapshot import (
+    DEFAULT_HISTORY_DAYS,
+    Rejection,
+    Snapshot,
+    env_overrides_from,
+)
+from .options import DEFAULT_BOOTSTRAP, ServeOptions
+from .runtime.config_manager import ConfigManager
+from .runtime.decision_keys import DecisionKeyManager
+from .runtime.history_recorder import HistoryRecorder
+from .runtime.preferences import PreferenceCache
+from .runtime.quota_counts import QuotaAlert
+from .runtime.quota_publisher import QuotaPublisher
+from .runtime.quotas import QuotaTracker
+from .runtime.runtime_state import RuntimeState, start_cooldown
+from .telemetry.metrics import ServerMetrics, Sources
+from .telemetry.tracing import configure_tracing, shutdown_tracing
+from .usage import alert_rules
+from .usage.alerts import AlertSink
+from .usage.rollout_controller import RolloutController
+from .usage.rollout_metrics import RolloutMetricsReader
+from .usage.usage_writer import UsageWriter
 
 __all__ = ["DEFAULT_BOOTSTRAP", "ModelrouteServer", "ServeOptions"]
 

@@ -11,9 +11,10 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from modelroute.server.app import ModelrouteServer
-from modelroute.server.options import ServeOptions
 from modelroute.storage.instance_file import InstanceInfo, dial_address, write_instance
+
+from .app import ModelrouteServer
+from .options import ServeOptions
 
 log = logging.getLogger("modelroute.server")
 EVENT_LOOPS: Final = ("uvloop", "asyncio")

@@ -29,9 +29,10 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Final
 
-from modelroute.server.app import ServeOptions
 from modelroute.storage.embedded_etcd import EmbeddedEtcd
 from modelroute.storage.instance_file import remove_instance
+
+from .app import ServeOptions
 
 log = logging.getLogger("modelroute.workers")
 RESTART_BACKOFF_MAX: Final = 5.0  # seconds; a worker that keeps dying is restarted slower
@@ -62,7 +63,7 @@ def run_worker(options: ServeOptions, log_level: str) -> None:
     """A worker's entry point (a fresh interpreter: multiprocessing's spawn)."""
     from functools import partial
 
-    from modelroute.server.process import publish_instance, run_event_loop, serve_until_signalled
+    from .process import publish_instance, run_event_loop, serve_until_signalled
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -119,8 +120,9 @@ class Supervisor:
 
     def _prepare(self) -> EmbeddedEtcd | None:
         """What must exist once, before any worker starts."""
-        from modelroute.server.runtime.decision_keys import load_local_key, save_local_key
         from modelroute.storage.database import default_sqlite_url, upgrade
+
+        from .runtime.decision_keys import load_local_key, save_local_key
 
         options = self.options
         options.data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ class Supervisor:
         upgrade(options.database_url or default_sqlite_url(options.data_dir))
         key_file = options.data_dir / "decision-key"
         if load_local_key(key_file) is None:
-            from modelroute.server.core.decision_token import new_key
+            from .core.decision_token import new_key
 
             save_local_key(key_file, new_key())
         return embedded

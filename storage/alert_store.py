@@ -11,10 +11,11 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import database_call, dialect_insert
-from modelroute.storage.tables import Alert, table_of
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Engine
+
+from .database import database_call, dialect_insert
+from .tables import Alert, table_of
 
 _table: Table = table_of(Alert)
 

@@ -16,8 +16,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from modelroute.storage.database import database_call, read_snapshot
-from modelroute.storage.rollup_sql import (
+from sqlalchemy import Float, Table, case, cast, distinct, func, literal_column, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from .database import database_call, read_snapshot
+from .rollup_sql import (
     key_of,
     raw_keys,
     rollup_keys,
@@ -25,8 +29,8 @@ from modelroute.storage.rollup_sql import (
     rollup_sign,
     signed,
 )
-from modelroute.storage.rollup_window import Window, plan
-from modelroute.storage.rollups import (
+from .rollup_window import Window, plan
+from .rollups import (
     DAY,
     FEEDBACK_SUMS,
     USAGE_SUMS,
@@ -39,11 +43,8 @@ from modelroute.storage.rollups import (
     latency_totals,
     usage_rollups,
 )
-from modelroute.storage.tables import LlmFeedback, LlmUsageLog, table_of
-from modelroute.storage.usage_groups import FeedbackGroup, UsageAccumulator, UsageGroup
-from sqlalchemy import Float, Table, case, cast, distinct, func, literal_column, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
+from .tables import LlmFeedback, LlmUsageLog, table_of
+from .usage_groups import FeedbackGroup, UsageAccumulator, UsageGroup
 
 _usage: Table = table_of(LlmUsageLog)
 _feedback: Table = table_of(LlmFeedback)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.analysis_store import AnalysisStore
+from .analysis_store import AnalysisStore
 
 ARM_KEYS = ("context", "model", "experiment", "variant")
 

@@ -12,10 +12,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from modelroute.storage.errors import StoreUnavailableError
 from sqlalchemy import Connection, Table, create_engine, event, make_url, text
 from sqlalchemy import Engine as Engine  # re-exported: services name the type, not the driver
 from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import StoreUnavailableError
 
 P = ParamSpec("P")
 R = TypeVar("R")

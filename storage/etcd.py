@@ -21,8 +21,9 @@ import aetcd
 import grpc
 from aetcd import rpc as etcd_rpc
 from aetcd.utils import prefix_range_end
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.updates import ConfigUpdate, StoredValue
+
+from .errors import StoreUnavailableError
+from .updates import ConfigUpdate, StoredValue
 
 log = logging.getLogger("modelroute.etcd")
 

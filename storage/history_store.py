@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import database_call, dialect_insert
-from modelroute.storage.tables import ConfigChange, table_of
 from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.engine import Engine
+
+from .database import database_call, dialect_insert
+from .tables import ConfigChange, table_of
 
 _table: Table = table_of(ConfigChange)
 START_MARKER = ""  # key of the row marking where recording started

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.runtime_store import DirectoryRead
-from modelroute.storage.updates import ConfigUpdate, StoredValue
+from .errors import StoreUnavailableError
+from .runtime_store import DirectoryRead
+from .updates import ConfigUpdate, StoredValue
 
 
 @dataclass(slots=True)

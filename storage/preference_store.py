@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelroute.storage.database import database_call, dialect_insert
-from modelroute.storage.rollups import RollupWriter
-from modelroute.storage.tables import LlmFeedback, UserModelPreference, table_of
 from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Engine
+
+from .database import database_call, dialect_insert
+from .rollups import RollupWriter
+from .tables import LlmFeedback, UserModelPreference, table_of
 
 _preferences: Table = table_of(UserModelPreference)
 _feedback: Table = table_of(LlmFeedback)

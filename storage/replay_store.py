@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from modelroute.storage.database import database_call
-from modelroute.storage.tables import LlmUsageLog, UserModelPreference, table_of
 from sqlalchemy import Engine, Table, select
+
+from .database import database_call
+from .tables import LlmUsageLog, UserModelPreference, table_of
 
 _usage: Table = table_of(LlmUsageLog)
 _preferences: Table = table_of(UserModelPreference)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aetcd
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.leader import DEFAULT_TTL, LeaderElection
+
+from .errors import StoreUnavailableError
+from .leader import DEFAULT_TTL, LeaderElection
 
 
 class EtcdRolloutStore:

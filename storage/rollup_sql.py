@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from modelroute.storage.rollup_window import Window
-from modelroute.storage.rollups import DAY
 from sqlalchemy import Table, and_, case, false, func, literal, or_
 from sqlalchemy.sql.elements import ColumnElement
+
+from .rollup_window import Window
+from .rollups import DAY
 
 # group_by -> column name in every table ("day" is derived from the time).
 COLUMNS: Final = {

@@ -33,8 +33,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from modelroute.storage.bulk_sql import BulkAddUpsert, BulkInsertNew, time_binder
-from modelroute.storage.tables import (
+from sqlalchemy import Connection, Table
+from sqlalchemy.engine import Engine
+
+from .bulk_sql import BulkAddUpsert, BulkInsertNew, time_binder
+from .tables import (
     ExperimentUser,
     ExperimentUserCount,
     FeedbackRollup,
@@ -43,8 +46,6 @@ from modelroute.storage.tables import (
     UsageRollup,
     table_of,
 )
-from sqlalchemy import Connection, Table
-from sqlalchemy.engine import Engine
 
 HOUR: Final = 3600
 DAY: Final = 86_400

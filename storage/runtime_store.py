@@ -15,9 +15,10 @@ from typing import Protocol
 
 import aetcd
 from aetcd.utils import prefix_range_end
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.etcd import ETCD_FAILURES as _ETCD_FAILURES
-from modelroute.storage.updates import StoredValue
+
+from .errors import StoreUnavailableError
+from .etcd import ETCD_FAILURES as _ETCD_FAILURES
+from .updates import StoredValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from modelroute.storage.rollups import bucket_value
+from .rollups import bucket_value
 
 PERCENTILES: Final = (50, 95, 99)
 

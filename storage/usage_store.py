@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from modelroute.storage.bulk_sql import BulkInsertNew, time_binder
-from modelroute.storage.database import database_call
-from modelroute.storage.rollups import RollupWriter
-from modelroute.storage.tables import LlmUsageLog, table_of
 from sqlalchemy import Engine, Table, func, select
+
+from .bulk_sql import BulkInsertNew, time_binder
+from .database import database_call
+from .rollups import RollupWriter
+from .tables import LlmUsageLog, table_of
 
 _table: Table = table_of(LlmUsageLog)
 

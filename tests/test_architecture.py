@@ -80,6 +80,27 @@ def source_files() -> list[Path]:
     )
 
 
+def source_root_of(name: str) -> str:
+    return next(package for package in SOURCE_ROOTS if within(name, package))
+
+
+def package_of(path: Path) -> str:
+    """The package a module's relative imports start from (its own, for an __init__)."""
+    name = module_name(path)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imported_module(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute name `from <module> import` names, relative forms resolved."""
+    if node.level == 0:
+        assert node.module is not None
+        return node.module
+    base = package_of(path).split(".")
+    assert node.level <= len(base), f"{module_name(path)}:{node.lineno}: beyond the top"
+    parts = base[: len(base) - node.level + 1]
+    return ".".join([*parts, node.module] if node.module else parts)
+
+
 def imports_of(path: Path) -> list[Import]:
     importer = module_name(path)
     found: list[Import] = []
@@ -87,13 +108,37 @@ def imports_of(path: Path) -> list[Import]:
         if isinstance(node, ast.Import):
             found += [Import(importer, node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{importer}:{node.lineno}: use absolute imports"
-            assert node.module is not None
+            module = imported_module(path, node)
             # `from package import module` imports the module, not just the package.
             found += [
-                Import(importer, node.lineno, f"{node.module}.{alias.name}") for alias in node.names
+                Import(importer, node.lineno, f"{module}.{alias.name}") for alias in node.names
             ]
     return found
+
+
+def import_style_faults(path: Path) -> list[str]:
+    """Relative inside a source root (so the tree itself shows who imports whom: no tool
+    needs the `package-dir` mapping to follow them), absolute to another root or the
+    contract (the import names the distribution's package, as a user of it would)."""
+    importer = module_name(path)
+    own_root = source_root_of(importer)
+    faults = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom | ast.Import):
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+            relative = False
+        else:
+            targets = [imported_module(path, node)]
+            relative = node.level > 0
+        for target in targets:
+            same_root = within(target, own_root)
+            if same_root and not relative:
+                faults.append(f"{importer}:{node.lineno}: import {target} relatively")
+            elif relative and not same_root:
+                faults.append(f"{importer}:{node.lineno}: import {target} by its full name")
+    return faults
 
 
 def within(name: str, part: str) -> bool:
@@ -181,6 +226,38 @@ def test_the_checker_sees_the_imports_the_rules_are_about() -> None:
         for f in imports
     )
     assert is_ours("modelroute.storage.etcd") and not is_ours("modelroute.v1.router_pb2")
+
+
+def test_imports_are_relative_within_a_source_root_and_absolute_across() -> None:
+    # Alembic runs migrations/env.py as a file, not as a module of its package.
+    alembic_env = ROOT / "storage" / "migrations" / "env.py"
+    faults = [
+        fault
+        for path in source_files()
+        if path != alembic_env
+        for fault in import_style_faults(path)
+    ]
+    assert faults == [], "\n".join(faults)
+
+
+def test_relative_imports_resolve_to_the_modules_they_name() -> None:
+    """Guards the resolution the layering tests rely on."""
+    resolver = ROOT / "server" / "core" / "resolver.py"
+    api_init = ROOT / "server" / "api" / "__init__.py"
+
+    def first_import(path: Path, source: str) -> str:
+        node = ast.parse(source).body[0]
+        assert isinstance(node, ast.ImportFrom)
+        return imported_module(path, node)
+
+    assert first_import(resolver, "from .snapshot import Snapshot") == (
+        "modelroute.server.core.snapshot"
+    )
+    assert first_import(resolver, "from ..telemetry import metrics") == (
+        "modelroute.server.telemetry"
+    )
+    assert first_import(api_init, "from .errors import rpc") == "modelroute.server.api.errors"
+    assert first_import(api_init, "from .. import app") == "modelroute.server"
 
 
 def test_no_test_module_imports_another() -> None:

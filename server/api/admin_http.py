@@ -27,7 +27,12 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.admin_http_models import (
+from modelroute.storage.errors import StoreUnavailableError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.snapshot import Snapshot
+from .admin_http_models import (
     Alert,
     AlertList,
     ConfigStatus,
@@ -42,14 +47,10 @@ from modelroute.server.api.admin_http_models import (
     Violation,
     error_response,
 )
-from modelroute.server.api.admin_service import AdminService
-from modelroute.server.api.errors import ServiceError, store_unavailable
-from modelroute.server.api.http_guard import GuardMiddleware, TokenBucket
-from modelroute.server.api.rollout_http import RolloutList
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.storage.errors import StoreUnavailableError
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from .admin_service import AdminService
+from .errors import ServiceError, store_unavailable
+from .http_guard import GuardMiddleware, TokenBucket
+from .rollout_http import RolloutList
 
 log = logging.getLogger("modelroute.admin_http")
 

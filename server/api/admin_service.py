@@ -9,31 +9,32 @@ from datetime import UTC, datetime
 
 import grpc
 from modelroute.admin.v1 import admin_pb2, admin_pb2_grpc
-from modelroute.server.api.config_apply import apply_to_etcd
-from modelroute.server.api.config_history import ConfigHistory, conflict
-from modelroute.server.api.errors import (
+from modelroute.storage.analysis_store import AnalysisStore
+from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
+from modelroute.v1 import router_pb2
+
+from ..runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
+from ..runtime.config_manager import ConfigManager
+from ..runtime.quotas import QuotaTracker
+from ..runtime.runtime_state import RuntimeState
+from ..telemetry.tracing import spans_dropped
+from ..usage.alerts import AlertSink
+from ..usage.analysis import experiment_results as compare_variants
+from ..usage.analysis import usage_row
+from ..usage.rollout_metrics import RolloutMetricsReader
+from .config_apply import apply_to_etcd
+from .config_history import ConfigHistory, conflict
+from .errors import (
     ServiceError,
     ServicerContext,
     invalid_argument,
     rpc,
     unimplemented,
 )
-from modelroute.server.api.impact_preview import ImpactPreview
-from modelroute.server.api.mapping import model_list, timestamp
-from modelroute.server.api.rollout_status import rollout_status
-from modelroute.server.api.validation import timestamp_value
-from modelroute.server.runtime.change_meta import CURRENT_ACTOR, MAX_NOTE_CHARS
-from modelroute.server.runtime.config_manager import ConfigManager
-from modelroute.server.runtime.quotas import QuotaTracker
-from modelroute.server.runtime.runtime_state import RuntimeState
-from modelroute.server.telemetry.tracing import spans_dropped
-from modelroute.server.usage.alerts import AlertSink
-from modelroute.server.usage.analysis import experiment_results as compare_variants
-from modelroute.server.usage.analysis import usage_row
-from modelroute.server.usage.rollout_metrics import RolloutMetricsReader
-from modelroute.storage.analysis_store import AnalysisStore
-from modelroute.storage.etcd import EtcdClient, EtcdConfigSource, EtcdConflictError
-from modelroute.v1 import router_pb2
+from .impact_preview import ImpactPreview
+from .mapping import model_list, timestamp
+from .rollout_status import rollout_status
+from .validation import timestamp_value
 
 GROUP_BY = {
     admin_pb2.USAGE_GROUP_BY_UNSPECIFIED: "model",

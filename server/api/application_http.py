@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from fastapi import FastAPI
-from modelroute.server.api.connect_http import SERVICE_PATH, RouterConnectApp
-from modelroute.server.api.local_calls import LocalRouterCalls
-from modelroute.server.api.ofrep import PREFIX as OFREP_PREFIX
-from modelroute.server.api.ofrep import create_ofrep_router
-from modelroute.server.core.snapshot import Snapshot
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..core.snapshot import Snapshot
+from .connect_http import SERVICE_PATH, RouterConnectApp
+from .local_calls import LocalRouterCalls
+from .ofrep import PREFIX as OFREP_PREFIX
+from .ofrep import create_ofrep_router
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # the HTTP listener's body limit too
 CORS_ORIGINS_ENV: Final = "MODELROUTE_HTTP_CORS_ORIGINS"

@@ -35,10 +35,11 @@ from typing import Any, Final
 
 import grpc
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.errors import ServiceError, ServicerContext
-from modelroute.server.core.snapshot import ClientSpec, Snapshot
-from modelroute.server.runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
 from modelroute.v1 import router_pb2
+
+from ..core.snapshot import ClientSpec, Snapshot
+from ..runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
+from .errors import ServiceError, ServicerContext
 
 log = logging.getLogger("modelroute.auth")
 

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from modelroute.server.core.config_values import (
+from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
+
+from ..core.config_values import (
     KIND_MESSAGES,
     RUNTIME_KIND,
     SINGLETON_KINDS,
 )
-from modelroute.server.core.snapshot import Rejection, SnapshotBuilder
-from modelroute.server.runtime.change_meta import CHANGE_GUARD, with_change_meta
-from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
+from ..core.snapshot import Rejection, SnapshotBuilder
+from ..runtime.change_meta import CHANGE_GUARD, with_change_meta
 
 # Directories whose concurrent modification makes a planned change stale (and the change
 # companion key: concurrent deletions, see change_meta.CHANGE_GUARD).

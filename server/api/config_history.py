@@ -18,25 +18,6 @@ from typing import TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.config_apply import plan
-from modelroute.server.api.errors import ServiceError, invalid_argument, store_unavailable
-from modelroute.server.api.validation import timestamp_value
-from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
-from modelroute.server.runtime.change_meta import (
-    CHANGE_GUARD,
-    CURRENT_ACTOR,
-    MAX_NOTE_CHARS,
-    META_KEY,
-    with_change_meta,
-)
-from modelroute.server.runtime.history_recorder import (
-    DECISION_DIRS,
-    REDACTED_PREFIX,
-    is_decision_key,
-    redact,
-    secret_fingerprint,
-)
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.etcd import (
     EtcdClient,
@@ -46,6 +27,26 @@ from modelroute.storage.etcd import (
     write_changes,
 )
 from modelroute.storage.history_store import ChangeRecord, HistoryStore
+
+from ..core.config_values import RUNTIME_KIND
+from ..core.snapshot import DEFAULT_HISTORY_DAYS, Snapshot
+from ..runtime.change_meta import (
+    CHANGE_GUARD,
+    CURRENT_ACTOR,
+    MAX_NOTE_CHARS,
+    META_KEY,
+    with_change_meta,
+)
+from ..runtime.history_recorder import (
+    DECISION_DIRS,
+    REDACTED_PREFIX,
+    is_decision_key,
+    redact,
+    secret_fingerprint,
+)
+from .config_apply import plan
+from .errors import ServiceError, invalid_argument, store_unavailable
+from .validation import timestamp_value
 
 MAX_CHANGES = 1000
 T = TypeVar("T")

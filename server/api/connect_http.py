@@ -19,7 +19,8 @@ from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo
 from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication, Endpoint
-from modelroute.server.api.local_calls import (
+
+from .local_calls import (
     SERVICE,
     CallFailedError,
     LocalRouterCalls,

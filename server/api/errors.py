@@ -14,8 +14,9 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from modelroute.server.core.resolver import Cause, NoModelAvailableError
 from modelroute.storage.errors import StoreUnavailableError
+
+from ..core.resolver import Cause, NoModelAvailableError
 
 # The servicer context of a grpc.aio call (request and response types are not tracked).
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import time
 
-from modelroute.server.api.admin_http_models import error_response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
+
+from .admin_http_models import error_response
 
 
 class TokenBucket:

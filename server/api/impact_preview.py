@@ -10,21 +10,22 @@ from typing import Final
 
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.config_apply import plan
-from modelroute.server.api.errors import invalid_argument, store_unavailable
-from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.server.core.impact import (
+from modelroute.storage.database import Engine
+from modelroute.storage.errors import StoreUnavailableError
+from modelroute.storage.etcd import EtcdClient, read_prefix
+from modelroute.storage.replay_store import all_preferences, window_usage
+
+from ..core.config_values import RUNTIME_KIND
+from ..core.impact import (
     ANY_USER,
     ContextImpact,
     UsageGroup,
     replay,
     user_independent,
 )
-from modelroute.server.core.snapshot import Snapshot, SnapshotBuilder
-from modelroute.storage.database import Engine
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.etcd import EtcdClient, read_prefix
-from modelroute.storage.replay_store import all_preferences, window_usage
+from ..core.snapshot import Snapshot, SnapshotBuilder
+from .config_apply import plan
+from .errors import invalid_argument, store_unavailable
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)
 MAX_WINDOW: Final = timedelta(days=90)

@@ -20,8 +20,9 @@ import grpc
 from google.protobuf import any_pb2, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
-from modelroute.server.api.auth import API_KEY_HEADER, ROUTER_PREFIX, Authorizer, parse_bearer
 from modelroute.v1 import router_pb2
+
+from .auth import API_KEY_HEADER, ROUTER_PREFIX, Authorizer, parse_bearer
 
 SERVICE: Any = router_pb2.DESCRIPTOR.services_by_name["ModelRouterService"]
 # Request headers that mean the same on HTTP as in gRPC metadata.

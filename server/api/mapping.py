@@ -12,8 +12,20 @@ from datetime import UTC, datetime
 from typing import Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from modelroute.server.api.errors import invalid_argument, not_found
-from modelroute.server.api.validation import (
+from modelroute.storage.preference_store import FeedbackRecord, StoredPreference
+from modelroute.storage.usage_store import UsageRecord
+from modelroute.v1 import router_pb2, types_pb2
+
+from ..core.decision_token import (
+    DecisionToken,
+    DecisionTokens,
+    MalformedTokenError,
+    UnknownTokenError,
+)
+from ..core.resolver import Decision
+from ..core.snapshot import Snapshot
+from .errors import invalid_argument, not_found
+from .validation import (
     MAX_COMMENT,
     MAX_ERROR_MESSAGE,
     MAX_FUTURE_SKEW,
@@ -22,17 +34,6 @@ from modelroute.server.api.validation import (
     Violation,
     report_violation,
 )
-from modelroute.server.core.decision_token import (
-    DecisionToken,
-    DecisionTokens,
-    MalformedTokenError,
-    UnknownTokenError,
-)
-from modelroute.server.core.resolver import Decision
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.storage.preference_store import FeedbackRecord, StoredPreference
-from modelroute.storage.usage_store import UsageRecord
-from modelroute.v1 import router_pb2, types_pb2
 
 OUTCOMES: Final = {
     v.number: v.name.removeprefix("OUTCOME_")

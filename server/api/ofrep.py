@@ -25,14 +25,15 @@ import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from google.rpc import error_details_pb2
-from modelroute.server.api.local_calls import (
+from modelroute.v1 import router_pb2, types_pb2
+
+from ..core.snapshot import Snapshot
+from ..telemetry.semconv import openfeature_reason
+from .local_calls import (
     CallFailedError,
     LocalRouterCalls,
     metadata_from_headers,
 )
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.telemetry.semconv import openfeature_reason
-from modelroute.v1 import router_pb2, types_pb2
 
 PREFIX: Final = "/ofrep/v1"
 ANONYMOUS_WARNING: Final = "no targetingKey: evaluated as an anonymous user"

@@ -20,26 +20,27 @@ from fastapi.security import HTTPAuthorizationCredentials
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.admin_http import API_PREFIX, BEARER
-from modelroute.server.api.admin_service import AdminService
-from modelroute.server.api.errors import invalid_argument, not_found, store_unavailable
-from modelroute.server.api.rollout_actions import RolloutActionBody, rollout_action
-from modelroute.server.api.validation import (
-    TIER_PATTERN,
-    check_choosable,
-    preference_violations,
-)
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
-from modelroute.server.runtime.history_recorder import is_decision_key, redact
-from modelroute.server.runtime.preferences import PreferenceCache
-from modelroute.server.runtime.runtime_state import clear_cooldown
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.etcd import EtcdClient, read_prefix
 from modelroute.storage.preference_store import StoredPreference
 from modelroute.storage.runtime_store import RuntimeStore
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.snapshot import Snapshot
+from ..runtime.change_meta import ACTOR_OPERATOR, CURRENT_ACTOR
+from ..runtime.history_recorder import is_decision_key, redact
+from ..runtime.preferences import PreferenceCache
+from ..runtime.runtime_state import clear_cooldown
+from .admin_http import API_PREFIX, BEARER
+from .admin_service import AdminService
+from .errors import invalid_argument, not_found, store_unavailable
+from .rollout_actions import RolloutActionBody, rollout_action
+from .validation import (
+    TIER_PATTERN,
+    check_choosable,
+    preference_violations,
+)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 

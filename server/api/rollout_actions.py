@@ -22,18 +22,19 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from modelroute.server.api.config_apply import GUARDED_DIRS, apply_to_etcd
-from modelroute.server.api.config_history import conflict
-from modelroute.server.api.errors import invalid_argument, not_found
-from modelroute.server.core.rollout_spec import (
+from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
+from pydantic import BaseModel, Field
+
+from ..core.rollout_spec import (
     PROGRESS_DIR,
     RolloutDecisionRecord,
     RolloutProgress,
     parse_progress,
 )
-from modelroute.server.runtime.change_meta import with_change_meta
-from modelroute.storage.etcd import EtcdClient, EtcdConflictError, read_prefix, write_changes
-from pydantic import BaseModel, Field
+from ..runtime.change_meta import with_change_meta
+from .config_apply import GUARDED_DIRS, apply_to_etcd
+from .config_history import conflict
+from .errors import invalid_argument, not_found
 
 Action = Literal["pause", "resume", "stop", "step", "percent"]
 

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.errors import not_found, store_unavailable
-from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM, RolloutSpec
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.usage.rollout_controller import judge, window_of
-from modelroute.server.usage.rollout_metrics import ArmStats, RolloutMetricsReader
 from modelroute.storage.errors import StoreUnavailableError
+
+from ..core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM, RolloutSpec
+from ..core.snapshot import Snapshot
+from ..usage.rollout_controller import judge, window_of
+from ..usage.rollout_metrics import ArmStats, RolloutMetricsReader
+from .errors import not_found, store_unavailable
 
 
 def _stamp(value: datetime) -> timestamp_pb2.Timestamp:

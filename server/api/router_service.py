@@ -15,7 +15,36 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import grpc
-from modelroute.server.api.errors import (
+from modelroute.storage.errors import StoreUnavailableError
+from modelroute.storage.preference_store import FeedbackStore, StoredPreference
+from modelroute.storage.runtime_store import RuntimeStore
+from modelroute.storage.usage_store import UsageRecord
+from modelroute.v1 import router_pb2, router_pb2_grpc
+from opentelemetry import trace
+
+from ..core.decision_token import DecisionTokens, new_key
+from ..core.resolver import (
+    Decision,
+    NoModelAvailableError,
+    ResolveInput,
+    RuntimeLimits,
+    resolve,
+)
+from ..core.snapshot import Snapshot
+from ..runtime.admission import admit
+from ..runtime.config_manager import ConfigManager
+from ..runtime.preferences import PreferenceCache
+from ..runtime.quotas import QuotaTracker
+from ..runtime.report_effects import CooldownStarter, ReportEffects
+from ..telemetry import decision_spans
+from ..telemetry.metrics import NO_METRICS, MetricsRecorder
+from ..usage.usage_writer import (
+    AfterCommit,
+    UsageQueueFullError,
+    UsageStoreUnavailableError,
+    UsageWriter,
+)
+from .errors import (
     ServiceError,
     ServicerContext,
     no_model_available,
@@ -24,7 +53,7 @@ from modelroute.server.api.errors import (
     rpc,
     unimplemented,
 )
-from modelroute.server.api.mapping import (
+from .mapping import (
     decision_response,
     feedback_record,
     model_list,
@@ -32,13 +61,13 @@ from modelroute.server.api.mapping import (
     timestamp,
     usage_records,
 )
-from modelroute.server.api.router_spans import (
+from .router_spans import (
     annotate_usage,
     mark_failed,
     parent_context,
     tracer,
 )
-from modelroute.server.api.validation import (
+from .validation import (
     check_choosable,
     preference_violations,
     raise_if_invalid,
@@ -46,34 +75,6 @@ from modelroute.server.api.validation import (
     validate_reports,
     validate_resolve,
 )
-from modelroute.server.core.decision_token import DecisionTokens, new_key
-from modelroute.server.core.resolver import (
-    Decision,
-    NoModelAvailableError,
-    ResolveInput,
-    RuntimeLimits,
-    resolve,
-)
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.runtime.admission import admit
-from modelroute.server.runtime.config_manager import ConfigManager
-from modelroute.server.runtime.preferences import PreferenceCache
-from modelroute.server.runtime.quotas import QuotaTracker
-from modelroute.server.runtime.report_effects import CooldownStarter, ReportEffects
-from modelroute.server.telemetry import decision_spans
-from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
-from modelroute.server.usage.usage_writer import (
-    AfterCommit,
-    UsageQueueFullError,
-    UsageStoreUnavailableError,
-    UsageWriter,
-)
-from modelroute.storage.errors import StoreUnavailableError
-from modelroute.storage.preference_store import FeedbackStore, StoredPreference
-from modelroute.storage.runtime_store import RuntimeStore
-from modelroute.storage.usage_store import UsageRecord
-from modelroute.v1 import router_pb2, router_pb2_grpc
-from opentelemetry import trace
 
 log = logging.getLogger("modelroute.router")
 WORKER_METADATA: Final = "modelroute-worker"

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from modelroute.server.api.errors import ServiceError, ServicerContext
-from modelroute.server.telemetry.decision_spans import hash_user as hash_user
 from modelroute.storage.usage_store import UsageRecord
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ..telemetry.decision_spans import hash_user as hash_user
+from .errors import ServiceError, ServicerContext
 
 tracer = trace.get_tracer("modelroute.router")
 _propagator: Final = TraceContextTextMapPropagator()

@@ -15,10 +15,11 @@ from typing import Final
 
 import grpc
 from google.protobuf import timestamp_pb2
-from modelroute.server.api.errors import ServiceError, invalid_argument
-from modelroute.server.core.config_values import ID_PATTERN
-from modelroute.server.core.snapshot import Snapshot
 from modelroute.v1 import router_pb2, types_pb2
+
+from ..core.config_values import ID_PATTERN
+from ..core.snapshot import Snapshot
+from .errors import ServiceError, invalid_argument
 
 Violation = tuple[str, str]
 

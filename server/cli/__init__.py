@@ -11,7 +11,8 @@ import warnings
 from typing import TextIO
 
 import typer
-from modelroute.server.cli import (
+
+from . import (
     analysis,
     config,
     cooldowns,
@@ -23,8 +24,8 @@ from modelroute.server.cli import (
     serve,
     status,
 )
-from modelroute.server.cli.discovery import DEPRECATED_SERVER_ENV
-from modelroute.server.cli.output import warn
+from .discovery import DEPRECATED_SERVER_ENV
+from .output import warn
 
 app = typer.Typer(
     help="modelroute: decide which LLM model every request uses.", no_args_is_help=True

@@ -1,5 +1,5 @@
 """`python -m modelroute.server.cli` (tests run the CLI this way)."""
 
-from modelroute.server.cli import main
+from . import main
 
 main()

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.output import failure, ms, p_value, table, to_json, usd
+
+from .connection import Connection, connected
+from .output import failure, ms, p_value, table, to_json, usd
 
 experiments_app = typer.Typer(help="A/B experiments.", no_args_is_help=True)
 

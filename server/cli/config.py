@@ -12,29 +12,30 @@ from typing import Annotated, Any
 import grpc
 import typer
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.api.config_apply import (
+from modelroute.storage.etcd import EtcdClient, read_prefix
+
+from ..api.config_apply import (
     ConfigFileError,
     load_config_file,
     validate_standalone,
 )
-from modelroute.server.api.errors import decode_details
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.etcd_access import (
+from ..api.errors import decode_details
+from ..core.config_values import RUNTIME_KIND
+from .connection import Connection, connected
+from .etcd_access import (
     DataDirOpt,
     EtcdOpt,
     PrefixOpt,
     locate_etcd,
     with_etcd,
 )
-from modelroute.server.cli.expiry import (
+from .expiry import (
     ExpiryError,
     expired_overrides,
     resolve_relative_expiries,
 )
-from modelroute.server.cli.history import NoteOpt, print_impact
-from modelroute.server.cli.output import failure, print_diff, to_json, warn
-from modelroute.server.core.config_values import RUNTIME_KIND
-from modelroute.storage.etcd import EtcdClient, read_prefix
+from .history import NoteOpt, print_impact
+from .output import failure, print_diff, to_json, warn
 
 app = typer.Typer(help="Inspect and change the configuration.", no_args_is_help=True)
 # How long a write waits for the server to serve it before saying so.

@@ -19,16 +19,17 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import grpc
 import typer
 from modelroute.admin.v1 import admin_pb2_grpc
-from modelroute.server.api.errors import decode_details
-from modelroute.server.cli.discovery import (
+from modelroute.v1 import router_pb2_grpc
+
+from ..api.errors import decode_details
+from .discovery import (
     DATA_DIR_ENV,
     SERVER_ENV,
     DiscoveryError,
     ServerLocation,
     find_server,
 )
-from modelroute.server.cli.output import failure
-from modelroute.v1 import router_pb2_grpc
+from .output import failure
 
 R = TypeVar("R")
 ErrorHandler = Callable[[grpc.Call], None]

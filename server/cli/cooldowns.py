@@ -11,18 +11,19 @@ import json
 from typing import Annotated, Any
 
 import typer
-from modelroute.server.cli.etcd_access import (
+from modelroute.storage.etcd import EtcdClient
+from modelroute.storage.runtime_store import EtcdRuntimeStore
+
+from ..runtime.keys import COOLDOWN_DIR
+from ..runtime.runtime_state import clear_cooldown
+from .etcd_access import (
     DataDirOpt,
     EtcdOpt,
     PrefixOpt,
     locate_etcd,
     with_etcd,
 )
-from modelroute.server.cli.output import failure
-from modelroute.server.runtime.keys import COOLDOWN_DIR
-from modelroute.server.runtime.runtime_state import clear_cooldown
-from modelroute.storage.etcd import EtcdClient
-from modelroute.storage.runtime_store import EtcdRuntimeStore
+from .output import failure
 
 app = typer.Typer(help="Models and providers cooling down.", no_args_is_help=True)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from modelroute.server.cli.discovery import DATA_DIR_ENV, data_dir_named
+
+from .discovery import DATA_DIR_ENV, data_dir_named
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 

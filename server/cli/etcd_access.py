@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from modelroute.server.cli.discovery import (
+from modelroute.storage.etcd import ETCD_FAILURES, EtcdClient, connect, parse_endpoints
+
+from .discovery import (
     DATA_DIR_ENV,
     ETCD_ENDPOINTS_ENV,
     DiscoveryError,
     EtcdLocation,
     find_etcd,
 )
-from modelroute.server.cli.output import failure
-from modelroute.storage.etcd import ETCD_FAILURES, EtcdClient, connect, parse_endpoints
+from .output import failure
 
 T = TypeVar("T")
 

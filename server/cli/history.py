@@ -13,9 +13,10 @@ import grpc
 import typer
 from google.protobuf import timestamp_pb2
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.expiry import ExpiryError, parse_duration
-from modelroute.server.cli.output import failure, print_diff, to_json
+
+from .connection import Connection, connected
+from .expiry import ExpiryError, parse_duration
+from .output import failure, print_diff, to_json
 
 NoteOpt = Annotated[str, typer.Option(help="Why: recorded with the change in the config history.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the RPC's JSON.")]

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from modelroute.server.cli.config import apply_changes
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.expiry import ExpiryError, parse_duration, rfc3339
-from modelroute.server.cli.output import failure, print_diff
+
+from .config import apply_changes
+from .connection import Connection, connected
+from .expiry import ExpiryError, parse_duration, rfc3339
+from .output import failure, print_diff
 
 app = typer.Typer(help="Operator overrides (overrides/<context>).", no_args_is_help=True)
 

@@ -12,20 +12,21 @@ from typing import Annotated, Any
 
 import typer
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.cli.config import apply_changes
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.etcd_access import (
+from modelroute.storage.etcd import EtcdClient, read_prefix
+from modelroute.storage.runtime_store import EtcdRuntimeStore
+from modelroute.storage.updates import StoredValue
+
+from ..core.rollout_spec import PROGRESS_DIR, parse_progress
+from .config import apply_changes
+from .connection import Connection, connected
+from .etcd_access import (
     DataDirOpt,
     EtcdOpt,
     PrefixOpt,
     locate_etcd,
     with_etcd,
 )
-from modelroute.server.cli.output import failure, print_diff, to_json
-from modelroute.server.core.rollout_spec import PROGRESS_DIR, parse_progress
-from modelroute.storage.etcd import EtcdClient, read_prefix
-from modelroute.storage.runtime_store import EtcdRuntimeStore
-from modelroute.storage.updates import StoredValue
+from .output import failure, print_diff, to_json
 
 rollout_app = typer.Typer(help="Guarded progressive rollouts.", no_args_is_help=True)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.output import to_json
 from modelroute.v1 import router_pb2, types_pb2
+
+from .connection import Connection, connected
+from .output import to_json
 
 
 @connected

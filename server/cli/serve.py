@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from modelroute.server.cli.discovery import DATA_DIR_ENV, DEFAULT_DATA_DIR, ETCD_PREFIX_ENV
-from modelroute.server.cli.output import failure
 from modelroute.storage.etcd import DEFAULT_PREFIX
 from modelroute.storage.instance_file import remove_instance
+
+from .discovery import DATA_DIR_ENV, DEFAULT_DATA_DIR, ETCD_PREFIX_ENV
+from .output import failure
 
 PrefixOpt = Annotated[str, typer.Option(envvar=ETCD_PREFIX_ENV, help="Key prefix.")]
 
@@ -85,16 +86,17 @@ def serve(
     ] = "uvloop",
 ) -> None:
     """Run a replica: gRPC API, config hot reload from etcd, usage logging."""
-    from modelroute.server.api.auth import AdminTokenFileError
-    from modelroute.server.api.tls import TlsConfigError
-    from modelroute.server.app import DEFAULT_BOOTSTRAP, ServeOptions
-    from modelroute.server.process import (
+    from modelroute.storage.data_dir_lock import AlreadyRunningError
+
+    from ..api.auth import AdminTokenFileError
+    from ..api.tls import TlsConfigError
+    from ..app import DEFAULT_BOOTSTRAP, ServeOptions
+    from ..process import (
         check_event_loop,
         publish_instance,
         run_event_loop,
         serve_until_signalled,
     )
-    from modelroute.storage.data_dir_lock import AlreadyRunningError
 
     # `kill -USR1 <pid>` prints every thread's stack: the first tool for a stuck replica.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -124,7 +126,7 @@ def serve(
     )
     try:
         options.etcd_tls()  # validates the etcd TLS combination before anything starts
-        from modelroute.server.workers import Supervisor, worker_count
+        from ..workers import Supervisor, worker_count
 
         count = worker_count(workers)
         check_event_loop(event_loop)  # before an etcd or a worker starts

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.cli.connection import Connection, connected
-from modelroute.server.cli.output import message_dict, table, to_json, when
+
+from .connection import Connection, connected
+from .output import message_dict, table, to_json, when
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from modelroute.server.core.resolver import (
+from .resolver import (
     NoModelAvailableError,
     ResolveInput,
     assign_variant,
     resolve,
 )
-from modelroute.server.core.snapshot import ExperimentSpec, Snapshot
+from .snapshot import ExperimentSpec, Snapshot
 
 NO_MODEL: Final = "(none)"
 # The user id of a group that merges the users of a context whose decisions do not depend

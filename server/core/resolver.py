@@ -15,15 +15,16 @@ from enum import IntEnum
 from typing import Final, Protocol
 
 import mmh3
-from modelroute.server.core.rollout_spec import BASELINE_ARM, CANDIDATE_ARM
-from modelroute.server.core.snapshot import (
+from modelroute.v1 import types_pb2
+
+from .rollout_spec import BASELINE_ARM, CANDIDATE_ARM
+from .snapshot import (
     ContextSpec,
     ExperimentSpec,
     ModelSpec,
     Snapshot,
     env_variable_for,
 )
-from modelroute.v1 import types_pb2
 
 BUCKETS: Final = 10_000
 

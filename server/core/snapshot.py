@@ -19,14 +19,15 @@ from typing import Final
 
 from google.protobuf.message import Message
 from modelroute.config.v1 import config_pb2
-from modelroute.server.core.config_values import (
+
+from .config_values import (
     RUNTIME_KIND,
     ConfigKey,
     ConfigValueError,
     parse_key,
     parse_value,
 )
-from modelroute.server.core.rollout_spec import (
+from .rollout_spec import (
     PROGRESS_DIR,
     RolloutProgress,
     RolloutSpec,
@@ -34,7 +35,7 @@ from modelroute.server.core.rollout_spec import (
     parse_progress,
     rollout_spec,
 )
-from modelroute.server.core.specs import (
+from .specs import (
     DEFAULT_DECISION_CACHE_SECONDS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_ROLLOUT_CHECK_SECONDS,

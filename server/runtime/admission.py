@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from modelroute.server.core.resolver import (
+from modelroute.storage.usage_store import UsageRecord
+
+from ..core.resolver import (
     BudgetBreach,
     Cause,
     Decision,
@@ -21,11 +23,10 @@ from modelroute.server.core.resolver import (
     Unavailable,
     resolve,
 )
-from modelroute.server.core.snapshot import ContextSpec, ModelSpec, Snapshot
-from modelroute.server.runtime.quota_counts import Admission
-from modelroute.server.runtime.quota_publisher import PUBLISH_TIMEOUT
-from modelroute.server.runtime.quotas import QuotaTracker
-from modelroute.storage.usage_store import UsageRecord
+from ..core.snapshot import ContextSpec, ModelSpec, Snapshot
+from .quota_counts import Admission
+from .quota_publisher import PUBLISH_TIMEOUT
+from .quotas import QuotaTracker
 
 MAX_ADMISSION_ROUNDS: Final = 8
 # How long a resolve waits for the publication of a new reservation. The publisher

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from modelroute.server.runtime.keys import CHANGE_META_KEY
+from .keys import CHANGE_META_KEY
 
 META_KEY: Final = CHANGE_META_KEY
 # Every change made through modelroute writes the companion key in its own transaction, so a

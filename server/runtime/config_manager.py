@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Final
 
 from google.protobuf import json_format
-from modelroute.server.core.snapshot import Rejection, Snapshot, SnapshotBuilder
-from modelroute.server.runtime.keys import QUIET_RUNTIME_KEYS
 from modelroute.storage.updates import ConfigSource, ConfigUpdate
 from opentelemetry import metrics, trace
+
+from ..core.snapshot import Rejection, Snapshot, SnapshotBuilder
+from .keys import QUIET_RUNTIME_KEYS
 
 log = logging.getLogger("modelroute.config")
 tracer = trace.get_tracer("modelroute.config")

@@ -15,10 +15,11 @@ import logging
 import os
 from pathlib import Path
 
-from modelroute.server.core.decision_token import DecisionTokens, new_key
-from modelroute.server.runtime.keys import DECISION_KEY
 from modelroute.storage.runtime_store import RuntimeStore
 from modelroute.storage.updates import ConfigUpdate
+
+from ..core.decision_token import DecisionTokens, new_key
+from .keys import DECISION_KEY
 
 log = logging.getLogger("modelroute.decision_keys")
 

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from modelroute.server.core.config_values import KIND_MESSAGES, SINGLETON_KINDS
-from modelroute.server.core.rollout_spec import PROGRESS_DIR
-from modelroute.server.core.snapshot import DEFAULT_HISTORY_DAYS
-from modelroute.server.runtime.change_meta import ACTOR_ETCD, META_KEY, parse_meta
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.history_store import START_MARKER, ChangeRecord, HistoryStore
 from modelroute.storage.updates import ConfigUpdate
+
+from ..core.config_values import KIND_MESSAGES, SINGLETON_KINDS
+from ..core.rollout_spec import PROGRESS_DIR
+from ..core.snapshot import DEFAULT_HISTORY_DAYS
+from .change_meta import ACTOR_ETCD, META_KEY, parse_meta
 
 log = logging.getLogger("modelroute.history")
 

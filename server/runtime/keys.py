@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from modelroute.server.core.config_values import RUNTIME_KIND
+from ..core.config_values import RUNTIME_KIND
 
 RUNTIME_DIR: Final = f"{RUNTIME_KIND}/"
 # `cooldowns/models/<id>` or `cooldowns/providers/<name>` → {"until", "reason"}; leased.

@@ -21,10 +21,11 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Final
 
-from modelroute.server.runtime.keys import PREFERENCES_DIR
 from modelroute.storage.preference_store import PreferenceStore, StoredPreference
 from modelroute.storage.runtime_store import RuntimeStore
 from modelroute.storage.updates import ConfigUpdate
+
+from .keys import PREFERENCES_DIR
 
 log = logging.getLogger("modelroute.preferences")
 ENTRY_TTL: Final = 60.0  # seconds; the bound on staleness when etcd cannot carry a change

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Final
 
-from modelroute.server.core.snapshot import ProviderSpec
+from ..core.snapshot import ProviderSpec
 
 PUBLISH_INTERVAL: Final = 1.0  # seconds between routine publications
 LIVENESS: Final = 5.0  # a replica that has not published for this long is not counted in N

@@ -13,17 +13,18 @@ import logging
 import math
 from typing import TYPE_CHECKING, Final
 
-from modelroute.server.runtime.keys import USAGE_DIR
-from modelroute.server.runtime.quota_counts import (
+from modelroute.storage.runtime_store import RuntimeStore
+
+from .keys import USAGE_DIR
+from .quota_counts import (
     PUBLISH_INTERVAL,
     REQUESTS_PER_DAY,
     day_window,
     window_end,
 )
-from modelroute.storage.runtime_store import RuntimeStore
 
 if TYPE_CHECKING:
-    from modelroute.server.runtime.quotas import QuotaTracker
+    from .quotas import QuotaTracker
 
 log = logging.getLogger("modelroute.quotas")
 

@@ -43,10 +43,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
-from modelroute.server.core.snapshot import ContextSpec, ModelSpec, Snapshot
-from modelroute.server.runtime.keys import USAGE_DIR
-from modelroute.server.runtime.quota_counts import (
+from modelroute.storage.updates import ConfigUpdate
+
+from ..core.resolver import BudgetBreach, Cause, Unavailable
+from ..core.snapshot import ContextSpec, ModelSpec, Snapshot
+from .keys import USAGE_DIR
+from .quota_counts import (
     DEFAULT_WARN_RATIO,
     LIVENESS,
     MINUTE_METRICS,
@@ -66,7 +68,6 @@ from modelroute.server.runtime.quota_counts import (
     provider_limit,
     window_end,
 )
-from modelroute.storage.updates import ConfigUpdate
 
 log = logging.getLogger("modelroute.quotas")
 

@@ -13,11 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.runtime.admission import cooldown_for, count_usage
-from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.usage_store import UsageRecord
 from modelroute.v1 import router_pb2
+
+from ..core.snapshot import Snapshot
+from .admission import cooldown_for, count_usage
+from .quotas import QuotaTracker
 
 log = logging.getLogger("modelroute.usage")
 

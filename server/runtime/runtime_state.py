@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from modelroute.server.core.resolver import BudgetBreach, Cause, Unavailable
-from modelroute.server.core.snapshot import ContextSpec, ModelSpec
-from modelroute.server.runtime.keys import COOLDOWN_DIR, cooldown_key
-from modelroute.server.runtime.quotas import QuotaTracker
 from modelroute.storage.runtime_store import RuntimeStore
 from modelroute.storage.updates import ConfigUpdate
+
+from ..core.resolver import BudgetBreach, Cause, Unavailable
+from ..core.snapshot import ContextSpec, ModelSpec
+from .keys import COOLDOWN_DIR, cooldown_key
+from .quotas import QuotaTracker
 
 log = logging.getLogger("modelroute.runtime")
 DEFAULT_COOLDOWN: Final = timedelta(seconds=60)

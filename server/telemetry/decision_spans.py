@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from modelroute.server.telemetry.export import SpanRecord
-from modelroute.server.telemetry.semconv import feature_flag_attributes
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .export import SpanRecord
+from .semconv import feature_flag_attributes
 
 tracer = trace.get_tracer("modelroute.router")
 _propagator: Final = TraceContextTextMapPropagator()

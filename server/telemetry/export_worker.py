@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from modelroute.server.telemetry.export import FLUSH, FRAME_HEADER, SPANS, SpanRecord
+from .export import FLUSH, FRAME_HEADER, SPANS, SpanRecord
 
 MAX_EXPORT_BATCH = 512
 EXPORTER_NICENESS = 10
@@ -43,9 +43,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # Export is background work: when the cores are busy, answering calls comes first.
     os.nice(EXPORTER_NICENESS)
-    from modelroute.server.telemetry.otlp_records import RecordSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from .otlp_records import RecordSpanExporter
 
     frames: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=256)
     threading.Thread(target=read_frames, args=(sys.stdin.buffer, frames), daemon=True).start()

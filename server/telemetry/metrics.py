@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from modelroute.server.telemetry.decision_metrics import DecisionTally
-from modelroute.server.telemetry.semconv import GenAiMetrics, UsageFacts
-from modelroute.server.telemetry.tracing import otlp_metric_readers, spans_dropped
 from modelroute.v1 import types_pb2
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .decision_metrics import DecisionTally
+from .semconv import GenAiMetrics, UsageFacts
+from .tracing import otlp_metric_readers, spans_dropped
 
 # Decisions take microseconds to a few ms (quota admission may touch etcd); writes, ms to s.
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)

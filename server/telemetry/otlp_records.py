@@ -24,7 +24,6 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
-from modelroute.server.telemetry.export import SpanRecord
 from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_attributes,
     _encode_instrumentation_scope,
@@ -41,6 +40,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.span import TraceState
+
+from .export import SpanRecord
 
 log = logging.getLogger("modelroute.telemetry.export_worker")
 

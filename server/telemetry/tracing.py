@@ -15,12 +15,13 @@ import logging
 import os
 from collections.abc import Mapping
 
-from modelroute.server.telemetry import decision_spans
-from modelroute.server.telemetry.export import OffloadingSpanProcessor
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+
+from . import decision_spans
+from .export import OffloadingSpanProcessor
 
 log = logging.getLogger("modelroute.telemetry")
 _provider: TracerProvider | None = None

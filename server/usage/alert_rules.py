@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from modelroute.server.core.snapshot import Rejection
-from modelroute.server.usage.alerts import AlertSink
+from ..core.snapshot import Rejection
+from .alerts import AlertSink
 
 COOLDOWN_ALERT_WINDOW_SECONDS = 600
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.core.snapshot import ExperimentSpec
-from modelroute.server.usage.experiment_sequential import (
+from modelroute.storage.usage_groups import FeedbackGroup, UsageGroup
+from scipy import stats
+
+from ..core.snapshot import ExperimentSpec
+from .experiment_sequential import (
     add_sequential_results,
     control_sequential_results,
 )
-from modelroute.storage.usage_groups import FeedbackGroup, UsageGroup
-from scipy import stats
 
 ALPHA = 0.05
 SRM_ALPHA = 0.001

@@ -13,8 +13,9 @@ import math
 from typing import Final
 
 from modelroute.admin.v1 import admin_pb2
-from modelroute.server.usage.sequential import Moments, SequentialResult, compare
 from modelroute.storage.usage_groups import FeedbackGroup, UsageGroup
+
+from .sequential import Moments, SequentialResult, compare
 
 ALPHA: Final = 0.05
 UNBOUNDED: Final = 1e308  # ±infinity as a JSON-safe number

@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from modelroute.server.core.rollout_spec import GuardrailSpec
-from modelroute.server.usage.rollout_metrics import ArmStats
-from modelroute.server.usage.sequential import DEFAULT_ALPHA, Moments, SequentialResult, compare
+from ..core.rollout_spec import GuardrailSpec
+from .rollout_metrics import ArmStats
+from .sequential import DEFAULT_ALPHA, Moments, SequentialResult, compare
 
 P95: Final = 0.95
 # A known constant (the 5% of the p95 test) as an arm with no uncertainty.

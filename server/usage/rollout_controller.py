@@ -26,7 +26,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from modelroute.server.core.rollout_spec import (
+from modelroute.storage.leader import DEFAULT_TTL
+from modelroute.storage.rollout_store import EtcdRolloutStore
+from modelroute.storage.updates import ConfigUpdate
+
+from ..core.rollout_spec import (
     BASELINE_ARM,
     CANDIDATE_ARM,
     PROGRESS_DIR,
@@ -35,19 +39,16 @@ from modelroute.server.core.rollout_spec import (
     RolloutSpec,
     parse_progress,
 )
-from modelroute.server.core.snapshot import Snapshot
-from modelroute.server.usage.alerts import AlertSink
-from modelroute.server.usage.guardrails import GuardrailVerdict, evaluate
-from modelroute.server.usage.rollout_metrics import (
+from ..core.snapshot import Snapshot
+from .alerts import AlertSink
+from .guardrails import GuardrailVerdict, evaluate
+from .rollout_metrics import (
     ArmStats,
     RolloutArms,
     RolloutMetricsReader,
     RolloutWindow,
 )
-from modelroute.server.usage.sequential import DEFAULT_ALPHA
-from modelroute.storage.leader import DEFAULT_TTL
-from modelroute.storage.rollout_store import EtcdRolloutStore
-from modelroute.storage.updates import ConfigUpdate
+from .sequential import DEFAULT_ALPHA
 
 log = logging.getLogger("modelroute.rollouts")
 ACTOR: Final = "rollout-controller"

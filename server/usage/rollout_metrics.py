@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from modelroute.server.core.rollout_spec import CANDIDATE_ARM
 from modelroute.storage.analysis_store import AnalysisStore
 from modelroute.storage.rollups import bucket_value
 from modelroute.storage.usage_groups import FeedbackGroup, UsageAccumulator
+
+from ..core.rollout_spec import CANDIDATE_ARM
 
 
 @dataclass

@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from modelroute.server.telemetry.metrics import NO_METRICS, MetricsRecorder
 from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.usage_store import UsageRecord, UsageStore
+
+from ..telemetry.metrics import NO_METRICS, MetricsRecorder
 
 log = logging.getLogger("modelroute.usage")
 

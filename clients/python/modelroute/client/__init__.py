@@ -4,15 +4,15 @@ Ask modelroute which model serves a context, fall back down the chain when a pro
 fails, and report usage. See docs/clients/python.md.
 """
 
-from modelroute.client._async import AsyncModelRouter
-from modelroute.client._caches import ModelClientCache
-from modelroute.client._options import RouterOptions
-from modelroute.client._sender import CloseResult
-from modelroute.client._sync import ModelRouter
-from modelroute.client.bucketing import assign_variant, bucket_of
-from modelroute.client.classify import Failure, FailureClassifier
-from modelroute.client.decision import Decision, FallbackCause, Outcome, Reason, Source, env_var_for
-from modelroute.client.errors import (
+from ._async import AsyncModelRouter
+from ._caches import ModelClientCache
+from ._options import RouterOptions
+from ._sender import CloseResult
+from ._sync import ModelRouter
+from .bucketing import assign_variant, bucket_of
+from .classify import Failure, FailureClassifier
+from .decision import Decision, FallbackCause, Outcome, Reason, Source, env_var_for
+from .errors import (
     AllModelsFailedError,
     Attempt,
     ControlPlaneUnavailableError,

@@ -13,23 +13,24 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from modelroute.client._caches import DecisionCache, LastKnown
-from modelroute.client._offline import fail_safe_decision, retry_delay
-from modelroute.client._options import RouterOptions
-from modelroute.client._reports import build_report
-from modelroute.client._sender import CloseResult, ReportSender, SenderSettings
-from modelroute.client._walk import FallbackWalk
-from modelroute.client._watch import follow_config
-from modelroute.client.classify import FailureClassifier
-from modelroute.client.decision import Decision, Outcome, Reason, Source, env_var_for
-from modelroute.client.errors import (
+from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
+
+from ._caches import DecisionCache, LastKnown
+from ._offline import fail_safe_decision, retry_delay
+from ._options import RouterOptions
+from ._reports import build_report
+from ._sender import CloseResult, ReportSender, SenderSettings
+from ._walk import FallbackWalk
+from ._watch import follow_config
+from .classify import FailureClassifier
+from .decision import Decision, Outcome, Reason, Source, env_var_for
+from .errors import (
     ControlPlaneUnavailableError,
     ControlPlaneUnavailableWarning,
     InvalidResolveRequestError,
     NoModelAvailableError,
     RejectedReport,
 )
-from modelroute.v1 import router_pb2, router_pb2_grpc, types_pb2
 
 logger = logging.getLogger("modelroute.client")
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from modelroute.client.decision import Decision
+from .decision import Decision
 
 V = TypeVar("V")
 

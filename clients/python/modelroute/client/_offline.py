@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from modelroute.client.decision import Decision, Source
-from modelroute.client.errors import ControlPlaneUnavailableError
+
+from .decision import Decision, Source
+from .errors import ControlPlaneUnavailableError
 
 logger = logging.getLogger("modelroute.client")
 

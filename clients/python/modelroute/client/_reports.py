@@ -6,8 +6,9 @@ import uuid
 from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from modelroute.client.decision import Outcome
 from modelroute.v1 import router_pb2, types_pb2
+
+from .decision import Outcome
 
 MAX_ERROR_CHARS = 2000
 

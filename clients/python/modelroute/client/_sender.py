@@ -13,13 +13,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import grpc
-from modelroute.client.errors import (
+from modelroute.v1 import router_pb2, router_pb2_grpc
+
+from .errors import (
     ControlPlaneUnavailableWarning,
     RejectedReport,
     ReportDeliveryError,
     ReportRejectedWarning,
 )
-from modelroute.v1 import router_pb2, router_pb2_grpc
 
 logger = logging.getLogger("modelroute.client")
 

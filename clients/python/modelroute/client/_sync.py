@@ -15,12 +15,12 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from modelroute.client._async import AsyncModelRouter
-from modelroute.client._reports import build_report
-from modelroute.client._sender import CloseResult, lost_message, rejection_message
-from modelroute.client._walk import FallbackWalk
-from modelroute.client.decision import Decision
-from modelroute.client.errors import (
+from ._async import AsyncModelRouter
+from ._reports import build_report
+from ._sender import CloseResult, lost_message, rejection_message
+from ._walk import FallbackWalk
+from .decision import Decision
+from .errors import (
     ControlPlaneUnavailableError,
     ControlPlaneUnavailableWarning,
     NoModelAvailableError,

@@ -12,9 +12,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from modelroute.client.classify import FailureClassifier
-from modelroute.client.decision import Decision, Outcome
-from modelroute.client.errors import AllModelsFailedError, Attempt
+from .classify import FailureClassifier
+from .decision import Decision, Outcome
+from .errors import AllModelsFailedError, Attempt
 
 logger = logging.getLogger("modelroute.client")
 Report = Callable[..., str]  # the router's `report(context, model_id, **fields)`

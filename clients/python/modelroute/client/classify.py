@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from modelroute.client.decision import Outcome
+from .decision import Outcome
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

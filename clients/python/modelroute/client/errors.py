@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from modelroute.client.decision import Outcome
+from .decision import Outcome
 
 
 class ModelRouteError(Exception):

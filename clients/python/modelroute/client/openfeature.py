@@ -1,7 +1,7 @@
 """An OpenFeature provider for modelroute (`pip install 'modelroute[openfeature]'`).
 
     from openfeature import api
-    from modelroute.client.openfeature import ModelrouteProvider
+    from .openfeature import ModelrouteProvider
 
     api.set_provider_and_wait(ModelrouteProvider("modelroute:50051"))
     model = api.get_client().get_string_value("rag.answer", "gpt-4o-mini",
@@ -26,9 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
-from modelroute.client._sync import ModelRouter
-from modelroute.client.decision import Decision, Outcome, Source
-from modelroute.client.errors import InvalidResolveRequestError, NoModelAvailableError
 from modelroute.v1 import router_pb2
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
@@ -37,6 +34,10 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
 from openfeature.flag_evaluation import Reason as OpenFeatureReason
 from openfeature.provider import AbstractProvider, Metadata
 from openfeature.track import TrackingEventDetails
+
+from ._sync import ModelRouter
+from .decision import Decision, Outcome, Source
+from .errors import InvalidResolveRequestError, NoModelAvailableError
 
 logger = logging.getLogger("modelroute.client.openfeature")
 T = TypeVar("T")
