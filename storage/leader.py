@@ -69,7 +69,9 @@ class LeaderElection:
         try:
             while not work.done():
                 await asyncio.sleep(self.ttl / 3)
-                reply = await asyncio.wait_for(lease.refresh(), self.ttl / 2)
+                # (asyncio.timeout: 3.11's wait_for can swallow the cancellation that stops us.)
+                async with asyncio.timeout(self.ttl / 2):
+                    reply = await lease.refresh()
                 if reply is None or reply.TTL <= 0:
                     log.warning("%s lost the lease on %s", self.identity, self.key.decode())
                     return

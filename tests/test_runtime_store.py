@@ -32,6 +32,8 @@ from modelroute.storage.memory_runtime_store import InMemoryRuntimeStore
 from modelroute.storage.runtime_store import EtcdRuntimeStore, RuntimeStore
 from modelroute.storage.updates import ConfigUpdate
 
+from tests.helpers import eventually
+
 NOW = datetime(2026, 11, 24, 12, 0, 30, tzinfo=UTC)
 LIMIT = 40
 
@@ -156,6 +158,47 @@ async def test_slow_publications_do_not_let_admissions_past_the_limit(
         await asyncio.gather(*publishing, return_exceptions=True)
     assert 0 < served.count("m") <= limit, served.count("m")
     assert served.count("m") + served.count("n") == 3 * limit  # the rest fell back
+
+
+class LosesFirstWrites(SlowWrites):
+    """A real store on which the first `losses` guarded writes (each `delay` s) find that
+    another replica published first, as on a busy box with several replicas."""
+
+    def __init__(self, inner: RuntimeStore, delay: float, losses: int, tracker: QuotaTracker):
+        super().__init__(inner, delay)
+        self._losses = losses
+        self._tracker = tracker
+        self.publishing_seen: list[bool] = []  # tracker.publishing_ok at each write
+
+    async def put_if_others_unchanged(self, *args: object, **kwargs: object) -> bool:
+        self.publishing_seen.append(self._tracker.publishing_ok)
+        if self._losses:
+            self._losses -= 1
+            await asyncio.sleep(self._delay)
+            return False
+        return await super().put_if_others_unchanged(*args, **kwargs)
+
+
+async def test_a_publication_slowed_by_contention_is_not_an_outage(store: RuntimeStore) -> None:
+    """Seven lost guarded writes of 0.3 s each take longer than one publication may, yet
+    every step answered: etcd is reachable, so the replica must not switch to counting
+    locally (that let 50 of 20 through in the test above on a busy box)."""
+    snapshot = snapshot_with_limit(20)
+    tracker = QuotaTracker("replica-a", lambda: snapshot, clock=lambda: NOW)
+    contended = LosesFirstWrites(store, 0.3, losses=7, tracker=tracker)
+    publishing = asyncio.create_task(QuotaPublisher(tracker, contended).run())  # type: ignore[arg-type]
+    try:
+
+        async def published() -> None:
+            assert "replica-a" in (await store.read_dir(USAGE_DIR)).entries
+
+        await eventually(published, timeout=10)
+    finally:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+    assert len(contended.publishing_seen) >= 8  # the seven lost writes, then the one that won
+    assert all(contended.publishing_seen), contended.publishing_seen
+    assert tracker.publishing_ok
 
 
 async def test_a_call_waiting_for_a_share_falls_back_before_its_deadline(

@@ -29,11 +29,12 @@ from .quota_publisher import PUBLISH_TIMEOUT
 from .quotas import QuotaTracker
 
 MAX_ADMISSION_ROUNDS: Final = 8
-# How long a resolve waits for the publication of a new reservation. The publisher
-# answers within PUBLISH_TIMEOUT (a failure turns local counting on), and a caller that
-# asked during a publication waits for the next one: two of them, plus its retry pause.
+# How long a resolve waits for the publication of a new reservation: a caller that asked
+# during a publication waits for the next one, so two of them (each etcd step answers
+# within PUBLISH_TIMEOUT, or local counting turns on), plus the publisher's retry pause.
 # Giving up sooner would count against a stale view while etcd still answers (a busy box
-# once took over the old 0.25 s and admitted 601 of 600).
+# once took over the old 0.25 s and admitted 601 of 600); a caller that gives up while
+# etcd answers falls back (below) rather than count.
 SYNC_TIMEOUT_SECONDS: Final = 2 * PUBLISH_TIMEOUT + 1.0
 # Left of the caller's deadline for answering after a wait for a share that came too late.
 ANSWER_MARGIN_SECONDS: Final = 0.05

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Final, TypeVar
 
+from modelroute.storage.errors import StoreUnavailableError
 from modelroute.storage.runtime_store import RuntimeStore
 
 from .keys import USAGE_DIR
@@ -28,7 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelroute.quotas")
 
-PUBLISH_TIMEOUT: Final = 2.0  # seconds before a publication counts as failed
+# Seconds one etcd step of a publication may take before etcd counts as unreachable. Per
+# step, not per publication: a publication that keeps losing guarded writes to other
+# replicas takes longer, yet etcd answers every step (counting locally then could pass
+# the limit; its callers fall back after their own wait instead).
+PUBLISH_TIMEOUT: Final = 2.0
 MAX_PUBLISH_ATTEMPTS: Final = 8  # guarded writes retried after a peer published first
 
 
@@ -53,13 +59,16 @@ class QuotaPublisher:
         first = True  # publish at once: peers count this replica in N from the start
         while True:
             if not first:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+                # cancellation that stops this task (CPython gh-86296), and it runs on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(tracker.sync_requested.wait(), PUBLISH_INTERVAL)
+                    async with asyncio.timeout(PUBLISH_INTERVAL):
+                        await tracker.sync_requested.wait()
             first = False
             tracker.sync_requested.clear()
             waiters = tracker.take_sync_waiters()
             try:
-                await asyncio.wait_for(self.publish_once(), PUBLISH_TIMEOUT)
+                await self.publish_once()
             except asyncio.CancelledError:
                 raise
             except PublicationContendedError as exc:
@@ -94,19 +103,21 @@ class QuotaPublisher:
             if self._lease is None or self._lease_day != day:
                 # Lives until the end of tomorrow: day counts must outlast this replica.
                 ttl = math.ceil((window_end(REQUESTS_PER_DAY, now) - now).total_seconds())
-                self._lease = await store.grant_lease(ttl + 86_400)
+                self._lease = await _step(store.grant_lease(ttl + 86_400))
                 self._lease_day = day
             counts = tracker.publication(now)
-            if await store.put_if_others_unchanged(
-                self._key,
-                counts.to_json(tracker.replica_id, now),
-                directory=USAGE_DIR,
-                since_revision=tracker.seen_revision,
-                lease=self._lease,
+            if await _step(
+                store.put_if_others_unchanged(
+                    self._key,
+                    counts.to_json(tracker.replica_id, now),
+                    directory=USAGE_DIR,
+                    since_revision=tracker.seen_revision,
+                    lease=self._lease,
+                )
             ):
                 tracker.mark_published(counts)
                 return
-            read = await store.read_dir(USAGE_DIR)
+            read = await _step(store.read_dir(USAGE_DIR))
             stored = {
                 name: (entry.value, entry.mod_revision) for name, entry in read.entries.items()
             }
@@ -119,7 +130,22 @@ class QuotaPublisher:
     async def withdraw(self) -> None:
         """On shutdown: publish the final counts (they keep counting for the window)."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.publish_once(), 2)
+            async with asyncio.timeout(2):
+                await self.publish_once()
+
+
+_T = TypeVar("_T")
+
+
+async def _step(operation: Awaitable[_T]) -> _T:
+    """One etcd operation of a publication; no answer within PUBLISH_TIMEOUT is an outage."""
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            return await operation
+    except TimeoutError:
+        raise StoreUnavailableError(
+            "etcd", f"no answer within {PUBLISH_TIMEOUT:g} s to a usage publication step"
+        ) from None
 
 
 def _answer(waiters: asyncio.Future[bool] | None, ok: bool) -> None:

@@ -430,14 +430,15 @@ class QuotaTracker:
     async def sync(self, timeout: float) -> bool:
         """Ask the publisher for a publication computed after this call and wait for it
         (False: it failed, or took longer than `timeout`). Only the publisher turns
-        `publishing_ok` off (a publication that failed or timed out): a slow one is
-        still one, and counting locally meanwhile could pass the limit."""
+        `publishing_ok` off (an etcd step that failed or did not answer in time): a slow
+        publication is still one, and counting locally meanwhile could pass the limit."""
         if self._sync_waiters is None:
             self._sync_waiters = asyncio.get_running_loop().create_future()
         waiters = self._sync_waiters
         self.sync_requested.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiters), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiters)
         except TimeoutError:
             return False
 

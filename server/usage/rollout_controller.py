@@ -219,8 +219,10 @@ class RolloutController:
             interval = snapshot.settings.rollout_check_seconds if snapshot else 1
             # Wait for the interval, but check at once when an operator adds, edits or
             # restarts a rollout (no minute-long wait for a new rollout to start).
+            # (asyncio.timeout: 3.11's wait_for can swallow the cancellation that stops us.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, float(interval)))
+                async with asyncio.timeout(max(0.05, float(interval))):
+                    await self._wake.wait()
             self._wake.clear()
 
     def notice(self, update: ConfigUpdate) -> None:
